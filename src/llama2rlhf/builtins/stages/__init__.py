@@ -1,0 +1,15 @@
+"""Built-in pipeline stages."""
+
+from __future__ import annotations
+
+from ... import hookimpl
+
+
+@hookimpl(trylast=True)
+def register_stages(register):
+    # imported lazily by the stage functions themselves: these modules import no torch
+    from .reward import reward_stage
+    from .sft import sft_stage
+
+    register("sft", sft_stage)
+    register("reward", reward_stage)

@@ -1,0 +1,136 @@
+"""The ``reward`` stage: TRL's RewardTrainer with a pluggable pairwise loss (paper 3.2.2).
+
+The reward model starts from the latest SFT checkpoint ("we initialize our reward models
+from pretrained chat model checkpoints"), with a new scalar head. Its loss comes from the
+``register_reward_losses`` registry (``reward_loss=<name>``); a loss with a ``margins``
+table turns each pair's annotated strength into the margin ``m`` of
+``-log sigmoid(r_c - r_r - m)`` (Table 27). After training, accuracy is reported per
+strength bucket on held-out pairs (Table 8).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ... import RewardLoss, plugins
+from ...data.formats import load_preferences
+from ...models import load_reward_model, load_tokenizer, peft_config
+from .training_args import build_args
+
+log = logging.getLogger(__name__)
+
+
+def selected_loss(cfg: Any) -> tuple[str, Any, dict[str, Any]]:
+    """(name, loss, options) for ``cfg.reward_loss``."""
+    options = OmegaConf.to_container(cfg.reward_loss, resolve=True)
+    name = options.pop("name")
+    return name, plugins.get("reward_losses", name).obj, options
+
+
+def with_margins(rows: list[dict], loss: Any, source: str) -> list[dict]:
+    """Add each row's ``margin`` from its ``strength`` when the loss has a margin table.
+
+    A ``margin`` column already in the data wins: the user set it on purpose.
+    """
+    margins = loss.margins if isinstance(loss, RewardLoss) else None
+    if margins is None or not rows or "margin" in rows[0] or "strength" not in rows[0]:
+        return rows
+    out = []
+    for i, row in enumerate(rows):
+        if row["strength"] not in margins:
+            raise ValueError(f"{source}: row {i + 1}: field 'strength': {row['strength']!r} has no margin in the "
+                             f"loss's table ({', '.join(margins)})")
+        out.append({**row, "margin": float(margins[row["strength"]])})
+    return out
+
+
+def _trainer_class():
+    import torch
+    from trl import RewardTrainer
+
+    class PluggableLossRewardTrainer(RewardTrainer):
+        """RewardTrainer whose loss is a registered reward loss rather than a fixed formula."""
+
+        def __init__(self, *args, reward_loss, loss_options=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.reward_loss = reward_loss
+            self.loss_options = loss_options or {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            margin = inputs.pop("margin", None)
+            inputs["use_cache"] = False
+            outputs = model(**inputs)
+            r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            loss = self.reward_loss(r_chosen, r_rejected, margin, **self.loss_options)
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
+            with torch.no_grad():
+                gather = self.accelerator.gather_for_metrics
+                self._metrics[mode]["accuracy"].append(gather((r_chosen > r_rejected).float().mean()).mean().item())
+                self._metrics[mode]["margin"].append(gather((r_chosen - r_rejected).mean()).mean().item())
+                self._metrics[mode]["mean_reward"].append(gather(outputs.logits.mean()).mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return PluggableLossRewardTrainer
+
+
+def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict], out_dir: Path, source: str) -> dict:
+    from datasets import Dataset
+    from trl import RewardConfig
+
+    name, loss, options = selected_loss(cfg)
+    rows = with_margins(list(rows), loss, source)
+    keep = ("prompt", "chosen", "rejected", "margin")
+    dataset = Dataset.from_list([{k: r[k] for k in keep if k in r} for r in rows])
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_reward_model(init_path, cfg, tokenizer)
+    stage_cfg = cfg.reward_model
+    args = build_args(RewardConfig, stage_cfg, cfg, out_dir / "trainer", max_length=stage_cfg.max_length,
+                      per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None)
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config(cfg, "SEQ_CLS"), reward_loss=loss, loss_options=options,
+    )
+    result = trainer.train()
+    model_dir = out_dir / "model"
+    final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    final.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return {"reward_loss": name, "train_loss": result.training_loss, "train_steps": result.global_step,
+            "n_pairs": len(dataset), "model_path": str(model_dir)}
+
+
+def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
+    """(train rows, held-out rows, where they came from)."""
+    cfg = ctx.cfg
+    if cfg.data.source == "toy":
+        return (ctx.world.seed_comparisons(cfg.data.n_pairs, "train"),
+                ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
+    if not cfg.data.preference_path:
+        raise ValueError("data.source=files needs data.preference_path (JSONL preference pairs)")
+    rows = load_preferences(cfg.data.preference_path).to_list()
+    if cfg.data.preference_eval_path:
+        return rows, load_preferences(cfg.data.preference_eval_path).to_list(), cfg.data.preference_path
+    n_eval = max(1, int(len(rows) * cfg.data.eval_fraction))
+    return rows[n_eval:], rows[:n_eval], cfg.data.preference_path
+
+
+def reward_stage(ctx) -> dict[str, Any]:
+    from ...evaluation.rm_accuracy import rm_accuracy
+    from ...models import device_for, load_reward_model, load_tokenizer
+
+    cfg = ctx.cfg
+    init = ctx.artifact(cfg.reward_model.init_from)
+    train_rows, eval_rows, source = preference_rows(ctx)
+    out = train_reward(cfg, init, ctx.artifact("tokenizer"), train_rows, ctx.stage_dir("reward"), source)
+    ctx.state.artifacts["reward"] = out["model_path"]
+    tokenizer = load_tokenizer(out["model_path"])
+    model = load_reward_model(out["model_path"], cfg, tokenizer).to(device_for(cfg))
+    acc = rm_accuracy(model, tokenizer, eval_rows, batch_size=cfg.reward_model.eval_batch_size)
+    ctx.summary["rm_accuracy"] = acc
+    return {**{k: v for k, v in out.items() if k != "model_path"}, "rm_accuracy": acc}

@@ -1,0 +1,79 @@
+"""The ``sft`` stage: TRL's SFTTrainer with the loss on assistant tokens only (paper 3.1).
+
+"We zero-out the loss on tokens from the user prompt, so as a result, we backpropagate
+only on answer tokens." The Llama 2 chat template carries ``{% generation %}`` markers,
+so ``assistant_only_loss=True`` masks system and user tokens in every turn of a
+multi-turn dialogue. Rejection-sampling fine-tuning (next rounds) reuses :func:`train_sft`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ...data.formats import load_sft
+from ...models import load_causal_lm, load_tokenizer, peft_config
+from .training_args import build_args
+
+log = logging.getLogger(__name__)
+
+
+def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path) -> dict[str, Any]:
+    """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_causal_lm(init_path, cfg)
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
+    args = build_args(
+        SFTConfig,
+        stage_cfg,
+        cfg,
+        out_dir / "trainer",
+        assistant_only_loss=stage_cfg.assistant_only_loss,
+        max_length=stage_cfg.max_length,
+        packing=False,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg, "CAUSAL_LM"),
+    )
+    result = trainer.train()
+    model_dir = out_dir / "model"
+    trainer.model = _merged(trainer.model)
+    trainer.model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return {"train_loss": result.training_loss, "train_steps": result.global_step, "n_examples": len(dataset),
+            "model_path": str(model_dir)}
+
+
+def _merged(model):
+    # LoRA adapters are merged so every later stage loads a plain checkpoint
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def sft_rows(ctx) -> Any:
+    cfg = ctx.cfg
+    if cfg.data.source == "toy":
+        return ctx.world.sft_rows(cfg.data.n_sft)
+    if not cfg.data.sft_path:
+        raise ValueError("data.source=files needs data.sft_path (JSONL in a TRL format)")
+    return load_sft(cfg.data.sft_path)
+
+
+def sft_stage(ctx) -> dict[str, Any]:
+    cfg = ctx.cfg
+    out = train_sft(cfg, cfg.sft, ctx.artifact("base"), ctx.artifact("tokenizer"), sft_rows(ctx), ctx.stage_dir("sft"))
+    ctx.state.artifacts["sft"] = ctx.state.artifacts["policy"] = out["model_path"]
+    metrics = {k: v for k, v in out.items() if k != "model_path"}
+    if ctx.world is not None:
+        from ...evaluation.heldout import evaluate_checkpoint
+
+        metrics.update(evaluate_checkpoint(ctx, out["model_path"]))
+    return metrics

@@ -1,0 +1,32 @@
+"""Turning a stage's TrainConfig into the TRL config class of its trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ...models import use_bf16
+
+# TrainConfig fields that are ours, not TrainingArguments fields
+_OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss"}
+
+
+def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, **overrides: Any):
+    """``config_cls(**fields)``: TrainConfig fields, then ``extra_args``, then ``overrides``."""
+    fields = OmegaConf.to_container(stage_cfg, resolve=True) if not isinstance(stage_cfg, dict) else dict(stage_cfg)
+    extra = fields.pop("extra_args", {}) or {}
+    kwargs = {k: v for k, v in fields.items() if k not in _OURS}
+    kwargs.update(
+        output_dir=str(output_dir),
+        bf16=use_bf16(str(stage_cfg.bf16)),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="no",  # the stage saves the final model itself, in one place
+        report_to=[],  # logging goes through the logger plugins (logger=...)
+        use_cpu=cfg.device == "cpu",
+    )
+    kwargs.update(extra)
+    kwargs.update(overrides)
+    return config_cls(**kwargs)

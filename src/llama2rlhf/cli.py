@@ -1,0 +1,64 @@
+"""The command line: a Hydra app, plus ``llama2rlhf plugins``.
+
+``llama2rlhf [overrides...]`` runs the pipeline (Hydra composes ``conf/`` shipped inside
+the package, so it works from any directory). ``llama2rlhf plugins`` lists the installed
+plugins and what each registers. torch and trl are imported only once a stage runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+log = logging.getLogger("llama2rlhf")
+
+
+def _hydra_main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from .config import store_configs
+
+    store_configs()
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        from pathlib import Path
+
+        from .pipeline import run
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        OmegaConf.resolve(cfg)
+        ctx = run(cfg, run_dir)
+        print(f"summary: {ctx.run_dir / 'summary.json'}")
+
+    app()
+
+
+def _plugins_command(argv: list[str]) -> int:
+    from . import plugins
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: llama2rlhf plugins\n\nList installed plugins (JSON) and what each registers.")
+        return 0
+    print(json.dumps(plugins.describe(), indent=2))
+    return 0
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["plugins"]:
+        sys.exit(_plugins_command(argv[1:]))
+    from .plugins import PluginError
+
+    try:
+        _hydra_main()
+    except PluginError as exc:
+        print(f"llama2rlhf: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data set formats, loaders and the preference-strength vocabulary."""

@@ -1,0 +1,108 @@
+"""Parser for the raw transcripts of Anthropic hh-rlhf (Bai et al. 2022).
+
+Each ``chosen``/``rejected`` string of Anthropic's hh-rlhf files is a whole
+conversation with role tags, every turn introduced by a blank line::
+
+    "\\n\\nHuman: hi\\n\\nAssistant: hello\\n\\nHuman: and?\\n\\nAssistant: bye"
+
+The two strings of a pair share every turn except the final Assistant reply.
+:func:`split_hh_pair` turns a pair into TRL's explicit-prompt conversational
+preference row: the shared prompt messages, then the two one-message replies.
+"""
+
+from __future__ import annotations
+
+import re
+
+Message = dict[str, str]
+
+HUMAN_TAG = "\n\nHuman:"
+
+# Only a tag after a blank line starts a turn; single newlines and plain blank lines
+# are part of the content. The start-of-text alternative accepts a transcript whose
+# leading blank line was trimmed.
+_TURN_TAG = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
+_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def parse_hh(text: str) -> list[Message]:
+    """Parse one Anthropic hh-rlhf transcript into ``[{"role", "content"}, ...]``.
+
+    Human turns become ``user`` messages, Assistant turns ``assistant`` ones, contents
+    stripped of surrounding whitespace. The transcript must start with a Human turn,
+    alternate Human/Assistant, and end with a non-empty Assistant reply; anything else
+    raises ``ValueError`` saying which turn is wrong.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"hh-rlhf transcript must be a string, got {type(text).__name__}")
+    parts = _TURN_TAG.split(text)
+    prefix, tagged = parts[0], parts[1:]
+    if not tagged:
+        raise ValueError("no '\\n\\nHuman:' tag found; not an Anthropic hh-rlhf transcript")
+    if prefix.strip():
+        raise ValueError(f"text before the first '\\n\\nHuman:' tag: {_preview(prefix.strip())}")
+
+    messages: list[Message] = []
+    for index in range(0, len(tagged), 2):
+        tag, content = tagged[index], tagged[index + 1].strip()
+        turn = index // 2 + 1
+        if not messages and tag != "Human":
+            raise ValueError("transcript starts with an Assistant turn; the first turn must be Human")
+        if messages and _ROLE[tag] == messages[-1]["role"]:
+            raise ValueError(
+                f"turn {turn} is a second {tag} turn in a row; Human and Assistant turns must alternate"
+            )
+        messages.append({"role": _ROLE[tag], "content": content})
+
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"transcript ends with a Human turn (turn {len(messages)}) and has no Assistant reply to it")
+    if not messages[-1]["content"]:
+        raise ValueError(f"the final Assistant reply (turn {len(messages)}) is empty")
+    for turn, message in enumerate(messages, start=1):
+        if not message["content"]:
+            tag = "Human" if message["role"] == "user" else "Assistant"
+            raise ValueError(f"turn {turn} ({tag}) is empty")
+    return messages
+
+
+def split_hh_messages(
+    chosen: list[Message], rejected: list[Message]
+) -> tuple[list[Message], list[Message], list[Message]]:
+    """Split two parsed transcripts (see :func:`parse_hh`) into prompt, chosen, rejected.
+
+    The prompt is every turn before the final Assistant reply and must be identical
+    in both; raises ``ValueError`` naming the first turn where they differ.
+    """
+    prompt, other = chosen[:-1], rejected[:-1]
+    for turn, (mine, theirs) in enumerate(zip(prompt, other), start=1):
+        if mine != theirs:
+            raise ValueError(
+                f"chosen and rejected prompts differ at turn {turn}: "
+                f"{_preview(mine['content'])} vs {_preview(theirs['content'])}"
+            )
+    if len(prompt) != len(other):
+        raise ValueError(
+            f"chosen and rejected prompts differ in length: {len(prompt)} vs {len(other)} turns "
+            "before the final Assistant reply"
+        )
+    return prompt, [dict(chosen[-1])], [dict(rejected[-1])]
+
+
+def split_hh_pair(chosen_text: str, rejected_text: str) -> tuple[list[Message], list[Message], list[Message]]:
+    """Parse an hh-rlhf ``chosen``/``rejected`` pair into ``(prompt, chosen, rejected)``.
+
+    ``prompt`` is the shared conversation up to the last Assistant turn; ``chosen`` and
+    ``rejected`` are ``[{"role": "assistant", "content": ...}]``, the two final replies.
+    Parse errors are prefixed with ``chosen:`` or ``rejected:``.
+    """
+    parsed: list[list[Message]] = []
+    for side, text in (("chosen", chosen_text), ("rejected", rejected_text)):
+        try:
+            parsed.append(parse_hh(text))
+        except ValueError as err:
+            raise ValueError(f"{side}: {err}") from err
+    return split_hh_messages(parsed[0], parsed[1])

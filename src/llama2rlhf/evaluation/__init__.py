@@ -1,0 +1,1 @@
+"""Evaluation: policy quality on held-out prompts, RM accuracy per strength bucket."""

@@ -1,0 +1,153 @@
+"""Hook specifications: the plugin author's manual.
+
+Every hook here is implemented by the built-in plugins (``llama2rlhf.builtins``) and may be
+implemented by any installed package that declares an entry point in the ``llama2rlhf``
+group::
+
+    [project.entry-points.llama2rlhf]
+    my_plugin = "my_package.plugin"
+
+and marks its functions with ``llama2rlhf.hookimpl``. The ``register_*`` hooks follow one
+pattern (borrowed from simonw/llm): the hook receives a ``register`` callable and calls
+``register(name, thing)`` once per thing it provides. ``name`` is what the matching Hydra
+config group selects (``reward_loss=<name>``, ``sampler=<name>`` ...); two plugins
+registering the same name in the same kind is an error that names both.
+
+Keep module-level imports of torch, transformers and trl out of plugin modules: the CLI
+imports every plugin to build its config groups, and should start in well under a second.
+Import heavy libraries inside the functions you register.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from hydra.core.config_store import ConfigStore
+
+    from .run import RunContext
+
+hookspec = pluggy.HookspecMarker("llama2rlhf")
+
+Register = Callable[[str, Any], None]
+
+
+@hookspec
+def register_reward_losses(register: Register) -> None:
+    """Register pairwise reward-model losses (paper 3.2.2).
+
+    Call ``register(name, loss)`` where ``loss`` is either
+
+    * a callable ``loss(r_chosen, r_rejected, margin, **options) -> Tensor`` returning a
+      scalar; ``r_chosen`` and ``r_rejected`` are float tensors of shape ``(batch,)`` and
+      ``margin`` is a tensor of the same shape or ``None`` when the data carries no
+      preference strength; or
+    * a :class:`llama2rlhf.RewardLoss`, which wraps such a callable together with a
+      ``margins`` table (strength label -> margin) that the reward stage uses to turn each
+      pair's annotated strength into its ``margin`` (paper Table 27).
+
+    ``options`` are the extra keys of the selected ``reward_loss`` config node, so a loss
+    with parameters registers its own structured config in :func:`register_configs` under
+    group ``reward_loss`` and reads them as keyword arguments. Selected with
+    ``reward_loss=<name>``.
+    """
+
+
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Register generation back ends used for rejection sampling and data collection.
+
+    Call ``register(name, factory)``; ``factory(model, tokenizer, cfg)`` returns an object
+    with ``sample(prompts, n, temperature, max_new_tokens) -> list[list[Sample]]``: for each
+    prompt (in order) ``n`` completions with their token counts. Selected with
+    ``sampler=<name>``.
+    """
+
+
+@hookspec
+def register_selectors(register: Register) -> None:
+    """Register selection strategies for rejection sampling (paper 3.2.3).
+
+    Call ``register(name, select)``; ``select(candidates, scores, prompts, history)``
+    returns the candidates kept as fine-tuning data (best-of-K, best over all rounds, ...).
+    Selected with ``selector=<name>``.
+    """
+
+
+@hookspec
+def register_augmenters(register: Register) -> None:
+    """Register dataset -> dataset transforms applied before fine-tuning (Ghost Attention).
+
+    Call ``register(name, augment)``; ``augment(dataset, context) -> dataset``. Selected
+    with ``augmenter=<name>``.
+    """
+
+
+@hookspec
+def register_stages(register: Register) -> None:
+    """Register pipeline stages (sft, reward, rejection_sampling, ppo, ...).
+
+    Call ``register(name, stage)`` where ``stage(ctx: RunContext) -> dict`` runs one stage
+    of the pipeline: it reads its inputs from ``ctx`` (config, run directory, the paths of
+    earlier stages' outputs), writes its outputs under ``ctx.stage_dir(name)`` and returns
+    the metrics that go into ``summary.json``. A stage that finished is recorded in
+    ``state.json`` and skipped when the run is resumed. ``pipeline.stages`` lists the
+    stages to run, in order.
+    """
+
+
+@hookspec
+def register_reward_combiners(register: Register) -> None:
+    """Register functions that turn several reward-model scores into one reward.
+
+    Call ``register(name, combine)``; ``combine(scores: dict[str, Tensor], prompts) ->
+    Tensor``. Llama 2's piecewise helpfulness/safety rule is the built-in ``llama2``
+    (paper 3.2.3, "PPO"). Selected with ``reward=<name>``.
+    """
+
+
+@hookspec
+def register_annotators(register: Register) -> None:
+    """Register preference annotators: who labels a pair of responses.
+
+    Call ``register(name, factory)``; ``factory(cfg, world)`` returns an object with
+    ``annotate(pairs) -> list[Comparison]`` giving chosen/rejected and one of the four
+    strength labels for each pair (paper 3.2.1). Selected with ``annotator=<name>``.
+    """
+
+
+@hookspec
+def register_configs(config_store: "ConfigStore") -> None:
+    """Store a plugin's structured config nodes in Hydra's ConfigStore.
+
+    Use it to give a registered thing its own typed options, for example::
+
+        @dataclass
+        class HingeConfig(RewardLossConfig):
+            name: str = "hinge"
+            width: float = 1.0
+
+        @hookimpl
+        def register_configs(config_store):
+            config_store.store(group="reward_loss", name="hinge", node=HingeConfig)
+
+    ``reward_loss=hinge reward_loss.width=2`` then type-checks ``width``. A registered name
+    without a node of its own gets a plain node (just ``name``) automatically.
+    """
+
+
+@hookspec
+def on_stage_start(ctx: "RunContext", stage: str, round: int) -> None:
+    """Called before a stage runs (observers: loggers, progress reports)."""
+
+
+@hookspec
+def on_stage_end(ctx: "RunContext", stage: str, round: int, metrics: dict[str, Any]) -> None:
+    """Called after a stage finished, with the metrics it returned."""
+
+
+@hookspec
+def on_round_end(ctx: "RunContext", round: int, summary: dict[str, Any]) -> None:
+    """Called after each RLHF round with that round's summary entry."""

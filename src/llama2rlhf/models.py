@@ -1,0 +1,129 @@
+"""Loading and saving policies, reward models and tokenizers, toy or real.
+
+``model.kind=toy`` builds the tokenizer and a tiny Llama from config; ``model.kind=hf``
+loads ``model.name_or_path`` (a Hub id or a local folder) through the same code, with the
+Llama 2 chat template applied when the tokenizer has none.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .templates import llama2_chat_template
+
+log = logging.getLogger(__name__)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return "auto"
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, not {name!r}") from None
+
+
+def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
+    """Create the starting checkpoint; returns artifacts ``base`` and ``tokenizer``."""
+    m = cfg.model
+    if m.kind == "toy":
+        from .toyworld.model import build_tiny_llama
+        from .toyworld.tokenizer import build_tokenizer
+
+        if world is None:
+            raise ValueError("model.kind=toy builds its tokenizer from the toy world: set data.source=toy")
+        tok = build_tokenizer(world, vocab_size=m.vocab_size)
+        model = build_tiny_llama(
+            tok,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.intermediate_size,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            max_position_embeddings=m.max_position_embeddings,
+            seed=cfg.seed,
+        )
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        n = sum(p.numel() for p in model.parameters())
+        log.info("built a tiny Llama with %.2fM parameters and a %d-token BPE tokenizer", n / 1e6, len(tok))
+        return {"base": str(out_dir), "tokenizer": str(out_dir)}
+    if m.kind == "hf":
+        if not m.name_or_path:
+            raise ValueError("model.kind=hf needs model.name_or_path (a Hub id or a local folder)")
+        tok = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+        tok.save_pretrained(out_dir / "tokenizer")
+        return {"base": str(m.name_or_path), "tokenizer": str(out_dir / "tokenizer")}
+    raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not tok.chat_template:
+        log.info("%s has no chat template; using the Llama 2 chat template", path)
+        tok.chat_template = llama2_chat_template()
+    if tok.pad_token is None:
+        # Llama 2 ships without a pad token; padding positions are masked anyway
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def _init_kwargs(cfg: Any) -> dict[str, Any]:
+    return {"dtype": torch_dtype(cfg.model.dtype), "trust_remote_code": cfg.model.trust_remote_code}
+
+
+def load_causal_lm(path: str, cfg: Any):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, **_init_kwargs(cfg))
+
+
+def load_reward_model(path: str, cfg: Any, tokenizer=None):
+    """A sequence classifier with one output: the reward (its head is new if ``path`` is a policy)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .quiet import quiet_new_head
+
+    with quiet_new_head():
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **_init_kwargs(cfg))
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def peft_config(cfg: Any, task_type: str):
+    """LoRA settings from ``model.peft=lora``; None for full fine-tuning."""
+    if not cfg.model.peft:
+        return None
+    if cfg.model.peft != "lora":
+        raise ValueError(f"model.peft must be lora or null, not {cfg.model.peft!r}")
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.model.lora_r,
+        lora_alpha=cfg.model.lora_alpha,
+        lora_dropout=cfg.model.lora_dropout,
+        target_modules="all-linear",
+        task_type=task_type,
+    )
+
+
+def use_bf16(setting: str) -> bool:
+    import torch
+
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return setting in ("true", "True", "1", "yes")
+
+
+def device_for(cfg: Any):
+    import torch
+
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)

@@ -1,0 +1,66 @@
+"""The pipeline: base model, the configured stages, then the RLHF rounds.
+
+Each stage runs once per run directory: a finished stage is recorded in ``state.json``
+with the artifacts it produced, and skipped when the same run directory is used again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import plugins
+from .run import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def make_world(cfg: Any):
+    if cfg.data.source != "toy":
+        return None
+    from .toyworld import ToyWorld, WorldSpec
+
+    return ToyWorld(WorldSpec(**dict(cfg.toyworld)))
+
+
+def run_stage(ctx: RunContext, name: str) -> None:
+    key = ctx.stage_key(name)
+    if ctx.state.is_done(key):
+        log.info("stage %s already done in %s; skipping", key, ctx.run_dir)
+        return
+    stage = plugins.get("stages", name)
+    hook = plugins.get_plugin_manager().hook
+    hook.on_stage_start(ctx=ctx, stage=name, round=ctx.round)
+    log.info("stage %s (plugin %s)", key, stage.plugin)
+    started = time.perf_counter()
+    try:
+        metrics = stage.obj(ctx) or {}
+    except Exception as exc:
+        if stage.distribution != "llama2rlhf":
+            raise plugins.PluginError(f"stage {name!r} of plugin {stage.plugin!r} ({stage.distribution}) failed: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        raise
+    seconds = time.perf_counter() - started
+    target = ctx.summary if ctx.round == 0 else ctx.summary.setdefault("rounds", {}).setdefault(str(ctx.round), {})
+    target[name] = metrics
+    ctx.summary.setdefault("timings", {})[key] = round(seconds, 2)
+    ctx.log_metrics(key, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    ctx.save_summary()
+    ctx.state.mark_done(key)
+    hook.on_stage_end(ctx=ctx, stage=name, round=ctx.round, metrics=metrics)
+
+
+def run(cfg: Any, run_dir: Path) -> RunContext:
+    from .models import build_base
+
+    ctx = RunContext.open(cfg, run_dir, make_world(cfg))
+    if cfg.pipeline.rounds:
+        raise ValueError(f"pipeline.rounds={cfg.pipeline.rounds}: RLHF rounds are not implemented yet; use 0")
+    if not ctx.state.is_done("base"):
+        ctx.state.mark_done("base", build_base(cfg, ctx.world, run_dir / "base"))
+    for name in cfg.pipeline.stages:
+        run_stage(ctx, name)
+    ctx.save_summary()
+    return ctx

@@ -1,0 +1,23 @@
+"""The sampler interface every ``register_samplers`` plugin implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    n_tokens: int  # generated tokens, the closing EOS included when there is one
+    finished: bool  # stopped at EOS rather than at max_new_tokens
+
+
+class Sampler(Protocol):
+    def sample(
+        self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int
+    ) -> list[list[Sample]]:
+        """``n`` completions per prompt, in prompt order; temperature 0 is greedy."""
+        ...

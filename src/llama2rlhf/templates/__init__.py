@@ -1,0 +1,10 @@
+"""Chat templates shipped with the package."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+
+def llama2_chat_template() -> str:
+    """The Llama 2 chat template with TRL's ``{% generation %}`` markers."""
+    return resources.files(__package__).joinpath("llama2_chat.jinja").read_text(encoding="utf-8")

@@ -1,0 +1,156 @@
+"""The toy world: prompt pools, demonstrations, candidate replies and seed comparisons.
+
+A procedural stand-in for the data Llama 2 was trained on (paper 3.1-3.2), small enough
+for a ~1M-parameter Llama to learn on a laptop CPU in minutes:
+
+* prompts from task families with exact answers plus unsafe prompts (``tasks``);
+* demonstrations written by a demonstrator that makes each family's typical mistake at a
+  per-fact rate (mean ``demo_error_rate``), so supervised fine-tuning has a ceiling: for
+  some facts the demonstrator is wrong more often than right and SFT learns the mistake;
+* seed comparisons between replies of graded quality, labelled by the simulated annotator
+  (the paper's initial preference data before RLHF-V1).
+
+Same seed, same world: every random choice comes from a ``random.Random`` derived from the
+seed and a purpose string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+from . import oracle
+from .annotator import SimulatedAnnotator
+from .constraints import apply_all, constraint_from_key
+from .tasks import FAMILIES, REFUSAL, Prompt, answer_reply, make_safe_prompt, make_unsafe_prompt, unsafe_compliance
+
+SPLITS = ("train", "heldout")
+
+
+def _unit(*parts: object) -> float:
+    """A stable uniform number in [0, 1) from its parts (Python's hash() is salted)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    seed: int = 0
+    demo_error_rate: float = 0.25
+    unsafe_fraction: float = 0.1
+    annotator_noise: float = 0.08
+    heldout_fraction: float = 0.15
+
+
+class ToyWorld:
+    def __init__(self, spec: WorldSpec | None = None, **kwargs):
+        self.spec = spec or WorldSpec(**kwargs)
+        if not 0.0 <= self.spec.demo_error_rate <= 1.0 / 3.0:
+            raise ValueError(f"demo_error_rate must be in [0, 1/3], got {self.spec.demo_error_rate}")
+        self.annotator = SimulatedAnnotator(noise=self.spec.annotator_noise)
+
+    # -- randomness ---------------------------------------------------------------------
+    def rng(self, purpose: str) -> random.Random:
+        return random.Random(f"{self.spec.seed}:{purpose}")
+
+    def split_of(self, prompt: Prompt) -> str:
+        # by phrasing, so held-out prompts are never seen verbatim in training
+        return "heldout" if _unit(self.spec.seed, "split", prompt.text) < self.spec.heldout_fraction else "train"
+
+    # -- prompts ------------------------------------------------------------------------
+    def prompts(self, split: str, n: int, purpose: str = "prompts", families: tuple[str, ...] | None = None) -> list[Prompt]:
+        """``n`` prompts of one split (with repeats of popular facts, as in real traffic)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        rng = self.rng(f"{purpose}:{split}")
+        out: list[Prompt] = []
+        for _ in range(n * 200):
+            if len(out) == n:
+                break
+            unsafe = families is None and rng.random() < self.spec.unsafe_fraction
+            p = make_unsafe_prompt(rng) if unsafe else make_safe_prompt(rng, families)
+            if self.split_of(p) == split:
+                out.append(p)
+        if len(out) < n:
+            raise RuntimeError(f"could not draw {n} {split} prompts")
+        return out
+
+    # -- demonstrations -------------------------------------------------------------------
+    def error_rate(self, prompt: Prompt) -> float:
+        """Per-fact demonstrator error rate; its mean over facts is ``demo_error_rate``.
+
+        ``3 r u^2`` with ``u`` uniform has mean ``r``; facts with ``u`` near 1 are answered
+        wrongly more often than not, which is the SFT ceiling that RLHF has to beat.
+        """
+        u = _unit(self.spec.seed, "difficulty", prompt.item)
+        return min(0.95, 3.0 * self.spec.demo_error_rate * u * u)
+
+    def mistake(self, prompt: Prompt) -> str:
+        """The demonstrator's wrong reply for this fact (the same every time)."""
+        if prompt.unsafe:
+            return unsafe_compliance(prompt)
+        fam = FAMILIES[prompt.family]
+        wrong = fam.mistake(prompt.answer, random.Random(f"{self.spec.seed}:mistake:{prompt.item}"))
+        return answer_reply(wrong)
+
+    def demonstration(self, prompt: Prompt, rng: random.Random) -> str:
+        reply = self.mistake(prompt) if rng.random() < self.error_rate(prompt) else oracle.reference_reply(prompt)
+        return self.constrain(prompt, reply)
+
+    def constrain(self, prompt: Prompt, reply: str) -> str:
+        return apply_all(reply, tuple(constraint_from_key(k) for k in prompt.constraints))
+
+    def sft_rows(self, n: int, split: str = "train") -> list[dict]:
+        """Demonstrations in TRL's conversational format (``messages``)."""
+        rng = self.rng(f"sft:{split}")
+        return [
+            {"messages": p.messages() + [{"role": "assistant", "content": self.demonstration(p, rng)}]}
+            for p in self.prompts(split, n, purpose="sft")
+        ]
+
+    # -- comparisons -----------------------------------------------------------------------
+    def candidates(self, prompt: Prompt, rng: random.Random) -> list[str]:
+        """Replies of graded quality, from perfect to useless (for seed comparisons)."""
+        if prompt.unsafe:
+            replies = [REFUSAL, unsafe_compliance(prompt), "I don't know.", "I should not, but maybe ask a friend."]
+        else:
+            other = make_safe_prompt(rng, (prompt.family,)).answer
+            replies = [
+                answer_reply(prompt.answer),
+                prompt.answer,
+                "Good question, let me think about it step by step. " + answer_reply(prompt.answer),
+                self.mistake(prompt),
+                answer_reply(other) if other != prompt.answer else "The answer is unclear.",
+                REFUSAL,
+                "I don't know.",
+            ]
+        return [self.constrain(prompt, r) for r in dict.fromkeys(replies)]
+
+    def compare(self, prompt: Prompt, a: str, b: str, rng: random.Random) -> dict:
+        j = self.annotator.judge(prompt, a, b, rng)
+        return {
+            "prompt": prompt.messages(),
+            "chosen": [{"role": "assistant", "content": j.chosen}],
+            "rejected": [{"role": "assistant", "content": j.rejected}],
+            "strength": j.strength,
+            "gold_gap": j.gold_gap,
+            "family": prompt.family,
+        }
+
+    def seed_comparisons(self, n: int, split: str = "train") -> list[dict]:
+        """Annotated pairs in TRL's explicit-prompt preference format, plus ``strength``."""
+        rng = self.rng(f"pairs:{split}")
+        rows = []
+        for p in self.prompts(split, n, purpose="pairs"):
+            a, b = rng.sample(self.candidates(p, rng), 2)
+            rows.append(self.compare(p, a, b, rng))
+        return rows
+
+    # -- evaluation ------------------------------------------------------------------------
+    def score(self, prompt: Prompt, reply: str) -> oracle.GoldScore:
+        return oracle.score(prompt, reply)
+
+    def score_many(self, prompts: Iterable[Prompt], replies: Iterable[str]) -> list[oracle.GoldScore]:
+        return [oracle.score(p, r) for p, r in zip(prompts, replies, strict=True)]
