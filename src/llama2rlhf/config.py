@@ -160,7 +160,9 @@ def store_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     pm = plugins.get_plugin_manager()
+    hooktrace = pm.trace.root.get("hook")  # a no-op unless LLAMA2RLHF_TRACE_HOOKS is set
     for impl in pm.hook.register_configs.get_hookimpls():
+        hooktrace("register_configs", {"plugin": impl.plugin_name})
         try:
             impl.function(config_store=cs)
         except Exception as exc:

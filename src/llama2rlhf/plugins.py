@@ -122,6 +122,9 @@ def registry(kind: str) -> dict[str, Registered]:
     pm = get_plugin_manager()
     hook_name = KINDS[kind][0]
     found: dict[str, Registered] = {}
+    # pluggy traces calls made through pm.hook; these are made one implementation at a
+    # time, so they go through its tracer by hand (a no-op unless LLAMA2RLHF_TRACE_HOOKS).
+    hooktrace = pm.trace.root.get("hook")
     # Each implementation is called on its own so that every name is traced to its plugin.
     for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
         plugin = impl.plugin_name
@@ -138,6 +141,7 @@ def registry(kind: str) -> dict[str, Registered]:
                 )
             found[name] = Registered(name, obj, _plugin, _plugin_dists.get(_plugin))
 
+        hooktrace(hook_name, {"plugin": plugin})
         try:
             impl.function(register=register)
         except PluginError:
@@ -147,6 +151,7 @@ def registry(kind: str) -> dict[str, Registered]:
                 f"plugin {plugin!r} ({_plugin_dists.get(plugin, 'unknown distribution')}) failed in "
                 f"{hook_name}: {type(exc).__name__}: {exc}"
             ) from exc
+        hooktrace("finish", hook_name, "-->", sorted(n for n, r in found.items() if r.plugin == plugin))
     _registries[kind] = found
     return found
 

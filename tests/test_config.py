@@ -1,0 +1,184 @@
+"""The Hydra app and its structured configs (llama2rlhf.config, llama2rlhf.cli).
+
+The CLI runs in a subprocess with ``cwd=tmp_path``: the config tree ships inside the
+package, so the app must work from any directory. ``--cfg job`` prints the composed config
+and exits without running a stage, so each call takes about a second; a bad override must
+fail just as fast, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llama2rlhf import plugins
+
+BUILTIN_LOSSES = {"bradley_terry", "margin_small", "margin_large"}
+FAST_S = 10.0  # far below the minutes a toy run takes
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("llama2rlhf")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "llama2rlhf.cli"]
+
+
+def run_cli(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, str, float]:
+    """(process, stdout + stderr, seconds); asserts it was fast and left nothing behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA2RLHF_", "HYDRA_"))}
+    start = time.monotonic()
+    proc = subprocess.run([*cli_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    assert elapsed < FAST_S, f"`llama2rlhf {' '.join(args)}` took {elapsed:.1f} s"
+    assert not (cwd / "outputs").exists(), "a run directory was created: a stage ran"
+    assert "summary:" not in proc.stdout
+    return proc, proc.stdout + proc.stderr, elapsed
+
+
+def job_config(*overrides: str, cwd: Path) -> dict:
+    """The composed config that ``llama2rlhf <overrides> --cfg job`` prints."""
+    import yaml
+
+    proc, out, _ = run_cli(*overrides, "--cfg", "job", cwd=cwd)
+    assert proc.returncode == 0, out
+    return yaml.safe_load(proc.stdout)
+
+
+# --- the defaults ----------------------------------------------------------------------
+
+
+def test_default_config_from_any_directory(tmp_path):
+    proc, out, _ = run_cli("--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, out
+    assert "reward_loss:\n  name: margin_small\n" in proc.stdout
+    assert "model:\n  kind: toy\n" in proc.stdout
+    cfg = job_config(cwd=tmp_path)
+    assert cfg["reward_loss"] == {"name": "margin_small"}
+    assert cfg["model"]["kind"] == "toy"
+    assert cfg["data"]["source"] == "toy"
+    assert cfg["pipeline"]["name"] == "toy"
+    assert cfg["pipeline"]["stages"] == ["sft", "reward"]
+    # the toy pipeline scales the paper's SFT learning rate up for a model trained from scratch
+    assert cfg["sft"]["learning_rate"] == pytest.approx(3e-3)
+
+
+def test_override_pipeline_rounds(tmp_path):
+    cfg = job_config("pipeline.rounds=2", cwd=tmp_path)
+    assert cfg["pipeline"]["rounds"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_LOSSES))
+def test_each_builtin_loss_is_selectable(tmp_path, name):
+    assert job_config(f"reward_loss={name}", cwd=tmp_path)["reward_loss"] == {"name": name}
+
+
+# --- bad overrides fail fast with Hydra's messages -------------------------------------
+
+
+def test_unknown_reward_loss_fails_fast_listing_the_options(tmp_path):
+    proc, out, _ = run_cli("reward_loss=nope", cwd=tmp_path)  # no --cfg: it would run if accepted
+    assert proc.returncode != 0
+    assert "Could not find 'reward_loss/nope'" in out
+    options = out.split("Available options in 'reward_loss':", 1)[1].split("Config search path", 1)[0].split()
+    assert BUILTIN_LOSSES <= set(options)
+    assert "example_hinge" in options  # the installed example plugin's name is an option too
+
+
+def test_mistyped_key_fails_naming_the_key(tmp_path):
+    proc, out, _ = run_cli("sft.learnin_rate=1", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "learnin_rate" in out
+    assert "Key 'learnin_rate' not in 'SFTStageConfig'" in out
+
+
+def test_wrong_type_fails_naming_value_and_type(tmp_path):
+    proc, out, _ = run_cli("sft.learning_rate=abc", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "'abc'" in out
+    assert "Float" in out
+
+
+# --- a plugin's own typed options ------------------------------------------------------
+
+
+def test_plugin_option_is_set_from_the_command_line(tmp_path):
+    cfg = job_config("reward_loss=example_hinge", "reward_loss.width=2.5", cwd=tmp_path)
+    assert cfg["reward_loss"] == {"name": "example_hinge", "width": 2.5}
+    assert job_config("reward_loss=example_hinge", cwd=tmp_path)["reward_loss"]["width"] == 1.0
+
+
+def test_plugin_option_is_type_checked(tmp_path):
+    proc, out, _ = run_cli("reward_loss=example_hinge", "reward_loss.width=abc", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "'abc'" in out and "Float" in out
+
+
+def test_plugin_option_does_not_leak_into_other_losses(tmp_path):
+    proc, out, _ = run_cli("reward_loss=margin_small", "reward_loss.width=2", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "width" in out
+
+
+# --- in-process: the structured configs --------------------------------------------------
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    for var in (plugins.DISABLE_AUTOLOAD_ENV, plugins.TRACE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield plugins
+    plugins.reset()
+
+
+def test_plugin_subclass_node_merges_into_the_schema():
+    """Hydra's composition: a RewardLossConfig subclass replaces the base node and keeps its type."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    from llama2rlhf.config import Config, RewardLossConfig
+    from llama2rlhf_example.plugin import ExampleHingeConfig
+
+    base = OmegaConf.structured(Config)
+    merged = OmegaConf.merge(base, {"reward_loss": OmegaConf.structured(ExampleHingeConfig)})
+    assert OmegaConf.to_container(merged.reward_loss) == {"name": "example_hinge", "width": 1.0}
+    assert isinstance(OmegaConf.to_object(merged.reward_loss), RewardLossConfig)
+    merged.reward_loss.width = "0.25"
+    assert merged.reward_loss.width == 0.25
+    with pytest.raises(ValidationError):
+        merged.reward_loss.width = "abc"
+
+
+def test_compose_in_process_with_plugin_node(fresh):
+    from hydra import compose, initialize_config_module
+
+    from llama2rlhf.config import store_configs
+
+    store_configs()
+    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+        default = compose("config")
+        hinge = compose("config", overrides=["reward_loss=example_hinge", "reward_loss.width=0.5"])
+    assert default.reward_loss.name == "margin_small"
+    assert "width" not in default.reward_loss
+    assert hinge.reward_loss.name == "example_hinge"
+    assert hinge.reward_loss.width == 0.5
+
+
+def test_every_registered_loss_has_a_config_option(fresh):
+    from hydra.core.config_store import ConfigStore
+
+    from llama2rlhf.config import store_configs
+
+    store_configs()
+    stored = set(ConfigStore.instance().repo.get("reward_loss", {}))
+    from importlib import resources
+
+    shipped = {p.name for p in resources.files("llama2rlhf").joinpath("conf", "reward_loss").iterdir()}
+    for name in fresh.registry("reward_losses"):
+        assert f"{name}.yaml" in stored | shipped
