@@ -73,7 +73,7 @@ class TrainConfig:
     max_length: int = 1024
     # "auto": bf16 where the accelerator supports it
     bf16: str = "auto"
-    gradient_checkpointing: bool = False
+    activation_checkpointing: bool = False  # transformers 5 name of gradient checkpointing
     logging_steps: int = 10
     dataloader_num_workers: int = 0
     extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field

@@ -35,7 +35,8 @@ def _persona(figure: str) -> Constraint:
         f"persona:{figure}",
         f"Act as {figure}.",
         lambda reply: f"{head} {reply}",
-        lambda reply: reply.strip().startswith(head),
+        # case-free: a language constraint may restyle the persona's words too
+        lambda reply: reply.strip().lower().startswith(head.lower()),
     )
 
 
@@ -56,7 +57,7 @@ def _hobby(hobby: str) -> Constraint:
         f"hobby:{hobby}",
         f"You love {hobby}.",
         lambda reply: f"{reply} {tail}",
-        lambda reply: reply.strip().endswith(tail),
+        lambda reply: reply.strip().lower().endswith(tail.lower()),
     )
 
 

@@ -1,0 +1,26 @@
+"""Shared fixtures: a toy world, its tokenizer and tiny models, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def world():
+    from llama2rlhf.toyworld import ToyWorld
+
+    return ToyWorld()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(world):
+    from llama2rlhf.toyworld.tokenizer import build_tokenizer
+
+    return build_tokenizer(world, vocab_size=512, n_prompts=600)
+
+
+@pytest.fixture()
+def tiny_llama(tokenizer):
+    from llama2rlhf.toyworld.model import build_tiny_llama
+
+    return build_tiny_llama(tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)

@@ -1,0 +1,81 @@
+"""The default pipeline end to end at tiny size, through the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("llama2rlhf"))
+TINY = [
+    "data.n_sft=160", "data.n_pairs=160", "data.n_eval_pairs=40", "data.n_eval_prompts=16",
+    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2",
+    "model.vocab_size=400", "sft.num_train_epochs=1", "reward_model.num_train_epochs=1",
+    "eval.max_new_tokens=12",
+]
+
+
+def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, f"hydra.run.dir={tmp_path / 'run'}", *TINY, *overrides], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    proc = run_cli(tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run", proc
+
+
+def test_run_writes_state_summary_and_checkpoints(default_run):
+    run, proc = default_run
+    assert f"summary: {run / 'summary.json'}" in proc.stdout
+    state = json.loads((run / "state.json").read_text())
+    assert state["done"] == ["base", "sft", "reward"]
+    for name in ("sft", "reward"):
+        model_dir = Path(state["artifacts"][name])
+        assert model_dir == run / name / "model"
+        assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+        assert (model_dir / "tokenizer.json").is_file()
+    assert json.loads((run / "reward" / "model" / "config.json").read_text())["architectures"] == [
+        "LlamaForSequenceClassification"]
+
+    summary = json.loads((run / "summary.json").read_text())
+    sft = summary["sft"]
+    assert 0.0 <= sft["task_accuracy"] <= 1.0 and 0.0 <= sft["gold_reward"] <= 1.0
+    assert sft["n_prompts"] == 16 and sft["n_examples"] == 160
+    acc = summary["rm_accuracy"]
+    assert set(acc) >= {"significantly_better", "better", "slightly_better", "negligibly_better", "overall"}
+    assert sum(acc["counts"][k] for k in ("significantly_better", "better", "slightly_better",
+                                          "negligibly_better")) == acc["counts"]["overall"] == 40
+    assert summary["reward"]["reward_loss"] == "margin_small"
+    assert set(summary["timings"]) == {"sft", "reward"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["prefix"] for x in lines] == ["sft", "reward"]
+
+
+def test_rerun_skips_finished_stages(default_run, tmp_path):
+    run, _ = default_run
+    before = (run / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
+    proc = subprocess.run([CLI, f"hydra.run.dir={run}", *TINY], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage sft already done" in proc.stderr + proc.stdout
+    assert (run / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_plugin_reward_loss_selected_from_the_command_line(tmp_path):
+    proc = run_cli(tmp_path, "reward_loss=example_hinge", "reward_loss.width=0.5", "pipeline.stages=[sft,reward]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reward"]["reward_loss"] == "example_hinge"
+    # with autoload off the plugin is gone and Hydra says which losses exist
+    proc = run_cli(tmp_path, "reward_loss=example_hinge", env={"LLAMA2RLHF_DISABLE_AUTOLOAD": "1"})
+    assert proc.returncode != 0
+    assert "Could not find 'reward_loss/example_hinge'" in proc.stderr
+    assert "margin_small" in proc.stderr
