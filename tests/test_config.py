@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from importlib import resources
 
 import pytest
+import yaml
 
 from llama2rlhf import plugins
 
@@ -65,12 +67,9 @@ def test_default_config_from_any_directory(tmp_path):
     assert cfg["pipeline"]["name"] == "toy"
     assert cfg["pipeline"]["stages"] == ["sft", "reward"]
     # the toy pipeline scales the paper's SFT learning rate up for a model trained from scratch
-    import yaml
-    from importlib import resources
-
     toy = yaml.safe_load(resources.files("llama2rlhf").joinpath("conf/pipeline/toy.yaml").read_text())
     assert cfg["sft"]["learning_rate"] == pytest.approx(toy["sft"]["learning_rate"])
-    assert cfg["sft"]["learning_rate"] > 100 * 2e-5
+    assert cfg["sft"]["learning_rate"] > 10 * 2e-5
 
 
 def test_override_pipeline_rounds(tmp_path):
