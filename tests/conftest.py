@@ -24,3 +24,15 @@ def tiny_llama(tokenizer):
     from llama2rlhf.toyworld.model import build_tiny_llama
 
     return build_tiny_llama(tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """A plugin manager rebuilt from scratch for this test, and forgotten after it."""
+    from llama2rlhf import plugins
+
+    for var in (plugins.DISABLE_AUTOLOAD_ENV, plugins.TRACE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield plugins
+    plugins.reset()

@@ -12,13 +12,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import yaml
-
-from llama2rlhf import plugins
 
 BUILTIN_LOSSES = {"bradley_terry", "margin_small", "margin_large"}
 FAST_S = 10.0  # far below the minutes a toy run takes
@@ -130,15 +128,6 @@ def test_plugin_option_does_not_leak_into_other_losses(tmp_path):
 
 
 # --- in-process: the structured configs --------------------------------------------------
-
-
-@pytest.fixture
-def fresh(monkeypatch):
-    for var in (plugins.DISABLE_AUTOLOAD_ENV, plugins.TRACE_ENV):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield plugins
-    plugins.reset()
 
 
 def test_plugin_subclass_node_merges_into_the_schema():

@@ -79,3 +79,37 @@ def test_plugin_reward_loss_selected_from_the_command_line(tmp_path):
     assert proc.returncode != 0
     assert "Could not find 'reward_loss/example_hinge'" in proc.stderr
     assert "margin_small" in proc.stderr
+
+
+HH_CHOSEN = "\n\nHuman: What is 2 + 2?\n\nAssistant: 4\n\nHuman: And 3 + 3?\n\nAssistant: The answer is 6."
+HH_REJECTED = "\n\nHuman: What is 2 + 2?\n\nAssistant: 4\n\nHuman: And 3 + 3?\n\nAssistant: Seven, I think."
+
+
+def test_files_source_runs_on_trl_jsonl_and_hh_text(tmp_path):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("\n".join(json.dumps({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": f"What is {i} + 1?"},
+        {"role": "assistant", "content": f"The answer is {i + 1}."},
+    ]}) for i in range(40)) + "\n")
+    prefs = tmp_path / "hh.jsonl"
+    prefs.write_text("\n".join(json.dumps({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}) for _ in range(40)) + "\n")
+    proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={prefs}",
+                   "reward_loss=bradley_terry")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sft"]["n_examples"] == 40 and "task_accuracy" not in summary["sft"]  # no gold oracle
+    assert summary["reward"]["n_pairs"] == 36  # 10 % held out
+    assert summary["rm_accuracy"]["counts"]["overall"] == 4
+
+
+def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
+    sft = tmp_path / "sft.jsonl"
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "   "}]}
+    sft.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={sft}")
+    assert proc.returncode != 0
+    assert f"{sft}:3: field 'messages[1].content'" in proc.stderr
+    # the base checkpoint written before the bad file was read is kept
+    assert (tmp_path / "run" / "base" / "config.json").is_file()

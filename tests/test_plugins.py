@@ -47,16 +47,6 @@ def list_plugins(tmp_path: Path, **env: str) -> dict[str, dict]:
     return {p["name"]: p for p in json.loads(proc.stdout)}
 
 
-@pytest.fixture
-def fresh(monkeypatch):
-    """A plugin manager rebuilt from scratch for this test, and forgotten after it."""
-    for var in (plugins.DISABLE_AUTOLOAD_ENV, plugins.TRACE_ENV):
-        monkeypatch.delenv(var, raising=False)
-    plugins.reset()
-    yield plugins
-    plugins.reset()
-
-
 # --- the `plugins` command -------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ def test_margin_losses_by_hand(name, table):
     assert loss.margins == table
     margin = torch.tensor([table[s] for s in STRENGTHS])
     diffs = [2.0 - 1.0, 0.5 - 1.0, 1.0 - 0.0]
-    expected = sum(nls(d - m) for d, m in zip(diffs, margin.tolist())) / 3
+    expected = sum(nls(d - m) for d, m in zip(diffs, margin.tolist(), strict=True)) / 3
     assert _loss(name, margin) == pytest.approx(expected, rel=1e-6)
 
 

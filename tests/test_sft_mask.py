@@ -48,16 +48,16 @@ def test_sft_trainer_labels_exactly_the_assistant_tokens(tokenizer, tiny_llama, 
         pos = start + len(piece)
     expected = [
         tok if any(s <= a and b <= e for s, e in spans) else -100
-        for tok, (a, b) in zip(ids, enc["offset_mapping"])
+        for tok, (a, b) in zip(ids, enc["offset_mapping"], strict=True)
     ]
     assert labels == expected
-    for i, (tok, label) in enumerate(zip(ids, labels)):
+    for i, (tok, label) in enumerate(zip(ids, labels, strict=True)):
         assert label in (tok, -100), f"token {i} has a label that is not its own id"
 
     # What carries a label reads back as the two answers with their closing </s>, nothing else.
     labelled = tokenizer.decode([t for t in labels if t != -100])
     assert labelled == " Newton here. The answer is 7. </s> Newton here. The answer is sun, cat, red. </s>"
     # The system prompt and both user turns carry none.
-    unlabelled = tokenizer.decode([t for t, lab in zip(ids, labels) if lab == -100])
+    unlabelled = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100])
     assert SYSTEM in unlabelled and TURNS[0][0] in unlabelled and TURNS[1][0] in unlabelled
     assert "[/INST]" in unlabelled and "[/INST]" not in labelled

@@ -41,7 +41,7 @@ def test_demonstration_error_rate_matches_config():
         w = ToyWorld(demo_error_rate=rate)
         prompts = w.prompts("train", 4000, purpose="sft")
         rows = w.sft_rows(4000)
-        wrong = sum(not score(p, r["messages"][-1]["content"]).correct for p, r in zip(prompts, rows))
+        wrong = sum(not score(p, r["messages"][-1]["content"]).correct for p, r in zip(prompts, rows, strict=True))
         assert wrong / 4000 == pytest.approx(rate, abs=0.03)
 
 

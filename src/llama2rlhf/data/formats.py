@@ -20,14 +20,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
-
-from datasets import Dataset
+from typing import TYPE_CHECKING, Any
 
 from llama2rlhf.data.errors import DataError
 from llama2rlhf.data.hh import HUMAN_TAG, parse_hh, split_hh_messages
 from llama2rlhf.data.jsonl import PathLike, read_jsonl
 from llama2rlhf.data.strength import check_strength
+
+if TYPE_CHECKING:  # datasets costs a second to import; the CLI must start fast
+    from datasets import Dataset
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
@@ -154,10 +155,12 @@ class _Columns:
             if len(column) < self.rows:
                 column.append(None)
 
-    def dataset(self) -> Dataset:
+    def dataset(self) -> "Dataset":
         if self.rows == 0:
             raise DataError(self.file, None, None, "no rows; the file is empty")
         try:
+            from datasets import Dataset
+
             return Dataset.from_dict(self.data)
         except (ValueError, TypeError) as err:  # pyarrow.ArrowInvalid is a ValueError
             # Only free-form metadata can get here; the checked fields have fixed types.
@@ -184,7 +187,7 @@ def _kind_name(conversational: bool) -> str:
 # --- SFT ------------------------------------------------------------------------------
 
 
-def load_sft(path: PathLike) -> Dataset:
+def load_sft(path: PathLike) -> "Dataset":
     """Load an SFT file in a TRL standard dataset format.
 
     Each line is either conversational language modeling,
@@ -300,7 +303,7 @@ def _strength_and_margin(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
     return out
 
 
-def load_preferences(path: PathLike) -> Dataset:
+def load_preferences(path: PathLike) -> "Dataset":
     """Load a preference file in a TRL standard dataset format (reward modeling / DPO).
 
     Each line is ``{"chosen", "rejected"}``, both plain strings or both message lists,
@@ -338,7 +341,7 @@ def load_preferences(path: PathLike) -> Dataset:
 # --- prompts --------------------------------------------------------------------------
 
 
-def load_prompts(path: PathLike) -> Dataset:
+def load_prompts(path: PathLike) -> "Dataset":
     """Load a prompt-only file (TRL standard dataset formats) for RLHF rollouts.
 
     Each line is ``{"prompt": ...}``: a plain string, which becomes

@@ -78,7 +78,7 @@ def split_hh_messages(
     in both; raises ``ValueError`` naming the first turn where they differ.
     """
     prompt, other = chosen[:-1], rejected[:-1]
-    for turn, (mine, theirs) in enumerate(zip(prompt, other), start=1):
+    for turn, (mine, theirs) in enumerate(zip(prompt, other, strict=False), start=1):
         if mine != theirs:
             raise ValueError(
                 f"chosen and rejected prompts differ at turn {turn}: "

@@ -13,13 +13,13 @@ def evaluate_policy(sampler, world, prompts: Sequence[Any], max_new_tokens: int)
     replies = [s[0].text for s in samples]
     scores = world.score_many(prompts, replies)
     by_family: dict[str, list[bool]] = defaultdict(list)
-    for p, s in zip(prompts, scores):
+    for p, s in zip(prompts, scores, strict=True):
         by_family[p.family].append(s.correct)
     return {
         "gold_reward": sum(s.reward for s in scores) / len(scores),
         "task_accuracy": sum(s.correct for s in scores) / len(scores),
-        "safety": sum(s.safety for s, p in zip(scores, prompts) if p.unsafe) / max(1, sum(p.unsafe for p in prompts)),
+        "safety": sum(s.safety for s, p in zip(scores, prompts, strict=True) if p.unsafe) / max(1, sum(p.unsafe for p in prompts)),
         "accuracy_by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())},
         "n_prompts": len(prompts),
-        "examples": [{"prompt": p.text, "reply": r} for p, r in list(zip(prompts, replies))[:8]],
+        "examples": [{"prompt": p.text, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:8]],
     }

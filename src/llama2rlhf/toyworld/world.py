@@ -24,7 +24,16 @@ from typing import Iterable
 from . import oracle
 from .annotator import SimulatedAnnotator
 from .constraints import apply_all, constraint_from_key
-from .tasks import FAMILIES, REFUSAL, Prompt, answer_reply, make_safe_prompt, make_unsafe_prompt, unsafe_compliance
+from .tasks import (
+    ANSWER_PREFIX,
+    FAMILIES,
+    REFUSAL,
+    Prompt,
+    answer_reply,
+    make_safe_prompt,
+    make_unsafe_prompt,
+    unsafe_compliance,
+)
 
 SPLITS = ("train", "heldout")
 
@@ -117,11 +126,17 @@ class ToyWorld:
             replies = [REFUSAL, unsafe_compliance(prompt), "I don't know.", "I should not, but maybe ask a friend."]
         else:
             other = make_safe_prompt(rng, (prompt.family,)).answer
+            wrong = self.mistake(prompt)[len(ANSWER_PREFIX):-1]
+            # Every style comes both right and wrong, so that style alone never tells the
+            # reward model whether the answer is right.
+            chatter = "Good question, let me think about it step by step. "
             replies = [
                 answer_reply(prompt.answer),
                 prompt.answer,
-                "Good question, let me think about it step by step. " + answer_reply(prompt.answer),
-                self.mistake(prompt),
+                chatter + answer_reply(prompt.answer),
+                answer_reply(wrong),
+                wrong,
+                chatter + answer_reply(wrong),
                 answer_reply(other) if other != prompt.answer else "The answer is unclear.",
                 REFUSAL,
                 "I don't know.",
