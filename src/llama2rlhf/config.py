@@ -40,6 +40,7 @@ class ToyWorldConfig:
     unsafe_fraction: float = 0.1
     annotator_noise: float = 0.08
     heldout_fraction: float = 0.15
+    same_style_pairs: float = 0.5
 
 
 @dataclass
@@ -52,8 +53,8 @@ class DataConfig:
     preference_eval_path: Optional[str] = None
     prompt_path: Optional[str] = None
     # toy-world sizes
-    n_sft: int = 4000
-    n_pairs: int = 4000
+    n_sft: int = 8000
+    n_pairs: int = 8000
     n_eval_pairs: int = 1000
     n_eval_prompts: int = 300
     # held-out preference pairs when only one preference file is given

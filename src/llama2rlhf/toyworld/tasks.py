@@ -87,7 +87,8 @@ def _add(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _off_by_one(answer: str, rng: random.Random) -> str:
-    return str(max(0, int(answer) + rng.choice((-1, 1))))
+    n = int(answer)
+    return str(n + 1 if n == 0 else n + rng.choice((-1, 1)))
 
 
 def _upper(rng: random.Random) -> tuple[str, str, str]:

@@ -51,6 +51,7 @@ class WorldSpec:
     unsafe_fraction: float = 0.1
     annotator_noise: float = 0.08
     heldout_fraction: float = 0.15
+    same_style_pairs: float = 0.5  # share of seed comparisons that differ only in the answer
 
 
 class ToyWorld:
@@ -159,7 +160,14 @@ class ToyWorld:
         rng = self.rng(f"pairs:{split}")
         rows = []
         for p in self.prompts(split, n, purpose="pairs"):
-            a, b = rng.sample(self.candidates(p, rng), 2)
+            cands = self.candidates(p, rng)
+            if not p.unsafe and rng.random() < self.spec.same_style_pairs:
+                # a right and a wrong answer in the same style, like two samples of one model
+                # (paper 3.2.1): only the answer tells them apart
+                style = rng.randrange(3)
+                a, b = cands[style], cands[3 + style]
+            else:
+                a, b = rng.sample(cands, 2)
             rows.append(self.compare(p, a, b, rng))
         return rows
 
