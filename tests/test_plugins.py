@@ -132,29 +132,27 @@ def test_unknown_kind_is_a_clear_error(fresh):
         fresh.registry("reward_lossez")
 
 
-def test_a_third_party_object_registers_through_hookimpl(fresh):
+def _registers_loss(name: str):
+    """A plugin object whose register_reward_losses registers one loss called ``name``."""
     from llama2rlhf import RewardLoss, hookimpl
 
-    class Extra:
+    class Plugin:
         @hookimpl
         def register_reward_losses(self, register):
-            register("extra_loss", RewardLoss(lambda rc, rr, m: 0.0))
+            register(name, RewardLoss(lambda rc, rr, m: 0.0))
 
-    fresh.get_plugin_manager().register(Extra(), name="extra")
+    return Plugin()
+
+
+def test_a_third_party_object_registers_through_hookimpl(fresh):
+    fresh.get_plugin_manager().register(_registers_loss("extra_loss"), name="extra")
     item = fresh.get("reward_losses", "extra_loss")
     assert item.plugin == "extra"
     assert "extra" in {p["name"] for p in fresh.describe()}
 
 
 def test_same_name_from_two_plugins_names_both(fresh):
-    from llama2rlhf import RewardLoss, hookimpl
-
-    class Clash:
-        @hookimpl
-        def register_reward_losses(self, register):
-            register("margin_small", RewardLoss(lambda rc, rr, m: 0.0))
-
-    fresh.get_plugin_manager().register(Clash(), name="clashing_plugin")
+    fresh.get_plugin_manager().register(_registers_loss("margin_small"), name="clashing_plugin")
     with pytest.raises(PluginError) as err:
         fresh.registry("reward_losses")
     msg = str(err.value)

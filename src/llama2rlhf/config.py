@@ -12,6 +12,9 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+# the toy world's own spec is its config node (the module imports nothing heavy)
+from .toyworld.world import WorldSpec
+
 
 @dataclass
 class ModelConfig:
@@ -31,16 +34,6 @@ class ModelConfig:
     num_heads: int = 4
     max_position_embeddings: int = 2048
     vocab_size: int = 1024
-
-
-@dataclass
-class ToyWorldConfig:
-    seed: int = 0
-    demo_error_rate: float = 0.25
-    unsafe_fraction: float = 0.1
-    annotator_noise: float = 0.08
-    heldout_fraction: float = 0.15
-    same_style_pairs: float = 0.5
 
 
 @dataclass
@@ -129,7 +122,7 @@ class LoggerConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    toyworld: WorldSpec = field(default_factory=WorldSpec)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     reward_model: RewardStageConfig = field(default_factory=RewardStageConfig)

@@ -44,8 +44,10 @@ def _unit(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorldSpec:
+    """Everything that defines a world; also the ``toyworld`` config node."""
+
     seed: int = 0
     demo_error_rate: float = 0.25
     unsafe_fraction: float = 0.1
