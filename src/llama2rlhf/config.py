@@ -101,6 +101,29 @@ class RewardLossConfig:
 
 
 @dataclass
+class SamplerConfig:
+    """Selected with ``sampler=<name>``: the generation back end (``hf``, or a plugin's)."""
+
+    name: str = MISSING
+    # prompts x samples x (prompt + new tokens) per generate call; bounds memory
+    batch_tokens: int = 65536
+
+
+@dataclass
+class SelectorConfig:
+    """Selected with ``selector=<name>``: which scored samples become RS training data."""
+
+    name: str = MISSING
+
+
+@dataclass
+class AnnotatorConfig:
+    """Selected with ``annotator=<name>``: who labels the comparisons of each round."""
+
+    name: str = MISSING
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 64
     max_new_tokens: int = 32
@@ -127,6 +150,9 @@ class Config:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     reward_model: RewardStageConfig = field(default_factory=RewardStageConfig)
     reward_loss: RewardLossConfig = field(default_factory=RewardLossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
@@ -134,8 +160,18 @@ class Config:
 
 
 # Config groups whose options come from plugin registries: group -> registry kind
-PLUGIN_GROUPS = {"reward_loss": "reward_losses"}
-GROUP_SCHEMAS = {"reward_loss": RewardLossConfig}
+PLUGIN_GROUPS = {
+    "reward_loss": "reward_losses",
+    "sampler": "samplers",
+    "selector": "selectors",
+    "annotator": "annotators",
+}
+GROUP_SCHEMAS = {
+    "reward_loss": RewardLossConfig,
+    "sampler": SamplerConfig,
+    "selector": SelectorConfig,
+    "annotator": AnnotatorConfig,
+}
 
 
 def store_configs() -> None:

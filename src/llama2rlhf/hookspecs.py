@@ -70,9 +70,14 @@ def register_samplers(register: Register) -> None:
 def register_selectors(register: Register) -> None:
     """Register selection strategies for rejection sampling (paper 3.2.3).
 
-    Call ``register(name, select)``; ``select(candidates, scores, prompts, history)``
-    returns the candidates kept as fine-tuning data (best-of-K, best over all rounds, ...).
-    Selected with ``selector=<name>``.
+    Call ``register(name, select)`` with
+    ``select(candidates: list[Candidate], history: list[Candidate]) -> list[Candidate]``.
+    ``candidates`` are this round's samples, ``history`` the samples kept in earlier
+    rounds; both are :class:`llama2rlhf.candidates.Candidate` (prompt id, prompt messages,
+    completion, ``score`` from the newest reward model, ``round`` and the prompt's ``meta``).
+    Return the candidates that become fine-tuning data: at most one per prompt for the
+    built-ins ``best_of_k`` and ``best_over_history``, but a selector may keep several, or
+    none for a prompt (a threshold, a diversity rule). Selected with ``selector=<name>``.
     """
 
 
@@ -110,11 +115,17 @@ def register_reward_combiners(register: Register) -> None:
 
 @hookspec
 def register_annotators(register: Register) -> None:
-    """Register preference annotators: who labels a pair of responses.
+    """Register preference annotators: who labels a pair of responses (paper 3.2.1).
 
     Call ``register(name, factory)``; ``factory(cfg, world)`` returns an object with
-    ``annotate(pairs) -> list[Comparison]`` giving chosen/rejected and one of the four
-    strength labels for each pair (paper 3.2.1). Selected with ``annotator=<name>``.
+    ``annotate(pairs: list[PairToLabel], workdir: Path) -> list[dict]``. Each returned row
+    is a comparison in TRL's explicit-prompt preference format (``prompt``, ``chosen``,
+    ``rejected`` as message lists) plus ``id`` (the pair's) and ``strength`` (one of
+    ``llama2rlhf.data.strength.STRENGTHS``), in the order of ``pairs``. ``workdir`` is
+    this round's folder, for annotators that exchange files. An annotator whose labels
+    are not ready raises :class:`llama2rlhf.annotation.AwaitingLabels`: the run stops
+    with its message and continues the round when started again. ``world`` is the toy
+    world, or ``None`` with real data. Selected with ``annotator=<name>``.
     """
 
 

@@ -29,8 +29,10 @@ TRACE_ENV = "LLAMA2RLHF_TRACE_HOOKS"
 # name -> module; the names match the entry points in pyproject.toml so that loading the
 # entry points afterwards skips them instead of registering them twice.
 BUILTIN_PLUGINS = {
+    "annotators": "llama2rlhf.builtins.annotators",
     "reward_losses": "llama2rlhf.builtins.reward_losses",
     "samplers": "llama2rlhf.builtins.samplers",
+    "selectors": "llama2rlhf.builtins.selectors",
     "stages": "llama2rlhf.builtins.stages",
 }
 
