@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from itertools import combinations
+from itertools import combinations, pairwise
 from statistics import mean
 
 import pytest
@@ -18,7 +18,7 @@ def test_expected_max_curve_equals_brute_force_over_subsets():
         brute = mean(max(sub) for sub in combinations(scores, n))
         assert curve[n - 1] == pytest.approx(brute)
     assert curve[0] == pytest.approx(mean(scores)) and curve[-1] == max(scores)
-    assert all(a <= b for a, b in zip(curve, curve[1:]))  # best-of-n rises with n
+    assert all(a <= b for a, b in pairwise(curve))  # best-of-n rises with n
 
 
 def test_search_picks_the_grid_point_with_the_best_curve():
