@@ -113,3 +113,39 @@ def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
     assert f"{sft}:3: field 'messages[1].content'" in proc.stderr
     # the base checkpoint written before the bad file was read is kept
     assert (tmp_path / "run" / "base" / "config.json").is_file()
+
+
+ROUNDS_TINY = ["pipeline.rounds=2", "collect.n_prompts=24", "rs.n_prompts=16", "rs.k=3", "rs.search_prompts=6",
+               "rs.temperatures=[0.8,1.3]", "rs.train.num_train_epochs=1", "rs.max_new_tokens=10",
+               "collect.max_new_tokens=10"]
+
+
+def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
+    proc = run_cli(tmp_path, *ROUNDS_TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    state = json.loads((run / "state.json").read_text())
+    per_round = ["collect", "reward", "rejection_sampling", "evaluate"]
+    assert state["done"] == ["base", "sft", "reward"] + [
+        key for k in (1, 2) for key in [f"round_{k}/{s}" for s in per_round] + [f"round_{k}"]]
+    assert state["artifacts"]["policy"] == str(run / "round_2" / "rejection_sampling" / "model")
+    summary = json.loads((run / "summary.json").read_text())
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["rs"]["temperature"] in (0.8, 1.3)
+        assert set(r["rs"]["best_of_n"]) == {"0.8", "1.3"}
+        assert all(len(c) == 3 for c in r["rs"]["best_of_n"].values())
+        for key in ("gold_reward", "task_accuracy", "win_rate_vs_sft", "win_rate_vs_sft_rm"):
+            assert 0.0 <= r[key] <= 1.0
+        assert set(r["rm_accuracy"]) >= {"significantly_better", "overall"}
+    # the reward model of round 2 saw round 1's and round 2's comparisons
+    n1 = rounds[0]["collect"]["n_pairs"]
+    n2 = rounds[1]["collect"]["n_pairs"]
+    assert rounds[1]["reward"]["n_collected"] == n1 + n2 and rounds[0]["reward"]["n_collected"] == n1
+    comparisons = [json.loads(x) for x in (run / "round_1" / "collect" / "comparisons.jsonl").read_text().splitlines()]
+    assert len(comparisons) == n1 and len({c["id"] for c in comparisons}) == n1
+    # history: round 2 keeps at most one sample per prompt, some may come from round 1
+    kept = [json.loads(x) for x in (run / "round_2" / "rejection_sampling" / "kept.jsonl").read_text().splitlines()]
+    assert len(kept) == len({k["prompt_id"] for k in kept}) == 16
+    assert rounds[1]["rs"]["kept_from_earlier_rounds"] == sum(k["round"] == 1 for k in kept)

@@ -91,6 +91,10 @@ class RewardStageConfig(TrainConfig):
     eval_batch_size: int = 64
     # the RM starts from the latest SFT checkpoint (paper 3.2.2)
     init_from: str = "sft"
+    # in RLHF rounds: "previous" continues last round's RM for round_epochs over all
+    # comparisons so far; "sft" retrains from init_from for num_train_epochs
+    round_init_from: str = "previous"
+    round_epochs: float = 1.0
 
 
 @dataclass
@@ -130,10 +134,37 @@ class EvalConfig:
 
 
 @dataclass
+class CollectConfig:
+    """Fresh comparisons from the newest policy each round (paper 3.2.1)."""
+
+    n_prompts: int = 1000
+    # the two responses of a pair are sampled at different temperatures, as Llama 2 varied
+    # the sampling to get diverse pairs
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.2])
+    max_new_tokens: int = 32
+
+
+@dataclass
+class RejectionSamplingConfig:
+    """Rejection-sampling fine-tuning (paper 3.2.3)."""
+
+    n_prompts: int = 1000
+    k: int = 8  # samples per prompt (the paper sweeps N up to 100, Fig. 7)
+    temperatures: list[float] = field(default_factory=lambda: [0.8, 1.0, 1.2, 1.4])  # Fig. 8's grid
+    search_prompts: int = 128  # the temperature search runs on this many of the prompts
+    max_new_tokens: int = 32
+    # "previous": fine-tune the latest policy on the kept samples; "sft": restart from SFT
+    init_from: str = "previous"
+    train: SFTStageConfig = field(default_factory=SFTStageConfig)
+
+
+@dataclass
 class PipelineConfig:
     name: str = "default"
     stages: list[str] = field(default_factory=lambda: ["sft", "reward"])
     rounds: int = 0
+    # each RLHF round runs these, in order
+    round_stages: list[str] = field(default_factory=lambda: ["collect", "reward", "rejection_sampling", "evaluate"])
 
 
 @dataclass
@@ -153,6 +184,8 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    rs: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0

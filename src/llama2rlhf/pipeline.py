@@ -43,8 +43,13 @@ def run_stage(ctx: RunContext, name: str) -> None:
                                       f"{type(exc).__name__}: {exc}") from exc
         raise
     seconds = time.perf_counter() - started
-    target = ctx.summary if ctx.round == 0 else ctx.summary.setdefault("rounds", {}).setdefault(str(ctx.round), {})
-    target[name] = metrics
+    target = ctx.summary if ctx.round == 0 else ctx.round_summary()
+    # a stage may name its summary key (``summary_key``), or None to merge into the round
+    summary_key = getattr(stage.obj, "summary_key", name)
+    if summary_key is None:
+        target.update(metrics)
+    else:
+        target[summary_key] = metrics
     ctx.summary.setdefault("timings", {})[key] = round(seconds, 2)
     ctx.log_metrics(key, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     ctx.save_summary()
@@ -56,11 +61,20 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     from .models import build_base
 
     ctx = RunContext.open(cfg, run_dir, make_world(cfg))
-    if cfg.pipeline.rounds:
-        raise ValueError(f"pipeline.rounds={cfg.pipeline.rounds}: RLHF rounds are not implemented yet; use 0")
     if not ctx.state.is_done("base"):
         ctx.state.mark_done("base", build_base(cfg, ctx.world, run_dir / "base"))
     for name in cfg.pipeline.stages:
         run_stage(ctx, name)
+    # RLHF-V1 .. V<rounds> (paper 3.2.3): fresh comparisons from the newest policy, a new
+    # reward model, rejection sampling, evaluation
+    hook = plugins.get_plugin_manager().hook
+    for k in range(1, cfg.pipeline.rounds + 1):
+        ctx.round = k
+        for name in cfg.pipeline.round_stages:
+            run_stage(ctx, name)
+        if not ctx.state.is_done(f"round_{k}"):
+            hook.on_round_end(ctx=ctx, round=k, summary=ctx.round_summary())
+            ctx.state.mark_done(f"round_{k}")
+    ctx.round = 0
     ctx.save_summary()
     return ctx

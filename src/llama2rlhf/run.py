@@ -104,6 +104,16 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def round_summary(self) -> dict[str, Any]:
+        """This round's entry of ``summary["rounds"]`` (a list, round k at index k - 1)."""
+        rounds = self.summary.setdefault("rounds", [])
+        while len(rounds) < self.round:
+            rounds.append({"round": len(rounds) + 1})
+        return rounds[self.round - 1]
+
+    def round_dir(self, round: int) -> Path:
+        return self.run_dir / f"round_{round}"
+
     def artifact(self, name: str) -> str:
         if name not in self.state.artifacts:
             raise KeyError(

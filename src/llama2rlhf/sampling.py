@@ -21,3 +21,13 @@ class Sampler(Protocol):
     ) -> list[list[Sample]]:
         """``n`` completions per prompt, in prompt order; temperature 0 is greedy."""
         ...
+
+
+def load_sampler(cfg, model_path: str, device=None):
+    """The configured sampler plugin (``sampler=<name>``) around a saved policy."""
+    from . import plugins
+    from .models import device_for, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_causal_lm(model_path, cfg).to(device or device_for(cfg))
+    return plugins.get("samplers", cfg.sampler.name).obj(model, tokenizer, cfg)

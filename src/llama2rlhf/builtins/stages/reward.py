@@ -79,19 +79,23 @@ def _trainer_class():
     return PluggableLossRewardTrainer
 
 
-def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict], out_dir: Path, source: str) -> dict:
+def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict], out_dir: Path, source: str,
+                 epochs: float | None = None) -> dict:
     from datasets import Dataset
     from trl import RewardConfig
 
     name, loss, options = selected_loss(cfg)
     rows = with_margins(list(rows), loss, source)
     keep = ("prompt", "chosen", "rejected", "margin")
+    if len({("margin" in r) for r in rows}) > 1:
+        raise ValueError(f"{source}: some comparisons have a margin and some do not; give all or none")
     dataset = Dataset.from_list([{k: r[k] for k in keep if k in r} for r in rows])
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_reward_model(init_path, cfg, tokenizer)
     stage_cfg = cfg.reward_model
+    overrides = {"num_train_epochs": epochs} if epochs is not None else {}
     args = build_args(RewardConfig, stage_cfg, cfg, out_dir / "trainer", max_length=stage_cfg.max_length,
-                      per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None)
+                      per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, **overrides)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config(cfg, "SEQ_CLS"), reward_loss=loss, loss_options=options,
@@ -125,12 +129,33 @@ def reward_stage(ctx) -> dict[str, Any]:
     from ...models import device_for, load_reward_model, load_tokenizer
 
     cfg = ctx.cfg
-    init = ctx.artifact(cfg.reward_model.init_from)
     train_rows, eval_rows, source = preference_rows(ctx)
-    out = train_reward(cfg, init, ctx.artifact("tokenizer"), train_rows, ctx.stage_dir("reward"), source)
+    collected = collected_comparisons(ctx)
+    stage_cfg = cfg.reward_model
+    if ctx.round > 0 and stage_cfg.round_init_from == "previous":
+        # continue from last round's RM for fewer epochs over all comparisons so far:
+        # the same data as retraining from SFT (paper 3.2.3), at a fraction of the cost
+        init, epochs = ctx.artifact("reward"), stage_cfg.round_epochs
+    else:
+        init, epochs = ctx.artifact(stage_cfg.init_from), stage_cfg.num_train_epochs
+    out = train_reward(cfg, init, ctx.artifact("tokenizer"), train_rows + collected, ctx.stage_dir("reward"),
+                       source, epochs=epochs)
     ctx.state.artifacts["reward"] = out["model_path"]
     tokenizer = load_tokenizer(out["model_path"])
     model = load_reward_model(out["model_path"], cfg, tokenizer).to(device_for(cfg))
-    acc = rm_accuracy(model, tokenizer, eval_rows, batch_size=cfg.reward_model.eval_batch_size)
-    ctx.summary["rm_accuracy"] = acc
-    return {**{k: v for k, v in out.items() if k != "model_path"}, "rm_accuracy": acc}
+    acc = rm_accuracy(model, tokenizer, eval_rows, batch_size=stage_cfg.eval_batch_size)
+    (ctx.summary if ctx.round == 0 else ctx.round_summary())["rm_accuracy"] = acc
+    return {**{k: v for k, v in out.items() if k != "model_path"}, "n_collected": len(collected),
+            "rm_accuracy": acc}
+
+
+def collected_comparisons(ctx) -> list[dict]:
+    """Every comparison collected from the policy in rounds 1..current (paper 3.2.1)."""
+    from ...data.jsonl import read_jsonl
+
+    rows = []
+    for k in range(1, ctx.round + 1):
+        path = ctx.state.artifacts.get(f"round_{k}/comparisons")
+        if path:
+            rows += [row for _, row in read_jsonl(path)]
+    return rows

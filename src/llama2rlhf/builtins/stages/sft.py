@@ -75,5 +75,5 @@ def sft_stage(ctx) -> dict[str, Any]:
     if ctx.world is not None:
         from ...evaluation.heldout import evaluate_checkpoint
 
-        metrics.update(evaluate_checkpoint(ctx, out["model_path"]))
+        metrics.update(evaluate_checkpoint(ctx, out["model_path"], ctx.stage_dir("sft") / "heldout_replies.jsonl"))
     return metrics

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from ...models import use_bf16
 
 # TrainConfig fields that are ours, not TrainingArguments fields
-_OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss"}
+_OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss",
+         "round_init_from", "round_epochs"}
 
 
 def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, **overrides: Any):

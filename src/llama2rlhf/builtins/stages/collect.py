@@ -1,0 +1,44 @@
+"""The ``collect`` stage: fresh comparisons from the newest policy (paper 3.2.1).
+
+Each RLHF round, Llama 2's annotators compared two responses sampled from the latest
+models, so the reward model keeps up with the policy's distribution. Here: one response
+per temperature of ``collect.temperatures`` for each of ``collect.n_prompts`` new prompts,
+labelled by the configured annotator (``annotator=toy`` or ``annotator=file``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from ... import plugins
+from ...annotation import PairToLabel
+from ...data.jsonl import write_jsonl
+from ...round_prompts import round_prompts
+from ...sampling import load_sampler
+
+
+def collect_stage(ctx) -> dict[str, Any]:
+    cfg, k = ctx.cfg, ctx.round
+    out_dir = ctx.stage_dir("collect")
+    temperatures = list(cfg.collect.temperatures)
+    if len(temperatures) != 2:
+        raise ValueError(f"collect.temperatures must hold two temperatures (one per response), got {temperatures}")
+    prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
+    sampler = load_sampler(cfg, ctx.artifact("policy"))
+    messages = [p.messages for p in prompts]
+    a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")
+            for t in temperatures)
+    pairs = [PairToLabel(f"r{k}-{i}", p.messages, x[0].text, y[0].text, p.meta)
+             for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)) if x[0].text != y[0].text]
+    annotator = plugins.get("annotators", cfg.annotator.name).obj(cfg, ctx.world)
+    rows = annotator.annotate(pairs, out_dir)
+    path = out_dir / "comparisons.jsonl"
+    write_jsonl(path, rows)
+    ctx.state.artifacts[f"round_{k}/comparisons"] = str(path)
+    return {
+        "n_prompts": len(prompts),
+        "n_pairs": len(rows),
+        "n_identical_dropped": len(prompts) - len(pairs),
+        "strengths": dict(Counter(r["strength"] for r in rows)),
+    }

@@ -1,0 +1,98 @@
+"""The ``rejection_sampling`` stage (paper 3.2.3, "Rejection Sampling").
+
+K samples per prompt from the newest policy at the temperature a per-round search found
+best (Figs. 7-8), scored by the newest reward model; a selector (``selector=...``) keeps
+the training data, by default the best sample per prompt over this and every earlier
+round, all re-scored by the newest reward model ("from RLHF-V4 on"); then supervised
+fine-tuning on what was kept, from the latest policy (``rs.init_from=previous``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ... import plugins
+from ...candidates import Candidate
+from ...data.jsonl import read_jsonl, write_jsonl
+from ...reward_scoring import RewardScorer
+from ...round_prompts import round_prompts
+from ...sampling import load_sampler
+from ...temperature_search import search_temperature
+from .sft import train_sft
+
+
+def _history(ctx) -> list[Candidate]:
+    """Samples kept in earlier rounds, once each (the same text kept twice is one sample)."""
+    seen, out = set(), []
+    for j in range(1, ctx.round):
+        path = ctx.state.artifacts.get(f"round_{j}/kept")
+        for _, row in read_jsonl(path) if path else ():
+            c = Candidate.from_dict(row)
+            if (c.prompt_id, c.completion) not in seen:
+                seen.add((c.prompt_id, c.completion))
+                out.append(c)
+    return out
+
+
+def _gold(ctx, kept: list[Candidate]) -> dict[str, float]:
+    if ctx.world is None or not kept:
+        return {}
+    from ...toyworld.tasks import Prompt
+
+    scores = [ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion) for c in kept]
+    return {"kept_gold_reward": sum(s.reward for s in scores) / len(scores),
+            "kept_correct": sum(s.correct for s in scores) / len(scores)}
+
+
+def rejection_sampling_stage(ctx) -> dict[str, Any]:
+    cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
+    out_dir = ctx.stage_dir("rejection_sampling")
+    prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
+    policy = ctx.artifact("policy")
+    sampler = load_sampler(cfg, policy)
+    scorer = RewardScorer(cfg, ctx.artifact("reward"), batch_size=cfg.reward_model.eval_batch_size)
+
+    def sample_and_score(items, t, n, desc):
+        samples = sampler.sample([p.messages for p in items], n, t, rs.max_new_tokens, desc=desc)
+        flat_p = [p.messages for p, ss in zip(items, samples, strict=True) for _ in ss]
+        flat_c = [s.text for ss in samples for s in ss]
+        flat = scorer.score(flat_p, flat_c)
+        return samples, [flat[i * n:(i + 1) * n] for i in range(len(items))]
+
+    search = prompts[: rs.search_prompts]
+    temperature, curves = search_temperature(
+        lambda t, n: sample_and_score(search, t, n, f"temperature search (T={t:g})")[1], list(rs.temperatures), rs.k)
+
+    samples, scores = sample_and_score(prompts, temperature, rs.k, f"rejection sampling (K={rs.k}, T={temperature:g})")
+    candidates = [Candidate(p.id, p.messages, s.text, sc, k, p.meta)
+                  for p, ss, scs in zip(prompts, samples, scores, strict=True) for s, sc in zip(ss, scs, strict=True)]
+    history = _history(ctx)
+    if history:
+        rescored = scorer.score([c.prompt for c in history], [c.completion for c in history], desc="re-scoring history")
+        history = [c.rescored(s) for c, s in zip(history, rescored, strict=True)]
+    kept = plugins.get("selectors", cfg.selector.name).obj(candidates, history)
+    write_jsonl(out_dir / "candidates.jsonl", [c.to_dict() for c in candidates])
+    write_jsonl(out_dir / "kept.jsonl", [c.to_dict() for c in kept])
+    sampler = scorer = None  # free the models before fine-tuning
+
+    if not kept:
+        raise RuntimeError(f"selector {cfg.selector.name!r} kept no samples in round {k}; nothing to fine-tune on")
+    init = policy if rs.init_from == "previous" else ctx.artifact(rs.init_from)
+    rows = [{"messages": c.prompt + [{"role": "assistant", "content": c.completion}]} for c in kept]
+    out = train_sft(cfg, rs.train, init, ctx.artifact("tokenizer"), rows, out_dir)
+    ctx.state.artifacts["policy"] = out["model_path"]
+    ctx.state.artifacts[f"round_{k}/kept"] = str(out_dir / "kept.jsonl")
+    return {
+        "temperature": temperature,
+        "best_of_n": curves,
+        "k": rs.k,
+        "n_prompts": len(prompts),
+        "n_kept": len(kept),
+        "kept_from_earlier_rounds": sum(c.round < k for c in kept),
+        "kept_mean_score": sum(c.score for c in kept) / len(kept),
+        **_gold(ctx, kept),
+        "train_loss": out["train_loss"],
+    }
+
+
+rejection_sampling_stage.summary_key = "rs"
