@@ -149,3 +149,47 @@ def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
     kept = [json.loads(x) for x in (run / "round_2" / "rejection_sampling" / "kept.jsonl").read_text().splitlines()]
     assert len(kept) == len({k["prompt_id"] for k in kept}) == 16
     assert rounds[1]["rs"]["kept_from_earlier_rounds"] == sum(k["round"] == 1 for k in kept)
+
+
+def test_sigkill_mid_round_then_resume_loses_and_duplicates_nothing(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [CLI, f"hydra.run.dir={run}", *TINY, *ROUNDS_TINY]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = run / "state.json"
+    deadline = time.time() + 300
+    try:
+        # kill as soon as round 1 has its comparisons and its reward model: mid round
+        while time.time() < deadline:
+            if state_path.exists() and "round_1/reward" in json.loads(state_path.read_text())["done"]:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    done = json.loads(state_path.read_text())["done"]
+    assert "round_1/rejection_sampling" not in done and "round_1" not in done
+    comparisons = run / "round_1" / "collect" / "comparisons.jsonl"
+    before = comparisons.read_bytes()
+
+    resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage round_1/collect already done" in resumed.stdout + resumed.stderr
+    assert comparisons.read_bytes() == before  # not collected again
+    state = json.loads(state_path.read_text())
+    assert len(state["done"]) == len(set(state["done"]))
+    assert state["done"][-1] == "round_2"
+    ids = [json.loads(x)["id"] for x in comparisons.read_text().splitlines()]
+    assert len(ids) == len(set(ids))
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["reward"]["n_collected"] == sum(r["collect"]["n_pairs"] for r in summary["rounds"])
+    for k in (1, 2):
+        kept = (run / f"round_{k}" / "rejection_sampling" / "kept.jsonl").read_text().splitlines()
+        assert len(kept) == 16
