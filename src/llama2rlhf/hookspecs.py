@@ -97,9 +97,13 @@ def register_stages(register: Register) -> None:
     Call ``register(name, stage)`` where ``stage(ctx: RunContext) -> dict`` runs one stage
     of the pipeline: it reads its inputs from ``ctx`` (config, run directory, the paths of
     earlier stages' outputs), writes its outputs under ``ctx.stage_dir(name)`` and returns
-    the metrics that go into ``summary.json``. A stage that finished is recorded in
-    ``state.json`` and skipped when the run is resumed. ``pipeline.stages`` lists the
-    stages to run, in order.
+    the metrics that go into ``summary.json`` (under the stage's name, or under
+    ``stage.summary_key`` if the function has that attribute; ``None`` merges them into
+    the round's entry). ``ctx.round`` is 0 before the RLHF rounds and k in round k. A stage
+    that finished is recorded in ``state.json`` and skipped when the run is resumed;
+    ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...) to the paths
+    a stage produced for later ones. ``pipeline.stages`` lists the stages run once, in
+    order, and ``pipeline.round_stages`` those run in every round.
     """
 
 
