@@ -193,3 +193,26 @@ def test_sigkill_mid_round_then_resume_loses_and_duplicates_nothing(tmp_path):
     for k in (1, 2):
         kept = (run / f"round_{k}" / "rejection_sampling" / "kept.jsonl").read_text().splitlines()
         assert len(kept) == 16
+
+
+def test_file_exchange_annotator_stops_and_continues_the_round(tmp_path):
+    args = [*ROUNDS_TINY[1:], "pipeline.rounds=1", "annotator=file"]
+    proc = run_cli(tmp_path, *args)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    to_label = tmp_path / "run" / "round_1" / "collect" / "to_label.jsonl"
+    assert f"are in {to_label}" in proc.stderr and "labelled.jsonl" in proc.stderr
+    pairs = [json.loads(x) for x in to_label.read_text().splitlines()]
+    assert pairs and all(set(p) == {"id", "prompt", "response_a", "response_b"} for p in pairs)
+    # a person labels: prefer the shorter response, "better"
+    labels = [{"id": p["id"], "preferred": "a" if len(p["response_a"]) <= len(p["response_b"]) else "b",
+               "strength": "better"} for p in pairs]
+    (to_label.parent / "labelled.jsonl").write_text("".join(json.dumps(x) + "\n" for x in labels))
+    proc = run_cli(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comparisons = [json.loads(x) for x in (to_label.parent / "comparisons.jsonl").read_text().splitlines()]
+    assert [c["id"] for c in comparisons] == [p["id"] for p in pairs]
+    for c, p in zip(comparisons, pairs, strict=True):
+        shorter = min(p["response_a"], p["response_b"], key=len)
+        assert c["chosen"][0]["content"] == shorter and c["strength"] == "better"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"][0]["reward"]["n_collected"] == len(pairs)

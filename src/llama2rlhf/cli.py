@@ -13,6 +13,8 @@ import sys
 
 log = logging.getLogger("llama2rlhf")
 
+AWAITING_LABELS_EXIT = 3  # the run stopped to wait for human labels (annotator=file)
+
 
 def _hydra_main() -> None:
     import hydra
@@ -27,11 +29,17 @@ def _hydra_main() -> None:
     def app(cfg: DictConfig) -> None:
         from pathlib import Path
 
+        from .annotation import AwaitingLabels
         from .pipeline import run
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         OmegaConf.resolve(cfg)
-        ctx = run(cfg, run_dir)
+        try:
+            ctx = run(cfg, run_dir)
+        except AwaitingLabels as waiting:
+            # not a failure: the round goes on once people have labelled the pairs
+            print(f"llama2rlhf: waiting for labels. {waiting}\nRun directory: {run_dir}", file=sys.stderr)
+            sys.exit(AWAITING_LABELS_EXIT)
         print(f"summary: {ctx.run_dir / 'summary.json'}")
 
     app()

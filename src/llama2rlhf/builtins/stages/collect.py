@@ -9,13 +9,28 @@ labelled by the configured annotator (``annotator=toy`` or ``annotator=file``).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 from ... import plugins
 from ...annotation import PairToLabel
-from ...data.jsonl import write_jsonl
+from ...data.jsonl import read_jsonl, write_jsonl
 from ...round_prompts import round_prompts
 from ...sampling import load_sampler
+
+
+def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
+    import torch
+
+    cfg, k = ctx.cfg, ctx.round
+    torch.manual_seed(cfg.seed * 1000 + k)
+    sampler = load_sampler(cfg, ctx.artifact("policy"))
+    messages = [p.messages for p in prompts]
+    a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")
+            for t in temperatures)
+    # identical responses tell an annotator nothing
+    return [PairToLabel(f"r{k}-{i}", p.messages, x[0].text, y[0].text, p.meta)
+            for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)) if x[0].text != y[0].text]
 
 
 def collect_stage(ctx) -> dict[str, Any]:
@@ -25,12 +40,14 @@ def collect_stage(ctx) -> dict[str, Any]:
     if len(temperatures) != 2:
         raise ValueError(f"collect.temperatures must hold two temperatures (one per response), got {temperatures}")
     prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
-    sampler = load_sampler(cfg, ctx.artifact("policy"))
-    messages = [p.messages for p in prompts]
-    a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")
-            for t in temperatures)
-    pairs = [PairToLabel(f"r{k}-{i}", p.messages, x[0].text, y[0].text, p.meta)
-             for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)) if x[0].text != y[0].text]
+    pairs_path = out_dir / "pairs.jsonl"
+    if pairs_path.exists():
+        # a resumed round labels the pairs it already sampled, never a fresh draw: labels
+        # collected in between (annotator=file) belong to these texts
+        pairs = [PairToLabel(**row) for _, row in read_jsonl(pairs_path)]
+    else:
+        pairs = _sample_pairs(ctx, prompts, temperatures)
+        write_jsonl(pairs_path, [asdict(p) for p in pairs])
     annotator = plugins.get("annotators", cfg.annotator.name).obj(cfg, ctx.world)
     rows = annotator.annotate(pairs, out_dir)
     path = out_dir / "comparisons.jsonl"

@@ -45,10 +45,13 @@ def _gold(ctx, kept: list[Candidate]) -> dict[str, float]:
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
+    import torch
+
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
     out_dir = ctx.stage_dir("rejection_sampling")
     prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
     policy = ctx.artifact("policy")
+    torch.manual_seed(cfg.seed * 1000 + 500 + k)  # a re-run round draws the same samples
     sampler = load_sampler(cfg, policy)
     scorer = RewardScorer(cfg, ctx.artifact("reward"), batch_size=cfg.reward_model.eval_batch_size)
 

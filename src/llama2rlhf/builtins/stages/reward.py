@@ -150,11 +150,12 @@ def reward_stage(ctx) -> dict[str, Any]:
 
 
 def collected_comparisons(ctx) -> list[dict]:
-    """Every comparison collected from the policy in rounds 1..current (paper 3.2.1)."""
+    """Every comparison collected from the policy so far (paper 3.2.1); round 0 is a
+    ``collect`` stage listed in ``pipeline.stages``, before the first reward model."""
     from ...data.jsonl import read_jsonl
 
     rows = []
-    for k in range(1, ctx.round + 1):
+    for k in range(0, ctx.round + 1):
         path = ctx.state.artifacts.get(f"round_{k}/comparisons")
         if path:
             rows += [row for _, row in read_jsonl(path)]
