@@ -139,6 +139,9 @@ def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
         for key in ("gold_reward", "task_accuracy", "win_rate_vs_sft", "win_rate_vs_sft_rm"):
             assert 0.0 <= r[key] <= 1.0
         assert set(r["rm_accuracy"]) >= {"significantly_better", "overall"}
+        rs = r["rs"]
+        assert 0.0 <= rs["sample_correct"] <= rs["any_correct"] <= 1.0
+        assert rs["rm_pick_correct"] <= rs["any_correct"]
     # the reward model of round 2 saw round 1's and round 2's comparisons
     n1 = rounds[0]["collect"]["n_pairs"]
     n2 = rounds[1]["collect"]["n_pairs"]

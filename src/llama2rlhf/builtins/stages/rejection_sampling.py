@@ -34,14 +34,31 @@ def _history(ctx) -> list[Candidate]:
     return out
 
 
-def _gold(ctx, kept: list[Candidate]) -> dict[str, float]:
+def _gold(ctx, candidates: list[Candidate], kept: list[Candidate]) -> dict[str, float]:
+    """Toy world only: how right the kept samples are, and whether the reward model can
+    pick a right sample at all: its pick per prompt against a random sample
+    (``sample_correct``) and against the best any selector could do (``any_correct``)."""
     if ctx.world is None or not kept:
         return {}
     from ...toyworld.tasks import Prompt
 
-    scores = [ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion) for c in kept]
-    return {"kept_gold_reward": sum(s.reward for s in scores) / len(scores),
-            "kept_correct": sum(s.correct for s in scores) / len(scores)}
+    def correct(c: Candidate) -> bool:
+        return ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion).correct
+
+    by_prompt: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_prompt.setdefault(c.prompt_id, []).append(c)
+    picks, means, anys = [], [], []
+    for group in by_prompt.values():
+        right = [correct(c) for c in group]
+        picks.append(right[max(range(len(group)), key=lambda i: group[i].score)])
+        means.append(sum(right) / len(right))
+        anys.append(any(right))
+    kept_scores = [ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion) for c in kept]
+    n = len(by_prompt)
+    return {"kept_gold_reward": sum(s.reward for s in kept_scores) / len(kept_scores),
+            "kept_correct": sum(s.correct for s in kept_scores) / len(kept_scores),
+            "rm_pick_correct": sum(picks) / n, "sample_correct": sum(means) / n, "any_correct": sum(anys) / n}
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
@@ -93,7 +110,7 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
         "n_kept": len(kept),
         "kept_from_earlier_rounds": sum(c.round < k for c in kept),
         "kept_mean_score": sum(c.score for c in kept) / len(kept),
-        **_gold(ctx, kept),
+        **_gold(ctx, candidates, kept),
         "train_loss": out["train_loss"],
     }
 
