@@ -1,44 +1,181 @@
-"""Scoring conversations with a reward model, batched by length."""
+"""Scoring conversations with a reward model, batched by length, sharing prompt prefixes."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+import inspect
+import json
+from typing import Iterator, Sequence
 
 from .sampling import Messages
 
 
 def score_conversations(
-    model, tokenizer, conversations: Sequence[Messages], batch_size: int = 64, desc: str | None = None
+    model, tokenizer, conversations: Sequence[Messages], batch_size: int = 64, desc: str | None = None,
+    share_prefix: bool = True,
 ) -> list[float]:
-    """The reward of each full conversation (prompt + reply), in input order."""
-    import torch
+    """The reward of each full conversation (prompt + reply), in input order.
+
+    Conversations with the same prompt (every message but the last) are scored by running
+    their common token prefix once with the KV cache and each reply on top of it
+    (``share_prefix``); the scores equal the plain path's up to float rounding. That needs a
+    decoder classifier whose forward takes a cache (``cache`` or ``past_key_values``) and,
+    as transformers' ``*ForSequenceClassification`` do, pools the rightmost token of
+    ``input_ids`` that is not the pad token. Other models, and prompts seen once, take the
+    plain path: whole conversations, right-padded, in batches sorted by length.
+    """
     from tqdm.auto import tqdm
 
-    ids = [
-        tokenizer.apply_chat_template(list(c), tokenize=True, return_dict=True)["input_ids"] for c in conversations
-    ]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    # one batched call: same ids as one call per conversation, less per-call overhead
+    ids = list(tokenizer.apply_chat_template([list(c) for c in conversations], tokenize=True,
+                                             return_dict=True)["input_ids"]) if conversations else []
     scores = [0.0] * len(ids)
     device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    cache_arg = _cache_kwarg(model, pad) if share_prefix and pad is not None else None
+
+    # Rejection sampling (paper 3.2.3) scores K samples per prompt: sharing the prompt's pass
+    # saves K - 1 of its K runs through the model.
+    groups: dict[str, list[int]] = {}
+    if cache_arg:
+        for i, conv in enumerate(conversations):
+            groups.setdefault(json.dumps(list(conv)[:-1], sort_keys=True, default=str), []).append(i)
+    shared = []  # (prefix length, conversation indices)
+    plain = [] if cache_arg else list(range(len(ids)))
+    for members in groups.values():
+        cut = _shared_prefix_len([ids[i] for i in members], pad) if len(members) > 1 else 0
+        if cut > 0:
+            shared.append((cut, members))
+        else:
+            plain.extend(members)
+
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc or "scoring", disable=desc is None, leave=False):
-            batch = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                # right padding: the classifier reads the last non-pad token
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                attention[row, : len(ids[i])] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-            for row, i in enumerate(batch):
-                scores[i] = float(logits[row, 0])
+        with tqdm(total=len(ids), desc=desc or "scoring", disable=desc is None, leave=False) as bar:
+            # up to batch_size prompts per prefix pass, similar lengths together (less left padding)
+            shared.sort(key=lambda g: g[0])
+            for start in range(0, len(shared), batch_size):
+                window = shared[start : start + batch_size]
+                for i, s in _score_shared(model, ids, window, pad, cache_arg, batch_size, device):
+                    scores[i] = s
+                    bar.update(1)
+            order = sorted(plain, key=lambda i: len(ids[i]))
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                for i, s in zip(batch, _score_plain(model, [ids[i] for i in batch], pad, device), strict=True):
+                    scores[i] = s
+                bar.update(len(batch))
     finally:
         model.train(was_training)
     return scores
+
+
+def _score_plain(model, seqs: list[list[int]], pad: int, device) -> list[float]:
+    import torch
+
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        # right padding: the classifier reads the last non-pad token
+        input_ids[row, : len(s)] = torch.tensor(s)
+        attention[row, : len(s)] = 1
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    return logits[:, 0].float().tolist()
+
+
+def _score_shared(model, ids: list[list[int]], groups: list[tuple[int, list[int]]], pad: int, cache_arg: str,
+                  batch_size: int, device) -> Iterator[tuple[int, float]]:
+    """(conversation index, score) for every member of ``groups`` ((prefix length, conversation indices))."""
+    import torch
+
+    # prefix pass: one row per group, left-padded so that every reply starts right after the cache
+    width = max(cut for cut, _ in groups)
+    prefix = torch.full((len(groups), width), pad, dtype=torch.long)
+    prefix_mask = torch.zeros((len(groups), width), dtype=torch.long)
+    for row, (cut, members) in enumerate(groups):
+        prefix[row, width - cut :] = torch.tensor(ids[members[0]][:cut])
+        prefix_mask[row, width - cut :] = 1
+    # positions count real tokens only, as in the right-padded plain path
+    prefix_pos = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
+                    position_ids=prefix_pos.to(device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):  # no cache after all
+        for _, members in groups:
+            for start in range(0, len(members), batch_size):
+                part = members[start : start + batch_size]
+                yield from zip(part, _score_plain(model, [ids[i] for i in part], pad, device), strict=True)
+        return
+
+    # suffix passes: replies of all the window's prompts sorted by length (less right padding),
+    # each on a copy of its prompt's cache rows
+    rows = sorted(((len(ids[i]) - cut, g, i) for g, (cut, members) in enumerate(groups) for i in members))
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        owner = torch.tensor([g for _, g, _ in batch])
+        swidth = max(n for n, _, _ in batch)
+        suffix = torch.full((len(batch), swidth), pad, dtype=torch.long)
+        suffix_mask = torch.zeros((len(batch), swidth), dtype=torch.long)
+        for row, (n, g, i) in enumerate(batch):
+            # right padding: the classifier's rightmost non-pad token is the plain path's (see _shared_prefix_len)
+            suffix[row, :n] = torch.tensor(ids[i][groups[g][0] :])
+            suffix_mask[row, :n] = 1
+        past = copy.deepcopy(cache)  # the suffix pass appends to it; the next batch needs the prompts alone
+        past.batch_select_indices(owner.to(device))
+        mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # cached tokens, then new ones
+        pos = torch.tensor([groups[g][0] for _, g, _ in batch])[:, None] + torch.arange(swidth)[None, :]
+        with torch.inference_mode():
+            logits = model(input_ids=suffix.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           use_cache=True, **{cache_arg: past}).logits
+        yield from zip([i for _, _, i in batch], logits[:, 0].float().tolist(), strict=True)
+
+
+def _shared_prefix_len(seqs: list[list[int]], pad: int) -> int:
+    """Tokens all ``seqs`` share, as a prefix that leaves each one's scored token in its suffix.
+
+    Common token ids rather than the tokenized prompt: a tokenizer may merge the prompt's
+    last characters with the reply's first ones.
+    """
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for j in range(n):
+        if any(s[j] != first[j] for s in seqs):
+            n = j
+            break
+    # the classifier reads each sequence's last non-pad token: it must be computed in the suffix pass
+    for s in seqs:
+        last = max((j for j in range(len(s)) if s[j] != pad), default=0)
+        n = min(n, last)
+    return n
+
+
+def _cache_kwarg(model, pad: int) -> str | None:
+    """The name under which ``model.forward`` takes a KV cache, or None to score without one."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    # the suffix pass relies on the classifier skipping our padding to find the scored token
+    if getattr(text, "pad_token_id", None) != pad:
+        return None
+    # sliding-window layers drop cached tokens, which left-padded prefixes would not survive
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        if any(t != "full_attention" for t in layer_types):
+            return None
+    elif getattr(text, "sliding_window", None) is not None:
+        return None
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "position_ids" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 class RewardScorer:
@@ -52,6 +189,7 @@ class RewardScorer:
         self.batch_size = batch_size
 
     def score(self, prompts: Sequence[Messages], completions: Sequence[str], desc: str | None = None) -> list[float]:
+        """Rewards in input order; the K samples of one prompt share its forward pass (see score_conversations)."""
         conversations = [list(p) + [{"role": "assistant", "content": c}]
                          for p, c in zip(prompts, completions, strict=True)]
         return score_conversations(self.model, self.tokenizer, conversations, self.batch_size, desc=desc)
