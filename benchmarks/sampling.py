@@ -1,16 +1,24 @@
 """Rejection-sampling throughput: the ``hf`` sampler and batched RM scoring against the
 loops a user would write by hand, same model, prompts, K and token limits, one process.
 
-    python benchmarks/sampling.py [--prompts 64] [--k 8] [--max-new-tokens 32] [--model RUN_DIR/sft/model]
+    python benchmarks/sampling.py [--prompts 64] [--k 8] [--max-new-tokens 32] [--repeats 3]
+                                  [--model RUN_DIR/sft/model]
 
 Without ``--model`` it builds the toy tokenizer and a tiny Llama (random weights: every
-sample runs to the token limit, the fair worst case for both sides). Prints samples/s of
-each and the ratios; the last line reads ``sampler_ratio=<x> scoring_ratio=<y>``.
+sample runs to the token limit, the fair worst case for both sides).
+
+Each comparison first calls both sides once, untimed, on a few prompts (lazy imports,
+allocator and kernel warm-up, so neither side pays the cold start), then times
+``--repeats`` runs of each side, alternating the two and flipping which goes first
+every repeat (hand, ours, ours, hand, ...), so drift in the machine's load falls on both.
+Prints the median samples/s of each side and the ratio of the medians; the last line
+reads ``sampler_ratio=<x> scoring_ratio=<y>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 
@@ -41,6 +49,20 @@ def hand_scoring(rm, tokenizer, conversations):
     return scores
 
 
+def compare(hand, ours, repeats: int, n: int):
+    """Time ``repeats`` alternating runs of the two zero-argument callables (first one first on even
+    repeats, second first on odd ones); returns (median samples/s of hand, of ours, last results)."""
+    rates: dict[str, list[float]] = {"hand": [], "ours": []}
+    results = {}
+    sides = [("hand", hand), ("ours", ours)]
+    for r in range(repeats):
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            t = time.perf_counter()
+            results[name] = fn()
+            rates[name].append(n / (time.perf_counter() - t))
+    return statistics.median(rates["hand"]), statistics.median(rates["ours"]), results
+
+
 def main() -> None:
     import torch
     from transformers import LlamaForSequenceClassification
@@ -53,6 +75,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each side; the median is reported")
+    ap.add_argument("--warmup-prompts", type=int, default=2, help="prompts in the untimed warm-up call of each side")
     ap.add_argument("--model", default=None, help="a saved policy (default: a tiny random Llama)")
     args = ap.parse_args()
 
@@ -74,30 +98,38 @@ def main() -> None:
     prompts = [p.messages() for p in world.prompts("heldout", args.prompts, purpose="benchmark")]
     n = args.prompts * args.k
     print(f"{args.prompts} prompts x K={args.k}, max_new_tokens={args.max_new_tokens}, "
-          f"torch threads={torch.get_num_threads()}, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
+          f"torch threads={torch.get_num_threads()}, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
+          f"median of {args.repeats} alternating runs after a warm-up")
 
-    t = time.perf_counter()
-    hand = hand_sampling(model, tokenizer, prompts, args.k, args.max_new_tokens)
-    hand_s = time.perf_counter() - t
     sampler = HFSampler(model, tokenizer, show_progress=False)
-    t = time.perf_counter()
-    ours = sampler.sample(prompts, args.k, 1.0, args.max_new_tokens)
-    ours_s = time.perf_counter() - t
+    few = prompts[: args.warmup_prompts]
+    hand_sampling(model, tokenizer, few, args.k, args.max_new_tokens)
+    sampler.sample(few, args.k, 1.0, args.max_new_tokens)
+    hand_rate, ours_rate, res = compare(
+        lambda: hand_sampling(model, tokenizer, prompts, args.k, args.max_new_tokens),
+        lambda: sampler.sample(prompts, args.k, 1.0, args.max_new_tokens),
+        args.repeats, n,
+    )
+    hand, ours = res["hand"], res["ours"]
     assert len(ours) == len(hand) == args.prompts and all(len(s) == args.k for s in ours)
-    print(f"sampling   hand loop {n / hand_s:9.1f} samples/s   hf sampler {n / ours_s:9.1f} samples/s   "
-          f"ratio {hand_s / ours_s:.2f}x")
+    sampler_ratio = ours_rate / hand_rate
+    print(f"sampling   hand loop {hand_rate:9.1f} samples/s   hf sampler {ours_rate:9.1f} samples/s   "
+          f"ratio {sampler_ratio:.2f}x")
 
     convs = [p + [{"role": "assistant", "content": s.text}] for p, ss in zip(prompts, ours, strict=True) for s in ss]
-    t = time.perf_counter()
-    one_by_one = hand_scoring(rm, tokenizer, convs)
-    hand_score_s = time.perf_counter() - t
-    t = time.perf_counter()
-    batched = score_conversations(rm, tokenizer, convs, batch_size=64)
-    batched_s = time.perf_counter() - t
-    worst = max(abs(a - b) for a, b in zip(one_by_one, batched, strict=True))
-    print(f"scoring    one at a time {n / hand_score_s:9.1f} samples/s   batched {n / batched_s:9.1f} samples/s   "
-          f"ratio {hand_score_s / batched_s:.2f}x   (max |difference| {worst:.2e})")
-    print(f"sampler_ratio={hand_s / ours_s:.2f} scoring_ratio={hand_score_s / batched_s:.2f}")
+    few = convs[: args.warmup_prompts * args.k]
+    hand_scoring(rm, tokenizer, few)
+    score_conversations(rm, tokenizer, few, batch_size=64)
+    hand_score_rate, batched_rate, res = compare(
+        lambda: hand_scoring(rm, tokenizer, convs),
+        lambda: score_conversations(rm, tokenizer, convs, batch_size=64),
+        args.repeats, n,
+    )
+    worst = max(abs(a - b) for a, b in zip(res["hand"], res["ours"], strict=True))
+    scoring_ratio = batched_rate / hand_score_rate
+    print(f"scoring    one at a time {hand_score_rate:9.1f} samples/s   batched {batched_rate:9.1f} samples/s   "
+          f"ratio {scoring_ratio:.2f}x   (max |difference| {worst:.2e})")
+    print(f"sampler_ratio={sampler_ratio:.2f} scoring_ratio={scoring_ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,132 @@ def test_batches_respect_the_token_budget(sampler):
 def test_greedy_with_n_above_one_is_refused(sampler):
     with pytest.raises(ValueError, match="greedy"):
         sampler.sample(PROMPTS[:1], n=2, temperature=0.0, max_new_tokens=4)
+
+
+# --- one prefill per prompt (share_prefill): same output as the plain path, prompt run once ---
+
+@pytest.fixture()
+def peaked_llama(tokenizer):
+    """The tiny Llama with its matrices scaled up: sharp next-token distributions that depend on the prompt
+    (the plain one greedily answers every prompt the same way, so it cannot tell prompts apart)."""
+    from llama2rlhf.toyworld.model import build_tiny_llama
+
+    model = build_tiny_llama(tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20)
+    return model
+
+
+def _padded(tokenizer, prompts):
+    """Left-padded ids and mask of ``prompts``, as the sampler builds a batch."""
+    ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+           for m in prompts]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, width - len(x):] = torch.tensor(x)
+        attention[row, width - len(x):] = 1
+    return input_ids, attention
+
+
+def test_the_tiny_llama_takes_the_shared_prefill_path(sampler):
+    assert sampler.share_prefill
+    assert sampler.cache_kwarg() == "cache"  # transformers 5.x: `past_key_values` is the deprecated name
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "peaked_llama"])
+def test_shared_prefill_greedy_matches_the_plain_path_in_one_mixed_length_batch(tokenizer, model, request):
+    from llama2rlhf.builtins.samplers import HFSampler
+
+    model = request.getfixturevalue(model)
+    shared = HFSampler(model, tokenizer, show_progress=False)
+    plain = HFSampler(model, tokenizer, show_progress=False, share_prefill=False)
+    lengths = [len(x) for x in shared.encode(PROMPTS)]
+    assert len(set(lengths)) == len(PROMPTS)  # all lengths differ: left padding in the batch
+    assert len(shared.batches(lengths, 1, 12)) == 1
+    got = shared.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)
+    assert got == plain.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)
+    assert [s[0].text for s in got] == [_greedy_alone(model, tokenizer, m, 12)[0] for m in PROMPTS]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_shared_prefill_first_token_logits_match_the_plain_path(sampler, tokenizer, tiny_llama, n):
+    input_ids, attention = _padded(tokenizer, PROMPTS)
+    # raw logits (output_logits), so sampling (needed for n > 1) does not touch them
+    kwargs = dict(max_new_tokens=1, do_sample=n > 1, temperature=None, top_p=None, top_k=None, output_logits=True,
+                  return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    with torch.inference_mode():
+        shared = sampler.generate(input_ids, attention, n, **kwargs).logits[0]
+        sampler.share_prefill = False
+        plain = sampler.generate(input_ids, attention, n, **kwargs).logits[0]
+    assert shared.shape == plain.shape == (len(PROMPTS) * n, tiny_llama.config.vocab_size)
+    # row r*n + j is prompt r for both paths: the cache rows were repeated in the prompts' order
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
+    # and the prompts really differ, so a misaligned row would have shown
+    assert not torch.allclose(plain[0], plain[-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_prefill_runs_once_per_prompt(sampler, tokenizer, tiny_llama, share):
+    """The first forward of a batch (the prefill) has one row per prompt, not one per sample."""
+    n = 4
+    calls = []
+    hook = tiny_llama.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    sampler.share_prefill = share
+    try:
+        got = sampler.sample(PROMPTS, n=n, temperature=1.0, max_new_tokens=5)
+    finally:
+        hook.remove()
+    assert [len(s) for s in got] == [n] * len(PROMPTS)
+    width = max(len(x) for x in sampler.encode(PROMPTS))
+    if share:
+        # one pass over the prompts minus their last token, then n rows per prompt, one token at a time
+        assert calls[0] == (len(PROMPTS), width - 1)
+        assert all(shape == (len(PROMPTS) * n, 1) for shape in calls[1:])
+    else:
+        assert calls[0] == (len(PROMPTS) * n, width)  # the plain path: each prompt prefilled n times
+    assert len(calls) <= 5 + share  # one forward per new token (EOS can end early), plus the shared prefill
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_sampled_rows_stay_with_their_prompt(tokenizer, peaked_llama, share):
+    """n>1 under do_sample, mixed lengths in one batch: the n samples of prompt i continue prompt i.
+
+    At temperature 0.01 the peaked model samples its greedy reply, and the greedy replies of the
+    prompts all differ, so a cache row repeated into another prompt's slot would show.
+    """
+    from llama2rlhf.builtins.samplers import HFSampler
+
+    sampler = HFSampler(peaked_llama, tokenizer, show_progress=False, share_prefill=share, batch_tokens=10**6)
+    alone = [_greedy_alone(peaked_llama, tokenizer, m, 4) for m in PROMPTS]
+    assert len({text for text, _ in alone}) == len(PROMPTS)
+    torch.manual_seed(0)
+    got = sampler.sample(PROMPTS, n=3, temperature=0.01, max_new_tokens=4)
+    assert [[(s.text, s.n_tokens) for s in samples] for samples in got] == [[a] * 3 for a in alone]
+
+
+def test_one_token_prompts_take_the_plain_path(sampler, tokenizer, tiny_llama):
+    calls = []
+    hook = tiny_llama.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            out = sampler.generate(torch.tensor([[tokenizer.bos_token_id]]), torch.ones((1, 1), dtype=torch.long), 2,
+                                   max_new_tokens=2, do_sample=True, top_k=0, pad_token_id=tokenizer.pad_token_id)
+    finally:
+        hook.remove()
+    assert out.shape == (2, 3)
+    assert calls[0] == (2, 1)
+
+
+def test_sliding_window_models_take_the_plain_path(tokenizer, tiny_llama):
+    from llama2rlhf.builtins.samplers import HFSampler
+
+    tiny_llama.config.sliding_window = 8
+    sampler = HFSampler(tiny_llama, tokenizer, show_progress=False)
+    assert sampler.cache_kwarg() is None
+    assert [len(s) for s in sampler.sample(PROMPTS[:2], 2, 1.0, 3)] == [2, 2]

@@ -2,12 +2,24 @@
 
 Prompts are rendered with the tokenizer's chat template, sorted by length so a batch
 carries little padding, left-padded (decoder-only models continue from the right edge),
-and grouped under a token budget. ``num_return_sequences`` draws the ``n`` samples of a
-prompt in one call with the KV cache on, and generation stops at EOS.
+and grouped under a token budget. The ``n`` samples of a prompt are drawn in one
+``generate`` call with the KV cache on, and generation stops at EOS.
+
+One prefill per prompt (``share_prefill``, on by default). Rejection sampling draws K
+samples per prompt (Llama 2 paper, section 3.2.3; K=8 by default here) and
+``generate(num_return_sequences=K)`` repeats every prompt K times *before* its prefill,
+so the prompt is run through the model K times for the same keys and values. Instead,
+the prompt minus its last token goes through the model once per prompt (the whole
+left-padded batch at once), its cache rows are repeated K times, and ``generate``
+continues from that cache on the K-times repeated prompts, so it only runs the last
+prompt token and the new ones. Models the trick does not fit (no ``Cache`` with
+``batch_repeat_interleave``, sliding-window or non-full attention layers,
+encoder-decoders) and batches with a one-token prompt take the plain path.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 from .. import hookimpl
@@ -15,12 +27,23 @@ from ..sampling import Messages, Sample
 
 
 class HFSampler:
-    def __init__(self, model, tokenizer, batch_tokens: int = 65536, device=None, show_progress: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_tokens: int = 65536,
+        device=None,
+        show_progress: bool = True,
+        share_prefill: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
         self.device = device or next(model.parameters()).device
         self.show_progress = show_progress
+        self.share_prefill = share_prefill
+        self._checked: tuple[int, str | None] | None = None  # (id(model), cache_kwarg()) once looked up
+        self._logits_to_keep = False
 
     def encode(self, prompts: Sequence[Messages]) -> list[list[int]]:
         return [
@@ -44,6 +67,88 @@ class HFSampler:
         if cur:
             out.append(cur)
         return out
+
+    def cache_kwarg(self) -> str | None:
+        """The name the model's forward takes its KV cache under, or None when the prefill cannot be shared.
+
+        transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated), so the
+        name is read from the forward signature; ``generate`` accepts the same name.
+        """
+        model = self.model
+        if self._checked is None or self._checked[0] != id(model):
+            self._checked = (id(model), self._find_cache_kwarg(model))
+        return self._checked[1]
+
+    def _find_cache_kwarg(self, model) -> str | None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs through
+        cfg = getattr(base, "config", None)
+        try:
+            from transformers.cache_utils import Cache
+        except ImportError:  # pragma: no cover - transformers without Cache classes
+            return None
+        if cfg is None or not hasattr(Cache, "batch_repeat_interleave"):
+            return None
+        cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+        if getattr(cfg, "is_encoder_decoder", False) or getattr(base.config, "is_encoder_decoder", False):
+            return None
+        # Sliding-window layers keep only the window in their cache; any non-full layer (sliding, linear,
+        # chunked) has cache semantics this path has not been checked against.
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+            return None
+        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            return None
+        supports = getattr(base, "_supports_default_dynamic_cache", None)
+        if supports is not None and not supports():
+            return None
+        params = inspect.signature(base.forward).parameters
+        if "position_ids" not in params:
+            return None
+        self._logits_to_keep = "logits_to_keep" in params
+        return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+    def generate(self, input_ids, attention, n: int, **gen_kwargs):
+        """``generate`` for one left-padded batch of prompts, ``n`` rows per prompt, grouped by prompt.
+
+        ``input_ids``/``attention`` are ``(prompts, width)`` on any device; the result is what
+        ``model.generate(..., num_return_sequences=n)`` returns: ``prompts * n`` rows, the ``n``
+        of prompt 0 first, each the full prompt followed by the new tokens.
+        """
+        input_ids = input_ids.to(self.device)
+        attention = attention.to(self.device)
+        name = self.cache_kwarg() if self.share_prefill else None
+        # A prompt of one token leaves nothing to prefill before the last token (an all-padding row).
+        if name is None or input_ids.shape[1] < 2 or int(attention.sum(-1).min()) < 2:
+            return self.model.generate(
+                input_ids=input_ids, attention_mask=attention, num_return_sequences=n, **gen_kwargs
+            )
+        # Prefill all but the last prompt token once per prompt (Llama 2 paper 3.2.3: K samples share a
+        # prompt, so its keys and values are the same for all K). Position ids are the ones generate
+        # derives for left padding: attention.cumsum - 1, 0 on the padding.
+        prefix_mask = attention[:, :-1]
+        position_ids = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
+        forward_kwargs: dict[str, Any] = dict(
+            input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids, use_cache=True
+        )
+        if self._logits_to_keep:
+            forward_kwargs["logits_to_keep"] = 1  # the logits are not used; skip the full-vocabulary head
+        out = self.model(**forward_kwargs)
+        cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if not hasattr(cache, "batch_repeat_interleave"):  # not a Cache object after all: plain path from now on
+            self._checked = (id(self.model), None)
+            return self.model.generate(
+                input_ids=input_ids, attention_mask=attention, num_return_sequences=n, **gen_kwargs
+            )
+        if n > 1:
+            cache.batch_repeat_interleave(n)  # row r*n + j is sample j of prompt r, as num_return_sequences lays out
+        # generate sees a cache shorter than the prompts by one token and only runs the last one; the
+        # mask is the full one, so its position ids continue the prefix's.
+        return self.model.generate(
+            input_ids=input_ids.repeat_interleave(n, dim=0),
+            attention_mask=attention.repeat_interleave(n, dim=0),
+            num_return_sequences=1,
+            **{name: cache},
+            **gen_kwargs,
+        )
 
     def sample(
         self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int, desc: str = "sampling"
@@ -72,7 +177,6 @@ class HFSampler:
                     attention[row, width - len(ids[i]) :] = 1
                 gen_kwargs: dict[str, Any] = dict(
                     max_new_tokens=max_new_tokens,
-                    num_return_sequences=n,
                     pad_token_id=tok.pad_token_id,
                     eos_token_id=eos,
                     use_cache=True,
@@ -82,9 +186,7 @@ class HFSampler:
                 else:
                     gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 with torch.inference_mode():
-                    out = self.model.generate(
-                        input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **gen_kwargs
-                    )
+                    out = self.generate(input_ids, attention, n, **gen_kwargs)
                 new = out[:, width:].tolist()
                 for row, i in enumerate(batch):
                     samples = []
