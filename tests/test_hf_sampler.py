@@ -200,3 +200,20 @@ def test_sliding_window_models_take_the_plain_path(tokenizer, tiny_llama):
     sampler = HFSampler(tiny_llama, tokenizer, show_progress=False)
     assert sampler.cache_kwarg() is None
     assert [len(s) for s in sampler.sample(PROMPTS[:2], 2, 1.0, 3)] == [2, 2]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.4])
+def test_inverse_cdf_sampling_draws_from_the_tempered_softmax(temperature):
+    from llama2rlhf.builtins.samplers import inverse_cdf_sampling
+
+    logits = torch.tensor([2.0, 0.5, -1.0, 1.0, float("-inf")])
+    rows = 40000
+    torch.manual_seed(0)
+    out = inverse_cdf_sampling(temperature)(None, logits.repeat(rows, 1))
+    # exactly one finite logit per row, so greedy decoding takes the drawn token
+    assert torch.isfinite(out).sum(-1).eq(1).all()
+    drawn = out.argmax(-1)
+    freq = torch.bincount(drawn, minlength=5).float() / rows
+    want = torch.softmax(logits / temperature, -1)
+    assert freq[4] == 0  # a token with probability 0 is never drawn
+    assert torch.allclose(freq, want, atol=0.01), (freq, want)
