@@ -31,6 +31,7 @@ def test_rm_pick_against_random_and_best(world):
     assert got["rm_pick_correct"] == 0.5
     assert got["sample_correct"] == pytest.approx((1 / 4 + 1 / 2) / 2)
     assert got["any_correct"] == 1.0
+    assert got["rm_pick_correct_by_family"] == {"add": 1.0, "upper": 0.0}
     assert got["kept_correct"] == 0.5
     assert got["kept_gold_reward"] == pytest.approx((1.0 + 0.45 * (2 * 1 / 6)) / 2)
 

@@ -49,16 +49,20 @@ def _gold(ctx, candidates: list[Candidate], kept: list[Candidate]) -> dict[str, 
     for c in candidates:
         by_prompt.setdefault(c.prompt_id, []).append(c)
     picks, means, anys = [], [], []
+    family_picks: dict[str, list[bool]] = {}
     for group in by_prompt.values():
         right = [correct(c) for c in group]
         picks.append(right[max(range(len(group)), key=lambda i: group[i].score)])
         means.append(sum(right) / len(right))
         anys.append(any(right))
+        family_picks.setdefault(group[0].meta["toy_prompt"]["family"], []).append(picks[-1])
     kept_scores = [ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion) for c in kept]
     n = len(by_prompt)
     return {"kept_gold_reward": sum(s.reward for s in kept_scores) / len(kept_scores),
             "kept_correct": sum(s.correct for s in kept_scores) / len(kept_scores),
-            "rm_pick_correct": sum(picks) / n, "sample_correct": sum(means) / n, "any_correct": sum(anys) / n}
+            "rm_pick_correct": sum(picks) / n, "sample_correct": sum(means) / n, "any_correct": sum(anys) / n,
+            # where the RM can and cannot judge: RS helps a family only where its pick beats greedy
+            "rm_pick_correct_by_family": {f: sum(v) / len(v) for f, v in sorted(family_picks.items())}}
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
