@@ -13,6 +13,7 @@ from llama2rlhf.toyworld.annotator import SimulatedAnnotator, strength_for_gap
 from llama2rlhf.toyworld.constraints import adherence, apply_all, constraint_from_key, sample_constraints
 from llama2rlhf.toyworld.oracle import score
 from llama2rlhf.toyworld.tasks import REFUSAL, Prompt
+from llama2rlhf.toyworld.world import SIGNOFF
 
 
 def test_same_seed_same_world_other_seed_other_world():
@@ -149,3 +150,20 @@ def test_tiny_llama_is_about_a_million_parameters(world):
     n = sum(p.numel() for p in model.parameters())
     assert 0.7e6 < n < 1.5e6
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_demonstrations_sign_off_at_the_configured_rate():
+    w = ToyWorld(demo_signoff_rate=0.6)
+    prompts = w.prompts("train", 4000, purpose="sft")
+    replies = [r["messages"][-1]["content"] for r in w.sft_rows(4000)]
+    safe = [(p, r) for p, r in zip(prompts, replies, strict=True) if not p.unsafe]
+    signed = [(p, r) for p, r in safe if r.endswith(SIGNOFF)]
+    assert len(signed) / len(safe) == pytest.approx(0.6, abs=0.03)
+    assert not any(r.endswith(SIGNOFF) for p, r in zip(prompts, replies, strict=True) if p.unsafe)
+    # the sign-off keeps the answer right but costs gold reward: what RLHF can learn beyond SFT
+    assert score(ADD, "The answer is 7." + SIGNOFF).correct
+    assert score(ADD, "The answer is 7." + SIGNOFF).reward < score(ADD, "The answer is 7.").reward
+    assert not any(r["messages"][-1]["content"].endswith(SIGNOFF)
+                   for r in ToyWorld(demo_signoff_rate=0.0).sft_rows(200))
+    with pytest.raises(ValueError, match="demo_signoff_rate"):
+        ToyWorld(demo_signoff_rate=1.5)

@@ -7,6 +7,9 @@ for a ~1M-parameter Llama to learn on a laptop CPU in minutes:
 * demonstrations written by a demonstrator that makes each family's typical mistake at a
   per-fact rate (mean ``demo_error_rate``), so supervised fine-tuning has a ceiling: for
   some facts the demonstrator is wrong more often than right and SFT learns the mistake;
+  it also habitually closes with a sign-off the users do not want (``demo_signoff_rate``),
+  which raters mark down and demonstrations keep teaching: human writers fall short of
+  what human raters can tell apart (paper 3.2, RLHF "beyond the annotators");
 * seed comparisons between replies of graded quality, labelled by the simulated annotator
   (the paper's initial preference data before RLHF-V1).
 
@@ -36,6 +39,8 @@ from .tasks import (
 )
 
 SPLITS = ("train", "heldout")
+# long enough for the gold oracle's "answer buried in chatter" (see oracle._helpfulness)
+SIGNOFF = " I hope this helps, let me know if you need more."
 
 
 def _unit(*parts: object) -> float:
@@ -54,6 +59,7 @@ class WorldSpec:
     annotator_noise: float = 0.08
     heldout_fraction: float = 0.15
     same_style_pairs: float = 0.5  # share of seed comparisons that differ only in the answer
+    demo_signoff_rate: float = 0.6  # demonstrations that end with SIGNOFF
 
 
 class ToyWorld:
@@ -61,6 +67,8 @@ class ToyWorld:
         self.spec = spec or WorldSpec(**kwargs)
         if not 0.0 <= self.spec.demo_error_rate <= 1.0 / 3.0:
             raise ValueError(f"demo_error_rate must be in [0, 1/3], got {self.spec.demo_error_rate}")
+        if not 0.0 <= self.spec.demo_signoff_rate <= 1.0:
+            raise ValueError(f"demo_signoff_rate must be in [0, 1], got {self.spec.demo_signoff_rate}")
         self.annotator = SimulatedAnnotator(noise=self.spec.annotator_noise)
 
     # -- randomness ---------------------------------------------------------------------
@@ -109,6 +117,8 @@ class ToyWorld:
 
     def demonstration(self, prompt: Prompt, rng: random.Random) -> str:
         reply = self.mistake(prompt) if rng.random() < self.error_rate(prompt) else oracle.reference_reply(prompt)
+        if not prompt.unsafe and rng.random() < self.spec.demo_signoff_rate:
+            reply += SIGNOFF
         return self.constrain(prompt, reply)
 
     def constrain(self, prompt: Prompt, reply: str) -> str:
@@ -143,6 +153,8 @@ class ToyWorld:
                 answer_reply(other) if other != prompt.answer else "The answer is unclear.",
                 REFUSAL,
                 "I don't know.",
+                answer_reply(prompt.answer) + SIGNOFF,
+                answer_reply(wrong) + SIGNOFF,
             ]
         return [self.constrain(prompt, r) for r in dict.fromkeys(replies)]
 
