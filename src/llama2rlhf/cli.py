@@ -22,6 +22,7 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from .config import store_configs
+    from .progress import progress_table
 
     store_configs()
 
@@ -40,6 +41,9 @@ def _hydra_main() -> None:
             # not a failure: the round goes on once people have labelled the pairs
             print(f"llama2rlhf: waiting for labels. {waiting}\nRun directory: {run_dir}", file=sys.stderr)
             sys.exit(AWAITING_LABELS_EXIT)
+        table = progress_table(ctx.summary)
+        if table:
+            print(table)
         print(f"summary: {ctx.run_dir / 'summary.json'}")
 
     app()

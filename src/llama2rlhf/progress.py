@@ -1,0 +1,30 @@
+"""The table a run ends with: SFT, then each RLHF round (the evolution of paper Fig. 11)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = ("model", "task_accuracy", "gold_reward", "win_rate_vs_sft", "win_rate_vs_sft_rm", "rs_temperature")
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def progress_table(summary: dict[str, Any]) -> str:
+    """One line per evaluated model; empty when nothing was evaluated (data without a gold oracle)."""
+    rows = []
+    sft = summary.get("sft", {})
+    if "task_accuracy" in sft:
+        rows.append(["SFT", sft["task_accuracy"], sft.get("gold_reward"), None, None, None])
+    for r in summary.get("rounds", []):
+        if "win_rate_vs_sft" in r or "task_accuracy" in r:
+            rows.append([f"RLHF-V{r['round']}", r.get("task_accuracy"), r.get("gold_reward"), r.get("win_rate_vs_sft"),
+                         r.get("win_rate_vs_sft_rm"), r.get("rs", {}).get("temperature")])
+    if not rows:
+        return ""
+    cells = [list(COLUMNS)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells)
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""The table a run ends with."""
+
+from __future__ import annotations
+
+from llama2rlhf.progress import progress_table
+
+
+def test_table_lists_sft_then_each_round():
+    summary = {
+        "sft": {"task_accuracy": 0.8, "gold_reward": 0.75},
+        "rounds": [
+            {"round": 1, "task_accuracy": 0.85, "gold_reward": 0.9, "win_rate_vs_sft": 0.7,
+             "win_rate_vs_sft_rm": 0.66, "rs": {"temperature": 0.45}},
+            {"round": 2, "collect": {"n_pairs": 3}},  # killed before its evaluation: not listed
+        ],
+    }
+    lines = progress_table(summary).splitlines()
+    assert lines[0].split() == ["model", "task_accuracy", "gold_reward", "win_rate_vs_sft", "win_rate_vs_sft_rm",
+                                "rs_temperature"]
+    assert lines[1].split() == ["SFT", "0.800", "0.750", "-", "-", "-"]
+    assert lines[2].split() == ["RLHF-V1", "0.850", "0.900", "0.700", "0.660", "0.450"]
+    assert len(lines) == 3
+
+
+def test_no_table_without_a_gold_oracle():
+    assert progress_table({"sft": {"n_examples": 40}, "reward": {}}) == ""
