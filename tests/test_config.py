@@ -63,7 +63,10 @@ def test_default_config_from_any_directory(tmp_path):
     assert cfg["model"]["kind"] == "toy"
     assert cfg["data"]["source"] == "toy"
     assert cfg["pipeline"]["name"] == "toy"
-    assert cfg["pipeline"]["stages"] == ["sft", "reward"]
+    # SFT, comparisons of the SFT policy's samples, the first reward model, then RLHF-V1..V3
+    assert cfg["pipeline"]["stages"] == ["sft", "collect", "reward"]
+    assert cfg["pipeline"]["rounds"] == 3
+    assert cfg["selector"] == {"name": "best_over_history"}
     # the toy pipeline scales the paper's SFT learning rate up for a model trained from scratch
     toy = yaml.safe_load(resources.files("llama2rlhf").joinpath("conf/pipeline/toy.yaml").read_text())
     assert cfg["sft"]["learning_rate"] == pytest.approx(toy["sft"]["learning_rate"])

@@ -16,7 +16,12 @@ TINY = [
     "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2",
     "model.vocab_size=400", "sft.num_train_epochs=1", "reward_model.num_train_epochs=1",
     "eval.max_new_tokens=12",
+    # rounds (and the round-0 collect) at tiny size
+    "collect.n_prompts=24", "collect.max_new_tokens=10", "rs.n_prompts=16", "rs.k=3", "rs.search_prompts=6",
+    "rs.temperatures=[0.8,1.3]", "rs.train.num_train_epochs=1", "rs.max_new_tokens=10",
 ]
+# SFT and the reward model only, for the tests about them
+SFT_RM = ["pipeline.stages=[sft,reward]", "pipeline.rounds=0"]
 
 
 def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -27,19 +32,30 @@ def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None) -> subproc
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    proc = run_cli(tmp)
+    proc = run_cli(tmp, *DEFAULT_ONE_ROUND)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run", proc
+
+
+# the default stages (SFT, comparisons from the SFT policy, reward model, then rounds), one round
+DEFAULT_ONE_ROUND = ["pipeline.rounds=1"]
+ROUND_STAGES = ["collect", "reward", "rejection_sampling", "evaluate"]
 
 
 def test_run_writes_state_summary_and_checkpoints(default_run):
     run, proc = default_run
     assert f"summary: {run / 'summary.json'}" in proc.stdout
+    # it ends with the evolution table: SFT, then the round
+    assert [line.split()[0] for line in proc.stdout.splitlines()[-4:-1]] == ["model", "SFT", "RLHF-V1"]
     state = json.loads((run / "state.json").read_text())
-    assert state["done"] == ["base", "sft", "reward"]
-    for name in ("sft", "reward"):
-        model_dir = Path(state["artifacts"][name])
-        assert model_dir == run / name / "model"
+    assert state["done"] == ["base", "sft", "collect", "reward"] + [f"round_1/{s}" for s in ROUND_STAGES] + [
+        "round_1"]
+    # the newest reward model and policy are round 1's; SFT's and the first RM's stay in place
+    assert state["artifacts"]["sft"] == str(run / "sft" / "model")
+    assert state["artifacts"]["reward"] == str(run / "round_1" / "reward" / "model")
+    assert state["artifacts"]["policy"] == str(run / "round_1" / "rejection_sampling" / "model")
+    for model_dir in (run / "sft" / "model", run / "reward" / "model", run / "round_1" / "reward" / "model",
+                      run / "round_1" / "rejection_sampling" / "model"):
         assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
         assert (model_dir / "tokenizer.json").is_file()
     assert json.loads((run / "reward" / "model" / "config.json").read_text())["architectures"] == [
@@ -54,28 +70,32 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     assert sum(acc["counts"][k] for k in ("significantly_better", "better", "slightly_better",
                                           "negligibly_better")) == acc["counts"]["overall"] == 40
     assert summary["reward"]["reward_loss"] == "margin_small"
-    assert set(summary["timings"]) == {"sft", "reward"}
+    # the first reward model already learns from the SFT policy's own samples (paper 3.2.1)
+    assert summary["reward"]["n_collected"] == summary["collect"]["n_pairs"] > 0
+    assert summary["rounds"][0]["reward"]["n_collected"] == (
+        summary["collect"]["n_pairs"] + summary["rounds"][0]["collect"]["n_pairs"])
+    assert set(summary["timings"]) == {"sft", "collect", "reward"} | {f"round_1/{s}" for s in ROUND_STAGES}
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [x["prefix"] for x in lines] == ["sft", "reward"]
+    assert [x["prefix"] for x in lines][:3] == ["sft", "collect", "reward"]
 
 
 def test_rerun_skips_finished_stages(default_run, tmp_path):
     run, _ = default_run
     before = (run / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
-    proc = subprocess.run([CLI, f"hydra.run.dir={run}", *TINY], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([CLI, f"hydra.run.dir={run}", *TINY, *DEFAULT_ONE_ROUND], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stage sft already done" in proc.stderr + proc.stdout
     assert (run / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_plugin_reward_loss_selected_from_the_command_line(tmp_path):
-    proc = run_cli(tmp_path, "reward_loss=example_hinge", "reward_loss.width=0.5", "pipeline.stages=[sft,reward]")
+    proc = run_cli(tmp_path, "reward_loss=example_hinge", "reward_loss.width=0.5", *SFT_RM)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["reward"]["reward_loss"] == "example_hinge"
     # with autoload off the plugin is gone and Hydra says which losses exist
-    proc = run_cli(tmp_path, "reward_loss=example_hinge", env={"LLAMA2RLHF_DISABLE_AUTOLOAD": "1"})
+    proc = run_cli(tmp_path, "reward_loss=example_hinge", *SFT_RM, env={"LLAMA2RLHF_DISABLE_AUTOLOAD": "1"})
     assert proc.returncode != 0
     assert "Could not find 'reward_loss/example_hinge'" in proc.stderr
     assert "margin_small" in proc.stderr
@@ -95,7 +115,7 @@ def test_files_source_runs_on_trl_jsonl_and_hh_text(tmp_path):
     prefs = tmp_path / "hh.jsonl"
     prefs.write_text("\n".join(json.dumps({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}) for _ in range(40)) + "\n")
     proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={prefs}",
-                   "reward_loss=bradley_terry")
+                   "reward_loss=bradley_terry", *SFT_RM)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["sft"]["n_examples"] == 40 and "task_accuracy" not in summary["sft"]  # no gold oracle
@@ -108,16 +128,14 @@ def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "   "}]}
     sft.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-    proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={sft}")
+    proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={sft}", *SFT_RM)
     assert proc.returncode != 0
     assert f"{sft}:3: field 'messages[1].content'" in proc.stderr
     # the base checkpoint written before the bad file was read is kept
     assert (tmp_path / "run" / "base" / "config.json").is_file()
 
 
-ROUNDS_TINY = ["pipeline.rounds=2", "collect.n_prompts=24", "rs.n_prompts=16", "rs.k=3", "rs.search_prompts=6",
-               "rs.temperatures=[0.8,1.3]", "rs.train.num_train_epochs=1", "rs.max_new_tokens=10",
-               "collect.max_new_tokens=10"]
+ROUNDS_TINY = ["pipeline.rounds=2", "pipeline.stages=[sft,reward]"]
 
 
 def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
