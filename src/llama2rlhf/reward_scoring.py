@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 from typing import Iterator, Sequence
 
+from .kv_cache import cache_kwarg
 from .sampling import Messages
 
 
@@ -90,6 +89,7 @@ def _score_shared(model, ids: list[list[int]], groups: list[tuple[int, list[int]
                   batch_size: int, device) -> Iterator[tuple[int, float]]:
     """(conversation index, score) for every member of ``groups`` ((prefix length, conversation indices))."""
     import torch
+    from transformers import DynamicCache
 
     # prefix pass: one row per group, left-padded so that every reply starts right after the cache
     width = max(cut for cut, _ in groups)
@@ -104,7 +104,7 @@ def _score_shared(model, ids: list[list[int]], groups: list[tuple[int, list[int]
         out = model(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
                     position_ids=prefix_pos.to(device), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_select_indices"):  # no cache after all
+    if not isinstance(cache, DynamicCache):  # no cache after all, or one we cannot take rows of
         for _, members in groups:
             for start in range(0, len(members), batch_size):
                 part = members[start : start + batch_size]
@@ -124,8 +124,10 @@ def _score_shared(model, ids: list[list[int]], groups: list[tuple[int, list[int]
             # right padding: the classifier's rightmost non-pad token is the plain path's (see _shared_prefix_len)
             suffix[row, :n] = torch.tensor(ids[i][groups[g][0] :])
             suffix_mask[row, :n] = 1
-        past = copy.deepcopy(cache)  # the suffix pass appends to it; the next batch needs the prompts alone
-        past.batch_select_indices(owner.to(device))
+        # a fresh cache of just this batch's prompt rows: the suffix pass appends to it, and the
+        # window's cache must stay the prompts alone for the next batch
+        rows_of = owner.to(device)
+        past = DynamicCache([(keys[rows_of], values[rows_of]) for keys, values, *_ in cache])
         mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # cached tokens, then new ones
         pos = torch.tensor([groups[g][0] for _, g, _ in batch])[:, None] + torch.arange(swidth)[None, :]
         with torch.inference_mode():
@@ -154,28 +156,13 @@ def _shared_prefix_len(seqs: list[list[int]], pad: int) -> int:
 
 
 def _cache_kwarg(model, pad: int) -> str | None:
-    """The name under which ``model.forward`` takes a KV cache, or None to score without one."""
+    """kv_cache.cache_kwarg, for classifiers that skip exactly our padding to find the scored token."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     # the suffix pass relies on the classifier skipping our padding to find the scored token
     if getattr(text, "pad_token_id", None) != pad:
         return None
-    # sliding-window layers drop cached tokens, which left-padded prefixes would not survive
-    layer_types = getattr(text, "layer_types", None)
-    if layer_types is not None:
-        if any(t != "full_attention" for t in layer_types):
-            return None
-    elif getattr(text, "sliding_window", None) is not None:
-        return None
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    if "position_ids" not in params:
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
+    return cache_kwarg(model)
 
 
 class RewardScorer:

@@ -19,10 +19,10 @@ encoder-decoders) and batches with a one-token prompt take the plain path.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Sequence
 
 from .. import hookimpl
+from ..kv_cache import cache_kwarg, forward_params
 from ..sampling import Messages, Sample
 
 
@@ -42,8 +42,8 @@ class HFSampler:
         self.device = device or next(model.parameters()).device
         self.show_progress = show_progress
         self.share_prefill = share_prefill
-        self._checked: tuple[int, str | None] | None = None  # (id(model), cache_kwarg()) once looked up
-        self._logits_to_keep = False
+        self._cache_kwarg = cache_kwarg(model)
+        self._logits_to_keep = "logits_to_keep" in forward_params(model)
 
     def encode(self, prompts: Sequence[Messages]) -> list[list[int]]:
         return [
@@ -69,42 +69,8 @@ class HFSampler:
         return out
 
     def cache_kwarg(self) -> str | None:
-        """The name the model's forward takes its KV cache under, or None when the prefill cannot be shared.
-
-        transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated), so the
-        name is read from the forward signature; ``generate`` accepts the same name.
-        """
-        model = self.model
-        if self._checked is None or self._checked[0] != id(model):
-            self._checked = (id(model), self._find_cache_kwarg(model))
-        return self._checked[1]
-
-    def _find_cache_kwarg(self, model) -> str | None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs through
-        cfg = getattr(base, "config", None)
-        try:
-            from transformers.cache_utils import Cache
-        except ImportError:  # pragma: no cover - transformers without Cache classes
-            return None
-        if cfg is None or not hasattr(Cache, "batch_repeat_interleave"):
-            return None
-        cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
-        if getattr(cfg, "is_encoder_decoder", False) or getattr(base.config, "is_encoder_decoder", False):
-            return None
-        # Sliding-window layers keep only the window in their cache; any non-full layer (sliding, linear,
-        # chunked) has cache semantics this path has not been checked against.
-        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-            return None
-        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            return None
-        supports = getattr(base, "_supports_default_dynamic_cache", None)
-        if supports is not None and not supports():
-            return None
-        params = inspect.signature(base.forward).parameters
-        if "position_ids" not in params:
-            return None
-        self._logits_to_keep = "logits_to_keep" in params
-        return next((name for name in ("cache", "past_key_values") if name in params), None)
+        """The name the model takes its KV cache under, or None when the prefill cannot be shared."""
+        return self._cache_kwarg
 
     def _plain_generate(self, input_ids, attention, n: int, **gen_kwargs):
         # the rows repeated here rather than by num_return_sequences, which greedy decoding
@@ -138,7 +104,7 @@ class HFSampler:
         out = self.model(**forward_kwargs)
         cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         if not hasattr(cache, "batch_repeat_interleave"):  # not a Cache object after all: plain path from now on
-            self._checked = (id(self.model), None)
+            self._cache_kwarg = None
             return self._plain_generate(input_ids, attention, n, **gen_kwargs)
         if n > 1:
             cache.batch_repeat_interleave(n)  # row r*n + j is sample j of prompt r, as num_return_sequences lays out
