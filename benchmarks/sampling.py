@@ -1,7 +1,7 @@
 """Rejection-sampling throughput: the ``hf`` sampler and batched RM scoring against the
 loops a user would write by hand, same model, prompts, K and token limits, one process.
 
-    python benchmarks/sampling.py [--prompts 64] [--k 8] [--max-new-tokens 32] [--repeats 3]
+    python benchmarks/sampling.py [--prompts 64] [--k 8] [--max-new-tokens 32] [--repeats 7]
                                   [--model RUN_DIR/sft/model]
 
 Without ``--model`` it builds the toy tokenizer and a tiny Llama (random weights: every
@@ -11,8 +11,9 @@ Each comparison first calls both sides once, untimed, on a few prompts (lazy imp
 allocator and kernel warm-up, so neither side pays the cold start), then times
 ``--repeats`` runs of each side, alternating the two and flipping which goes first
 every repeat (hand, ours, ours, hand, ...), so drift in the machine's load falls on both.
-Prints the median samples/s of each side and the ratio of the medians; the last line
-reads ``sampler_ratio=<x> scoring_ratio=<y>``.
+Prints the median samples/s of each side and the median of the per-repeat ratios (each
+repeat's two runs are back to back); the last line reads
+``sampler_ratio=<x> scoring_ratio=<y>``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def hand_scoring(rm, tokenizer, conversations):
 
 def compare(hand, ours, repeats: int, n: int):
     """Time ``repeats`` alternating runs of the two zero-argument callables (first one first on even
-    repeats, second first on odd ones); returns (median samples/s of hand, of ours, last results)."""
+    repeats, second first on odd ones). Returns (median samples/s of hand, of ours, median of the
+    per-repeat ratios, last results): each repeat's two runs are back to back, so their ratio
+    cancels drift in the machine's speed that the ratio of two medians would keep."""
     rates: dict[str, list[float]] = {"hand": [], "ours": []}
     results = {}
     sides = [("hand", hand), ("ours", ours)]
@@ -60,7 +63,8 @@ def compare(hand, ours, repeats: int, n: int):
             t = time.perf_counter()
             results[name] = fn()
             rates[name].append(n / (time.perf_counter() - t))
-    return statistics.median(rates["hand"]), statistics.median(rates["ours"]), results
+    ratios = [o / h for o, h in zip(rates["ours"], rates["hand"], strict=True)]
+    return statistics.median(rates["hand"]), statistics.median(rates["ours"]), statistics.median(ratios), results
 
 
 def main() -> None:
@@ -75,7 +79,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each side; the median is reported")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs of each side; medians are reported")
     ap.add_argument("--warmup-prompts", type=int, default=2, help="prompts in the untimed warm-up call of each side")
     ap.add_argument("--model", default=None, help="a saved policy (default: a tiny random Llama)")
     args = ap.parse_args()
@@ -99,20 +103,19 @@ def main() -> None:
     n = args.prompts * args.k
     print(f"{args.prompts} prompts x K={args.k}, max_new_tokens={args.max_new_tokens}, "
           f"torch threads={torch.get_num_threads()}, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
-          f"median of {args.repeats} alternating runs after a warm-up")
+          f"medians of {args.repeats} alternating runs after a warm-up")
 
     sampler = HFSampler(model, tokenizer, show_progress=False)
     few = prompts[: args.warmup_prompts]
     hand_sampling(model, tokenizer, few, args.k, args.max_new_tokens)
     sampler.sample(few, args.k, 1.0, args.max_new_tokens)
-    hand_rate, ours_rate, res = compare(
+    hand_rate, ours_rate, sampler_ratio, res = compare(
         lambda: hand_sampling(model, tokenizer, prompts, args.k, args.max_new_tokens),
         lambda: sampler.sample(prompts, args.k, 1.0, args.max_new_tokens),
         args.repeats, n,
     )
     hand, ours = res["hand"], res["ours"]
     assert len(ours) == len(hand) == args.prompts and all(len(s) == args.k for s in ours)
-    sampler_ratio = ours_rate / hand_rate
     print(f"sampling   hand loop {hand_rate:9.1f} samples/s   hf sampler {ours_rate:9.1f} samples/s   "
           f"ratio {sampler_ratio:.2f}x")
 
@@ -120,13 +123,12 @@ def main() -> None:
     few = convs[: args.warmup_prompts * args.k]
     hand_scoring(rm, tokenizer, few)
     score_conversations(rm, tokenizer, few, batch_size=64)
-    hand_score_rate, batched_rate, res = compare(
+    hand_score_rate, batched_rate, scoring_ratio, res = compare(
         lambda: hand_scoring(rm, tokenizer, convs),
         lambda: score_conversations(rm, tokenizer, convs, batch_size=64),
         args.repeats, n,
     )
     worst = max(abs(a - b) for a, b in zip(res["hand"], res["ours"], strict=True))
-    scoring_ratio = batched_rate / hand_score_rate
     print(f"scoring    one at a time {hand_score_rate:9.1f} samples/s   batched {batched_rate:9.1f} samples/s   "
           f"ratio {scoring_ratio:.2f}x   (max |difference| {worst:.2e})")
     print(f"sampler_ratio={sampler_ratio:.2f} scoring_ratio={scoring_ratio:.2f}")
