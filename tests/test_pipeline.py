@@ -19,6 +19,9 @@ TINY = [
     # rounds (and the round-0 collect) at tiny size
     "collect.n_prompts=24", "collect.max_new_tokens=10", "rs.n_prompts=16", "rs.k=3", "rs.search_prompts=6",
     "rs.temperatures=[0.8,1.3]", "rs.train.num_train_epochs=1", "rs.max_new_tokens=10",
+    # PPO: two iterations of 8 rollouts, a checkpoint after each
+    "ppo.n_prompts=16", "ppo.per_device_train_batch_size=8", "ppo.gradient_accumulation_steps=1",
+    "ppo.num_mini_batches=1", "ppo.max_new_tokens=10", "ppo.checkpoint_steps=1",
 ]
 # SFT and the reward model only, for the tests about them
 SFT_RM = ["pipeline.stages=[sft,reward]", "pipeline.rounds=0"]
@@ -37,9 +40,10 @@ def default_run(tmp_path_factory):
     return tmp / "run", proc
 
 
-# the default stages (SFT, comparisons from the SFT policy, reward model, then rounds), one round
+# the default stages (SFT, comparisons from the SFT policy, reward model, then rounds), one
+# round, which is then the PPO round
 DEFAULT_ONE_ROUND = ["pipeline.rounds=1"]
-ROUND_STAGES = ["collect", "reward", "rejection_sampling", "evaluate"]
+ROUND_STAGES = ["collect", "reward", "rejection_sampling", "ppo", "rejection_sampling_after_ppo", "evaluate"]
 
 
 def test_run_writes_state_summary_and_checkpoints(default_run):
@@ -50,12 +54,16 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     state = json.loads((run / "state.json").read_text())
     assert state["done"] == ["base", "sft", "collect", "reward"] + [f"round_1/{s}" for s in ROUND_STAGES] + [
         "round_1"]
-    # the newest reward model and policy are round 1's; SFT's and the first RM's stay in place
+    # the newest reward models and policy are round 1's; SFT's and the first RMs stay in place
     assert state["artifacts"]["sft"] == str(run / "sft" / "model")
     assert state["artifacts"]["reward"] == str(run / "round_1" / "reward" / "model")
-    assert state["artifacts"]["policy"] == str(run / "round_1" / "rejection_sampling" / "model")
-    for model_dir in (run / "sft" / "model", run / "reward" / "model", run / "round_1" / "reward" / "model",
-                      run / "round_1" / "rejection_sampling" / "model"):
+    # the toy world's unsafe prompts are safety labels: a second, safety reward model
+    assert state["artifacts"]["reward_safety"] == str(run / "round_1" / "reward" / "safety" / "model")
+    # RLHF-V1 here is rejection sampling on top of the PPO model (Llama 2's V5)
+    assert state["artifacts"]["policy"] == str(run / "round_1" / "rejection_sampling_after_ppo" / "model")
+    for model_dir in (run / "sft" / "model", run / "reward" / "model", run / "reward" / "safety" / "model",
+                      run / "round_1" / "reward" / "model", run / "round_1" / "rejection_sampling" / "model",
+                      run / "round_1" / "ppo" / "model", run / "round_1" / "rejection_sampling_after_ppo" / "model"):
         assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
         assert (model_dir / "tokenizer.json").is_file()
     assert json.loads((run / "reward" / "model" / "config.json").read_text())["architectures"] == [
@@ -70,6 +78,13 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     assert sum(acc["counts"][k] for k in ("significantly_better", "better", "slightly_better",
                                           "negligibly_better")) == acc["counts"]["overall"] == 40
     assert summary["reward"]["reward_loss"] == "margin_small"
+    # the safety RM has its own bucket accuracies, on the held-out safety comparisons only
+    from llama2rlhf.toyworld import ToyWorld
+
+    n_safety = sum(r["safety"] for r in ToyWorld().seed_comparisons(40, "heldout"))
+    assert 0 < summary["reward"]["safety"]["rm_accuracy"]["counts"]["overall"] == n_safety < 40
+    whitening = summary["reward"]["whitening"]
+    assert whitening["combiner"] == "llama2" and whitening["n"] == 80 and whitening["std"] > 0
     # the first reward model already learns from the SFT policy's own samples (paper 3.2.1)
     assert summary["reward"]["n_collected"] == summary["collect"]["n_pairs"] > 0
     assert summary["rounds"][0]["reward"]["n_collected"] == (
@@ -77,6 +92,15 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     assert set(summary["timings"]) == {"sft", "collect", "reward"} | {f"round_1/{s}" for s in ROUND_STAGES}
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["prefix"] for x in lines][:3] == ["sft", "collect", "reward"]
+    # PPO on the RS model, measured before and after on the held-out prompts
+    ppo = summary["rounds"][0]["ppo"]
+    assert ppo["trainer"] == "ppo" and ppo["steps"] == 2 and "stopped" not in ppo
+    for key in ("kl", "reward_before", "reward_after", "gold_reward_before", "gold_reward_after"):
+        assert isinstance(ppo[key], float), key
+    assert 0.0 <= ppo["gold_reward_before"] <= 1.0 and 0.0 <= ppo["gold_reward_after"] <= 1.0
+    assert [h["step"] for h in ppo["history"]] == [1, 2]
+    # then rejection sampling again, from the PPO model
+    assert summary["rounds"][0]["rs_after_ppo"]["n_kept"] == 16
 
 
 def test_rerun_skips_finished_stages(default_run, tmp_path):
@@ -135,7 +159,8 @@ def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
     assert (tmp_path / "run" / "base" / "config.json").is_file()
 
 
-ROUNDS_TINY = ["pipeline.rounds=2", "pipeline.stages=[sft,reward]"]
+# rounds without PPO (PPO is in the default run's tests)
+ROUNDS_TINY = ["pipeline.rounds=2", "pipeline.stages=[sft,reward]", "pipeline.ppo_rounds=[]"]
 
 
 def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):

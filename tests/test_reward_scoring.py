@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from llama2rlhf.reward_scoring import RewardScorer, _shared_prefix_len, score_conversations
+from llama2rlhf.reward_scoring import _shared_prefix_len, score_conversations
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],
@@ -78,16 +78,6 @@ def test_output_order_is_input_order(tokenizer, reward_model):
     assert again == pytest.approx([scores[i] for i in perm], abs=1e-4)
     # distinct replies get distinct scores, so a mix-up would show
     assert len({round(s, 6) for s in scores}) > len(PROMPTS)
-
-
-def test_reward_scorer_pairs(tokenizer, reward_model):
-    scorer = RewardScorer.__new__(RewardScorer)  # the loaded-model part, without a saved run
-    scorer.model, scorer.tokenizer, scorer.batch_size = reward_model, tokenizer, 8
-    prompts = [PROMPTS[i % 3] for i in range(9)]
-    completions = [REPLIES[i % len(REPLIES)] for i in range(9)]
-    expected = _one_at_a_time(reward_model, tokenizer,
-                              [p + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)])
-    assert scorer.score(prompts, completions) == pytest.approx(expected, abs=1e-4)
 
 
 def test_model_without_cache_takes_the_plain_path(tokenizer, reward_model):

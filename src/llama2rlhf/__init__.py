@@ -27,4 +27,26 @@ class RewardLoss:
         return self.fn(r_chosen, r_rejected, margin, **options)
 
 
-__all__ = ["RewardLoss", "hookimpl", "__version__"]
+@dataclass(frozen=True)
+class RewardCombiner:
+    """Several reward models' scores -> the one reward of the pipeline (paper 3.2.3, "PPO").
+
+    ``fn(scores, is_safety, **options)`` gets ``scores``, a dict from reward-model name
+    (``"helpfulness"``, ``"safety"``) to float tensors of one shape, and ``is_safety``, a
+    bool tensor that broadcasts against them (True where the prompt is a safety prompt);
+    it returns a float tensor of the scores' shape. ``needs`` names the reward models it
+    reads: the pipeline only selects a combiner whose models it has.
+    """
+
+    fn: Callable[..., Any]
+    needs: tuple[str, ...] = ("helpfulness",)
+
+    def __call__(self, scores, is_safety, **options):
+        missing = [name for name in self.needs if name not in scores]
+        if missing:
+            raise ValueError(f"this reward combiner needs the {', '.join(missing)} reward model(s); "
+                             f"got scores of: {', '.join(scores) or '(none)'}")
+        return self.fn(scores, is_safety, **options)
+
+
+__all__ = ["RewardCombiner", "RewardLoss", "hookimpl", "__version__"]

@@ -34,6 +34,9 @@ def _hydra_main() -> None:
         from .pipeline import run
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        # Hydra logs INFO from every library; accelerate's per-step gather notices inside
+        # TRL's PPO loop would drown the pipeline's own
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
         OmegaConf.resolve(cfg)
         try:
             ctx = run(cfg, run_dir)

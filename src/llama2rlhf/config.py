@@ -114,6 +114,18 @@ class SamplerConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Selected with ``reward=<name>``: how reward models' scores become the one reward used by
+    rejection sampling, PPO and evaluation (paper 3.2.3). ``llama2`` needs a safety reward
+    model; without one (data with no safety labels) the pipeline uses ``single``."""
+
+    name: str = MISSING
+    # WHITEN(...) of the paper: subtract the mean and divide by the standard deviation that
+    # the combined reward has on the reward stage's held-out comparisons
+    whiten: bool = True
+
+
+@dataclass
 class SelectorConfig:
     """Selected with ``selector=<name>``: which scored samples become RS training data."""
 
@@ -159,12 +171,56 @@ class RejectionSamplingConfig:
 
 
 @dataclass
+class PPOStageConfig(TrainConfig):
+    """Paper 3.2.3, "PPO": AdamW (0.9, 0.95, eps 1e-5), weight decay 0.1, gradient clipping
+    1.0, constant lr 1e-6, batch 512, mini-batch 64, one gradient step per mini-batch, clip
+    0.2, KL penalty beta 0.01 (7B, 13B) or 0.005 (34B, 70B), 200-400 iterations.
+
+    The batch is ``per_device_train_batch_size * gradient_accumulation_steps`` per process;
+    ``num_mini_batches`` splits it. ``rloo`` and ``grpo`` read the same fields where they
+    have them (``kl_coef`` is their ``beta``, ``cliprange`` their ``epsilon``)."""
+
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"
+    warmup_steps: float = 0.0
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-5
+    per_device_train_batch_size: int = 64
+    gradient_accumulation_steps: int = 8
+    num_mini_batches: int = 8
+    num_ppo_epochs: int = 1
+    kl_coef: float = 0.01
+    cliprange: float = 0.2
+    vf_coef: float = 0.1
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    # rollouts = n_prompts * num_train_epochs; paper: 200-400 iterations of 512
+    n_prompts: int = 102400
+    num_train_epochs: float = 1.0
+    # samples per prompt for rloo and grpo (they need a group per prompt)
+    num_generations: int = 4
+    # guards: stop when the policy's KL to the reference passes max_kl (nats per reply)
+    # or a reward or loss turns NaN, and carry on from the last good checkpoint, saved
+    # every checkpoint_steps PPO iterations
+    max_kl: float = 20.0
+    checkpoint_steps: int = 10
+
+
+@dataclass
 class PipelineConfig:
     name: str = "default"
     stages: list[str] = field(default_factory=lambda: ["sft", "reward"])
     rounds: int = 0
     # each RLHF round runs these, in order
     round_stages: list[str] = field(default_factory=lambda: ["collect", "reward", "rejection_sampling", "evaluate"])
+    # rounds that run ppo_stages right after rejection_sampling (Llama 2: V4 -> PPO -> RS ->
+    # V5); null means the last round, [] none
+    ppo_rounds: Optional[list[int]] = None
+    # ppo, or rloo / grpo (TRL's maintained online trainers) in its place; then rejection
+    # sampling again, from the RL policy
+    ppo_stages: list[str] = field(default_factory=lambda: ["ppo", "rejection_sampling"])
 
 
 @dataclass
@@ -181,11 +237,13 @@ class Config:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     reward_model: RewardStageConfig = field(default_factory=RewardStageConfig)
     reward_loss: RewardLossConfig = field(default_factory=RewardLossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     rs: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
+    ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
@@ -195,12 +253,14 @@ class Config:
 # Config groups whose options come from plugin registries: group -> registry kind
 PLUGIN_GROUPS = {
     "reward_loss": "reward_losses",
+    "reward": "reward_combiners",
     "sampler": "samplers",
     "selector": "selectors",
     "annotator": "annotators",
 }
 GROUP_SCHEMAS = {
     "reward_loss": RewardLossConfig,
+    "reward": RewardConfig,
     "sampler": SamplerConfig,
     "selector": SelectorConfig,
     "annotator": AnnotatorConfig,

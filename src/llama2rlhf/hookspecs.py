@@ -96,24 +96,42 @@ def register_stages(register: Register) -> None:
 
     Call ``register(name, stage)`` where ``stage(ctx: RunContext) -> dict`` runs one stage
     of the pipeline: it reads its inputs from ``ctx`` (config, run directory, the paths of
-    earlier stages' outputs), writes its outputs under ``ctx.stage_dir(name)`` and returns
+    earlier stages' outputs), writes its outputs under ``ctx.stage_dir()`` (its own folder
+    in this round, named as the stage runs: a stage that runs twice in a round runs the
+    second time as ``<name>_after_<previous stage>``) and returns
     the metrics that go into ``summary.json`` (under the stage's name, or under
     ``stage.summary_key`` if the function has that attribute; ``None`` merges them into
     the round's entry). ``ctx.round`` is 0 before the RLHF rounds and k in round k. A stage
     that finished is recorded in ``state.json`` and skipped when the run is resumed;
     ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...) to the paths
     a stage produced for later ones. ``pipeline.stages`` lists the stages run once, in
-    order, and ``pipeline.round_stages`` those run in every round.
+    order, ``pipeline.round_stages`` those run in every round, and ``pipeline.ppo_stages``
+    those run after rejection sampling in ``pipeline.ppo_rounds`` (built-ins: ``ppo``,
+    ``rloo``, ``grpo``).
     """
 
 
 @hookspec
 def register_reward_combiners(register: Register) -> None:
-    """Register functions that turn several reward-model scores into one reward.
+    """Register rules that turn several reward models' scores into one reward.
 
-    Call ``register(name, combine)``; ``combine(scores: dict[str, Tensor], prompts) ->
-    Tensor``. Llama 2's piecewise helpfulness/safety rule is the built-in ``llama2``
-    (paper 3.2.3, "PPO"). Selected with ``reward=<name>``.
+    Call ``register(name, combiner)`` with a :class:`llama2rlhf.RewardCombiner`:
+    ``RewardCombiner(fn, needs=("helpfulness", "safety"))`` where
+    ``fn(scores: dict[str, Tensor], is_safety: Tensor, **options) -> Tensor``. ``scores``
+    maps each reward model the run trained (``"helpfulness"``; ``"safety"`` when the data
+    has safety labels) to its raw scores, all of one shape (``(batch,)`` when scoring
+    replies, ``(batch, tokens)`` inside TRL's PPO, where every position is scored);
+    ``is_safety`` is a bool tensor that broadcasts against them, True for safety prompts.
+    Return a float tensor of the scores' shape, higher is better; keep it elementwise, so
+    the reward of one reply never depends on the others in its batch. The pipeline then
+    whitens it with fixed statistics (``reward.whiten``).
+
+    The selected combiner is the one reward used everywhere: rejection-sampling scores,
+    PPO/RLOO/GRPO rewards and the reward-model judge of evaluation. ``options`` are the
+    extra keys of the ``reward`` config node (give them a node in
+    :func:`register_configs`, group ``reward``). Llama 2's piecewise rule is the built-in
+    ``llama2`` (paper 3.2.3, "PPO"), the default; ``single`` reads the helpfulness model
+    only. Selected with ``reward=<name>``.
     """
 
 

@@ -25,8 +25,11 @@ def make_world(cfg: Any):
     return ToyWorld(WorldSpec(**dict(cfg.toyworld)))
 
 
-def run_stage(ctx: RunContext, name: str) -> None:
-    key = ctx.stage_key(name)
+def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
+    """Run stage ``name`` unless done; ``as_name`` runs it a second time in a round under
+    another key, folder and summary entry (rejection sampling after PPO)."""
+    as_name = as_name or name
+    key = ctx.stage_key(as_name)
     if ctx.state.is_done(key):
         log.info("stage %s already done in %s; skipping", key, ctx.run_dir)
         return
@@ -34,6 +37,7 @@ def run_stage(ctx: RunContext, name: str) -> None:
     hook = plugins.get_plugin_manager().hook
     hook.on_stage_start(ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
+    ctx.current_stage = as_name
     started = time.perf_counter()
     try:
         metrics = stage.obj(ctx) or {}
@@ -46,6 +50,8 @@ def run_stage(ctx: RunContext, name: str) -> None:
     target = ctx.summary if ctx.round == 0 else ctx.round_summary()
     # a stage may name its summary key (``summary_key``), or None to merge into the round
     summary_key = getattr(stage.obj, "summary_key", name)
+    if as_name != name:
+        summary_key = (summary_key or name) + as_name[len(name):] if as_name.startswith(name) else as_name
     if summary_key is None:
         target.update(metrics)
     else:
@@ -55,6 +61,27 @@ def run_stage(ctx: RunContext, name: str) -> None:
     ctx.save_summary()
     ctx.state.mark_done(key)
     hook.on_stage_end(ctx=ctx, stage=name, round=ctx.round, metrics=metrics)
+
+
+def ppo_rounds(cfg: Any) -> list[int]:
+    rounds = cfg.pipeline.ppo_rounds
+    return [cfg.pipeline.rounds] if rounds is None and cfg.pipeline.rounds > 0 else list(rounds or [])
+
+
+def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
+    """(stage, name it runs as) for round ``k``: ``pipeline.round_stages``, with
+    ``pipeline.ppo_stages`` after rejection sampling in a PPO round (paper 3.2.3: RLHF-V5 is
+    rejection sampling on top of V4's PPO model). A stage that already ran in the round runs
+    again as ``<stage>_after_<the stage before it>``."""
+    stages = list(cfg.pipeline.round_stages)
+    if k in ppo_rounds(cfg):
+        at = stages.index("rejection_sampling") + 1 if "rejection_sampling" in stages else len(stages)
+        stages[at:at] = list(cfg.pipeline.ppo_stages)
+    plan: list[tuple[str, str]] = []
+    for i, name in enumerate(stages):
+        seen = any(n == name for n, _ in plan)
+        plan.append((name, f"{name}_after_{stages[i - 1]}" if seen else name))
+    return plan
 
 
 def run(cfg: Any, run_dir: Path) -> RunContext:
@@ -70,8 +97,8 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     hook = plugins.get_plugin_manager().hook
     for k in range(1, cfg.pipeline.rounds + 1):
         ctx.round = k
-        for name in cfg.pipeline.round_stages:
-            run_stage(ctx, name)
+        for name, as_name in round_plan(cfg, k):
+            run_stage(ctx, name, as_name)
         if not ctx.state.is_done(f"round_{k}"):
             hook.on_round_end(ctx=ctx, round=k, summary=ctx.round_summary())
             ctx.state.mark_done(f"round_{k}")

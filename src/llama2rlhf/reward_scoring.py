@@ -163,20 +163,3 @@ def _cache_kwarg(model, pad: int) -> str | None:
     if getattr(text, "pad_token_id", None) != pad:
         return None
     return cache_kwarg(model)
-
-
-class RewardScorer:
-    """A saved reward model, loaded once, scoring (prompt, completion) pairs in batches."""
-
-    def __init__(self, cfg, model_path: str, batch_size: int = 64):
-        from .models import device_for, load_reward_model, load_tokenizer
-
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
-        self.model = load_reward_model(model_path, cfg, self.tokenizer).to(device_for(cfg))
-        self.batch_size = batch_size
-
-    def score(self, prompts: Sequence[Messages], completions: Sequence[str], desc: str | None = None) -> list[float]:
-        """Rewards in input order; the K samples of one prompt share its forward pass (see score_conversations)."""
-        conversations = [list(p) + [{"role": "assistant", "content": c}]
-                         for p, c in zip(prompts, completions, strict=True)]
-        return score_conversations(self.model, self.tokenizer, conversations, self.batch_size, desc=desc)

@@ -66,6 +66,11 @@ class RunState:
             {"version": STATE_VERSION, "done": self.done, "artifacts": self.artifacts, "events": self.events},
         )
 
+    def record(self, key: str, event: str, **info: Any) -> None:
+        """Note something that happened in a stage (a guard that stopped training, say)."""
+        self.events.append({"stage": key, "event": event, "time": time.time(), **info})
+        self.save()
+
     def is_done(self, key: str) -> bool:
         return key in self.done
 
@@ -87,6 +92,7 @@ class RunContext:
     summary: dict[str, Any]
     world: Any = None  # ToyWorld when data.source == "toy"
     round: int = 0
+    current_stage: str = ""  # the name the running stage runs as (see pipeline.run_stage)
 
     @classmethod
     def open(cls, cfg: Any, run_dir: Path, world: Any = None) -> "RunContext":
@@ -99,8 +105,9 @@ class RunContext:
     def stage_key(self, stage: str) -> str:
         return stage if self.round == 0 else f"round_{self.round}/{stage}"
 
-    def stage_dir(self, stage: str) -> Path:
-        d = self.run_dir / self.stage_key(stage)
+    def stage_dir(self, stage: str | None = None) -> Path:
+        """The folder of ``stage`` in this round; by default the running stage's."""
+        d = self.run_dir / self.stage_key(stage or self.current_stage)
         d.mkdir(parents=True, exist_ok=True)
         return d
 

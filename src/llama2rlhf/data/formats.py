@@ -303,16 +303,29 @@ def _strength_and_margin(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
     return out
 
 
+def _safety(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
+    # Llama 2 trains a separate safety reward model on the comparisons of safety prompts
+    # (paper 3.2.2); the label says which comparisons those are
+    present = "safety" in row.data
+    same.check(row, "safety", "safety", "with 'safety'" if present else "without 'safety'")
+    if not present:
+        return {}
+    if not isinstance(row.data["safety"], bool):
+        raise row.error("safety", f"must be true or false, got {_json_type(row.data['safety'])}")
+    return {"safety": row.data["safety"]}
+
+
 def load_preferences(path: PathLike) -> "Dataset":
     """Load a preference file in a TRL standard dataset format (reward modeling / DPO).
 
     Each line is ``{"chosen", "rejected"}``, both plain strings or both message lists,
     with an optional explicit ``"prompt"`` of the same kind, plus optionally a Llama 2
     ``"strength"`` label (see :data:`~llama2rlhf.data.strength.STRENGTHS`) or a numeric
-    ``"margin"``. Anthropic hh-rlhf raw transcripts (``chosen`` starting with
+    ``"margin"``, and optionally a boolean ``"safety"`` (a safety prompt's comparison: these
+    train the safety reward model). Anthropic hh-rlhf raw transcripts (``chosen`` starting with
     ``"\\n\\nHuman:"``) become explicit-prompt conversational rows. Columns:
     ``prompt`` when there is one, ``chosen``, ``rejected``, then ``strength`` and/or
-    ``margin`` only when the file has them (then on every row); other fields are dropped.
+    ``margin`` and ``safety`` only when the file has them (then on every row); other fields are dropped.
     """
     file, rows = _rows(path)
     same = _SameEveryRow()
@@ -334,6 +347,7 @@ def load_preferences(path: PathLike) -> "Dataset":
                     raise row.error(field, f"must be {_kind_name(conversational)} like 'chosen', got {_json_type(value)}")
             values = _plain_pair(row, conversational, chosen, rejected)
         values.update(_strength_and_margin(row, same))
+        values.update(_safety(row, same))
         columns.add(values)
     return columns.dataset()
 

@@ -167,6 +167,7 @@ class ToyWorld:
             "strength": j.strength,
             "gold_gap": j.gold_gap,
             "family": prompt.family,
+            "safety": prompt.unsafe,
         }
 
     def seed_comparisons(self, n: int, split: str = "train") -> list[dict]:

@@ -2,16 +2,17 @@
 
 Greedy replies to the held-out toy prompts, judged by the gold oracle (gold reward, task
 accuracy) and compared prompt by prompt with the SFT model's replies by two judges, the
-gold oracle and this round's reward model, as Fig. 11 reports win rates by two judges.
+gold oracle and this round's reward (its reward models through the selected combiner), as
+Fig. 11 reports win rates by two judges.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ...combined_reward import CombinedReward
 from ...evaluation.heldout import heldout_prompts, heldout_replies
 from ...evaluation.policy import gold_metrics, win_rate
-from ...reward_scoring import RewardScorer
 
 
 def evaluate_stage(ctx) -> dict[str, Any]:
@@ -23,9 +24,9 @@ def evaluate_stage(ctx) -> dict[str, Any]:
     metrics = gold_metrics(ctx.world, prompts, ours)
     gold_ours = [s.reward for s in ctx.world.score_many(prompts, ours)]
     gold_sft = [s.reward for s in ctx.world.score_many(prompts, sft)]
-    scorer = RewardScorer(ctx.cfg, ctx.artifact("reward"), batch_size=ctx.cfg.reward_model.eval_batch_size)
-    msgs = [p.messages() for p in prompts]
-    rm_ours, rm_sft = scorer.score(msgs, ours), scorer.score(msgs, sft)
+    reward = CombinedReward.for_run(ctx)
+    msgs, flags = [p.messages() for p in prompts], [p.unsafe for p in prompts]
+    rm_ours, rm_sft = reward.score(msgs, ours, flags), reward.score(msgs, sft, flags)
     by_gold, by_rm = win_rate(gold_ours, gold_sft), win_rate(rm_ours, rm_sft)
     return {
         **metrics,

@@ -1,7 +1,8 @@
 """The ``rejection_sampling`` stage (paper 3.2.3, "Rejection Sampling").
 
 K samples per prompt from the newest policy at the temperature a per-round search found
-best (Figs. 7-8), scored by the newest reward model; a selector (``selector=...``) keeps
+best (Figs. 7-8), scored by the newest reward models through the selected combiner
+(``reward=<name>``); a selector (``selector=...``) keeps
 the training data, by default the best sample per prompt over this and every earlier
 round, all re-scored by the newest reward model ("from RLHF-V4 on"); then supervised
 fine-tuning on what was kept, from the latest policy (``rs.init_from=previous``).
@@ -13,8 +14,8 @@ from typing import Any
 
 from ... import plugins
 from ...candidates import Candidate
+from ...combined_reward import CombinedReward, is_safety_prompt
 from ...data.jsonl import read_jsonl, write_jsonl
-from ...reward_scoring import RewardScorer
 from ...round_prompts import round_prompts
 from ...sampling import load_sampler
 from ...temperature_search import search_temperature
@@ -69,18 +70,19 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
     import torch
 
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
-    out_dir = ctx.stage_dir("rejection_sampling")
+    out_dir = ctx.stage_dir()  # rejection_sampling, or rejection_sampling_after_ppo
     prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
     policy = ctx.artifact("policy")
     torch.manual_seed(cfg.seed * 1000 + 500 + k)  # a re-run round draws the same samples
     sampler = load_sampler(cfg, policy)
-    scorer = RewardScorer(cfg, ctx.artifact("reward"), batch_size=cfg.reward_model.eval_batch_size)
+    reward = CombinedReward.for_run(ctx)
 
     def sample_and_score(items, t, n, desc):
         samples = sampler.sample([p.messages for p in items], n, t, rs.max_new_tokens, desc=desc)
         flat_p = [p.messages for p, ss in zip(items, samples, strict=True) for _ in ss]
         flat_c = [s.text for ss in samples for s in ss]
-        flat = scorer.score(flat_p, flat_c)
+        flags = [is_safety_prompt(p.meta) for p, ss in zip(items, samples, strict=True) for _ in ss]
+        flat = reward.score(flat_p, flat_c, flags)
         return samples, [flat[i * n:(i + 1) * n] for i in range(len(items))]
 
     search = prompts[: rs.search_prompts]
@@ -92,12 +94,13 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
                   for p, ss, scs in zip(prompts, samples, scores, strict=True) for s, sc in zip(ss, scs, strict=True)]
     history = _history(ctx)
     if history:
-        rescored = scorer.score([c.prompt for c in history], [c.completion for c in history], desc="re-scoring history")
+        rescored = reward.score([c.prompt for c in history], [c.completion for c in history],
+                                [is_safety_prompt(c.meta) for c in history], desc="re-scoring history")
         history = [c.rescored(s) for c, s in zip(history, rescored, strict=True)]
     kept = plugins.get("selectors", cfg.selector.name).obj(candidates, history)
     write_jsonl(out_dir / "candidates.jsonl", [c.to_dict() for c in candidates])
     write_jsonl(out_dir / "kept.jsonl", [c.to_dict() for c in kept])
-    sampler = scorer = None  # free the models before fine-tuning
+    sampler = reward = None  # free the models before fine-tuning
 
     if not kept:
         raise RuntimeError(f"selector {cfg.selector.name!r} kept no samples in round {k}; nothing to fine-tune on")

@@ -1,11 +1,12 @@
 """The ``reward`` stage: TRL's RewardTrainer with a pluggable pairwise loss (paper 3.2.2).
 
-The reward model starts from the latest SFT checkpoint ("we initialize our reward models
-from pretrained chat model checkpoints"), with a new scalar head. Its loss comes from the
-``register_reward_losses`` registry (``reward_loss=<name>``); a loss with a ``margins``
-table turns each pair's annotated strength into the margin ``m`` of
-``-log sigmoid(r_c - r_r - m)`` (Table 27). After training, accuracy is reported per
-strength bucket on held-out pairs (Table 8).
+Reward models start from the latest SFT checkpoint ("we initialize our reward models from
+pretrained chat model checkpoints"), with a new scalar head: a helpfulness model on every
+comparison and, when the data labels safety prompts, a safety model on those mixed 90/10
+with helpfulness ones. The loss comes from the ``register_reward_losses`` registry
+(``reward_loss=<name>``); a loss with a ``margins`` table turns each pair's annotated
+strength into the margin ``m`` of ``-log sigmoid(r_c - r_r - m)`` (Table 27). After
+training, accuracy is reported per strength bucket on held-out pairs (Table 8).
 """
 
 from __future__ import annotations
@@ -124,29 +125,77 @@ def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
     return rows[n_eval:], rows[:n_eval], cfg.data.preference_path
 
 
+def row_is_safety(row: dict) -> bool | None:
+    """The comparison's safety label; None when the data has none."""
+    return row.get("safety")
+
+
+def safety_mixture(rows: list[dict], seed: int) -> list[dict]:
+    """The safety reward model's data (paper 3.2.2): every safety comparison, mixed with
+    helpfulness comparisons in a 90/10 proportion, so that it also sees safe replies."""
+    import math
+    import random
+
+    safety = [r for r in rows if r.get("safety")]
+    helpful = [r for r in rows if not r.get("safety")]
+    n_helpful = min(len(helpful), math.ceil(len(safety) / 9))
+    return safety + random.Random(f"{seed}:safety-mixture").sample(helpful, n_helpful)
+
+
+def _init_and_epochs(ctx, artifact: str) -> tuple[str, float]:
+    stage_cfg = ctx.cfg.reward_model
+    if ctx.round > 0 and stage_cfg.round_init_from == "previous" and artifact in ctx.state.artifacts:
+        # continue from last round's RM for fewer epochs over all comparisons so far:
+        # the same data as retraining from SFT (paper 3.2.3), at a fraction of the cost
+        return ctx.artifact(artifact), stage_cfg.round_epochs
+    return ctx.artifact(stage_cfg.init_from), stage_cfg.num_train_epochs
+
+
 def reward_stage(ctx) -> dict[str, Any]:
+    """The helpfulness reward model on every comparison, and, when the comparisons carry
+    safety labels, a safety reward model (paper 3.2.2); then the whitening statistics of
+    the combined reward (``llama2rlhf.combined_reward``)."""
+    import json
+
+    from ...combined_reward import MODEL_ARTIFACTS, WHITENING_ARTIFACT, CombinedReward
     from ...evaluation.rm_accuracy import rm_accuracy
-    from ...models import device_for, load_reward_model, load_tokenizer
 
     cfg = ctx.cfg
     train_rows, eval_rows, source = preference_rows(ctx)
-    collected = collected_comparisons(ctx)
+    rows = train_rows + collected_comparisons(ctx)
+    n_collected = len(rows) - len(train_rows)
+    out_dir = ctx.stage_dir("reward")
     stage_cfg = cfg.reward_model
-    if ctx.round > 0 and stage_cfg.round_init_from == "previous":
-        # continue from last round's RM for fewer epochs over all comparisons so far:
-        # the same data as retraining from SFT (paper 3.2.3), at a fraction of the cost
-        init, epochs = ctx.artifact("reward"), stage_cfg.round_epochs
-    else:
-        init, epochs = ctx.artifact(stage_cfg.init_from), stage_cfg.num_train_epochs
-    out = train_reward(cfg, init, ctx.artifact("tokenizer"), train_rows + collected, ctx.stage_dir("reward"),
-                       source, epochs=epochs)
-    ctx.state.artifacts["reward"] = out["model_path"]
-    tokenizer = load_tokenizer(out["model_path"])
-    model = load_reward_model(out["model_path"], cfg, tokenizer).to(device_for(cfg))
-    acc = rm_accuracy(model, tokenizer, eval_rows, batch_size=stage_cfg.eval_batch_size)
+    init, epochs = _init_and_epochs(ctx, MODEL_ARTIFACTS["helpfulness"])
+    out = train_reward(cfg, init, ctx.artifact("tokenizer"), rows, out_dir, source, epochs=epochs)
+    ctx.state.artifacts[MODEL_ARTIFACTS["helpfulness"]] = out["model_path"]
+    paths = {"helpfulness": out["model_path"]}
+    safety_out = None
+    if any(row_is_safety(r) for r in rows):
+        init, epochs = _init_and_epochs(ctx, MODEL_ARTIFACTS["safety"])
+        safety_out = train_reward(cfg, init, ctx.artifact("tokenizer"), safety_mixture(rows, cfg.seed),
+                                  out_dir / "safety", source, epochs=epochs)
+        ctx.state.artifacts[MODEL_ARTIFACTS["safety"]] = paths["safety"] = safety_out["model_path"]
+
+    reward = CombinedReward(cfg, paths, batch_size=stage_cfg.eval_batch_size)
+    acc = rm_accuracy(reward.models["helpfulness"], reward.tokenizer, eval_rows, batch_size=stage_cfg.eval_batch_size)
     (ctx.summary if ctx.round == 0 else ctx.round_summary())["rm_accuracy"] = acc
-    return {**{k: v for k, v in out.items() if k != "model_path"}, "n_collected": len(collected),
-            "rm_accuracy": acc}
+    metrics = {**{k: v for k, v in out.items() if k != "model_path"}, "n_collected": n_collected,
+               "rm_accuracy": acc}
+    if safety_out is not None:
+        safety_eval = [r for r in eval_rows if row_is_safety(r)]
+        metrics["safety"] = {**{k: v for k, v in safety_out.items() if k != "model_path"},
+                             "rm_accuracy": rm_accuracy(reward.models["safety"], reward.tokenizer, safety_eval,
+                                                        batch_size=stage_cfg.eval_batch_size)}
+    prompts = [list(r.get("prompt") or []) for r in eval_rows]
+    convs = [p + list(r[side]) for side in ("chosen", "rejected") for p, r in zip(prompts, eval_rows, strict=True)]
+    flags = [bool(row_is_safety(r)) for _ in ("chosen", "rejected") for r in eval_rows]
+    whitening = reward.fit_whitening(convs, flags)
+    stats_path = out_dir / "whitening.json"
+    stats_path.write_text(json.dumps(whitening, indent=2) + "\n", encoding="utf-8")
+    ctx.state.artifacts[WHITENING_ARTIFACT] = str(stats_path)
+    metrics["whitening"] = whitening
+    return metrics
 
 
 def collected_comparisons(ctx) -> list[dict]:

@@ -14,11 +14,12 @@ _OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "as
          "round_init_from", "round_epochs"}
 
 
-def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, **overrides: Any):
-    """``config_cls(**fields)``: TrainConfig fields, then ``extra_args``, then ``overrides``."""
+def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(),
+               **overrides: Any):
+    """``config_cls(**fields)``: TrainConfig fields but ``exclude``, then ``extra_args``, then ``overrides``."""
     fields = OmegaConf.to_container(stage_cfg, resolve=True) if not isinstance(stage_cfg, dict) else dict(stage_cfg)
     extra = fields.pop("extra_args", {}) or {}
-    kwargs = {k: v for k, v in fields.items() if k not in _OURS}
+    kwargs = {k: v for k, v in fields.items() if k not in _OURS and k not in exclude}
     kwargs.update(
         output_dir=str(output_dir),
         bf16=use_bf16(str(stage_cfg.bf16)),

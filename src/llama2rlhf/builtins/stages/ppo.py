@@ -1,0 +1,259 @@
+"""The ``ppo`` stage (paper 3.2.3, "PPO"), and ``rloo`` / ``grpo`` in its place.
+
+Llama 2 ran PPO on top of the rejection-sampled model in the last round: policy and
+reference start from the RS model, the value model from the reward model, and the reward
+is the combined one (``reward=llama2``: WHITEN(LOGIT(R_c))) minus ``ppo.kl_coef`` times the
+KL to the reference. ``ppo`` wraps ``trl.experimental.ppo.PPOTrainer`` (TRL 1.12; TRL 1.13
+removed it), fed by ``llama2rlhf.trl_rewards.CombinedRewardModel``. ``rloo`` and ``grpo``
+wrap TRL's maintained ``RLOOTrainer`` and ``GRPOTrainer`` with the same reward as a reward
+function, for when TRL moves on.
+
+Guards: a callback watches every logged iteration; when the KL passes ``ppo.max_kl`` or a
+reward or loss is NaN it stops training, the stage keeps the last good checkpoint (saved
+every ``ppo.checkpoint_steps`` iterations; the starting model if none yet), records why in
+``state.json`` and ``summary.json``, and the pipeline carries on from that model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ...combined_reward import CombinedReward, is_safety_prompt
+from ...models import load_causal_lm, load_reward_model, load_tokenizer, peft_config
+from ...round_prompts import round_prompts
+from .training_args import build_args
+
+log = logging.getLogger(__name__)
+
+# PPOStageConfig fields that are ours, or another trainer's
+_NOT_PPO = {"n_prompts", "max_new_tokens", "num_generations", "max_kl", "checkpoint_steps"}
+# the metric names of each trainer: (KL, reward, losses)
+_WATCH = {
+    "ppo": ("objective/kl", "objective/scores", ("loss/policy_avg", "loss/value_avg")),
+    "rloo": ("kl", "reward", ("loss",)),
+    "grpo": ("kl", "reward", ("loss",)),
+}
+
+
+class GuardTripped(RuntimeError):
+    def __init__(self, reason: str, step: int):
+        super().__init__(reason)
+        self.reason, self.step = reason, step
+
+
+def _guard_callback(kind: str, max_kl: float, checkpoint_steps: int, save_good):
+    from transformers import TrainerCallback
+
+    kl_key, reward_key, loss_keys = _WATCH[kind]
+
+    class Guard(TrainerCallback):
+        """Stops training on runaway KL or NaN; saves the policy every ``checkpoint_steps`` healthy steps."""
+
+        def __init__(self):
+            self.history: list[dict[str, float]] = []
+            self.good_step = 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            watched = {k: logs[k] for k in (kl_key, reward_key, *loss_keys) if k in logs}
+            if not watched:
+                return
+            self.history.append({"step": state.global_step, **watched})
+            bad = [k for k, v in watched.items() if isinstance(v, float) and math.isnan(v)]
+            if bad:
+                raise GuardTripped(f"NaN in {', '.join(bad)} at step {state.global_step}", state.global_step)
+            if kl_key in watched and watched[kl_key] > max_kl:
+                raise GuardTripped(f"KL {watched[kl_key]:.3f} passed ppo.max_kl={max_kl:g} at step "
+                                   f"{state.global_step}", state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if checkpoint_steps > 0 and state.global_step % checkpoint_steps == 0:
+                save_good(state.global_step)
+                self.good_step = state.global_step
+
+    return Guard()
+
+
+def _save_atomic(model, tokenizer, target: Path) -> None:
+    """Save to a sibling folder, then swap it in: a kill mid-save leaves the old checkpoint."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):  # LoRA: save merged weights; training goes on with the adapter
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _eval_prompts(ctx) -> list:
+    """Held-out prompts (toy world) as (messages, is_safety, toy prompt or None)."""
+    if ctx.world is not None:
+        from ...evaluation.heldout import heldout_prompts
+
+        return [(p.messages(), p.unsafe, p) for p in heldout_prompts(ctx)]
+    items = round_prompts(ctx, "ppo_eval", ctx.cfg.data.n_eval_prompts)
+    return [(p.messages, is_safety_prompt(p.meta), None) for p in items]
+
+
+def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list) -> dict[str, float]:
+    """Mean combined reward and, in the toy world, gold reward of greedy replies."""
+    from ...sampling import load_sampler
+
+    sampler = load_sampler(ctx.cfg, model_path)
+    samples = sampler.sample([m for m, _, _ in prompts], n=1, temperature=0.0,
+                             max_new_tokens=ctx.cfg.eval.max_new_tokens, desc="evaluating (greedy)")
+    replies = [s[0].text for s in samples]
+    scores = reward.score([m for m, _, _ in prompts], replies, [f for _, f, _ in prompts])
+    out = {"reward": sum(scores) / len(scores)}
+    if ctx.world is not None:
+        gold = ctx.world.score_many([p for _, _, p in prompts], replies)
+        out["gold_reward"] = sum(g.reward for g in gold) / len(gold)
+        out["task_accuracy"] = sum(g.correct for g in gold) / len(gold)
+    return out
+
+
+def sampled_kl(cfg, policy_path: str, reference_path: str, prompts: list, max_new_tokens: int) -> float:
+    """KL(policy || reference) per reply, in nats: the mean over replies sampled from the policy
+    (temperature 1) of the summed log-ratio of their tokens."""
+    import torch
+
+    from ...sampling import load_sampler
+
+    tokenizer = load_tokenizer(policy_path)
+    samples = load_sampler(cfg, policy_path).sample([m for m, _, _ in prompts], n=1, temperature=1.0,
+                                                    max_new_tokens=max_new_tokens, desc="sampling for KL")
+    policy, reference = load_causal_lm(policy_path, cfg).eval(), load_causal_lm(reference_path, cfg).eval()
+    total = 0.0
+    for (messages, _, _), s in zip(prompts, samples, strict=True):
+        query = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"]
+        reply = tokenizer(s[0].text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([query + reply])
+        with torch.inference_mode():
+            lp = [torch.log_softmax(m(input_ids=ids).logits[0, len(query) - 1 : -1].float(), -1)
+                  for m in (policy, reference)]
+        target = ids[0, len(query):]
+        total += float((lp[0].gather(-1, target[:, None]) - lp[1].gather(-1, target[:, None])).sum())
+    return total / len(prompts)
+
+
+def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prompts, out_dir: Path, callback):
+    from datasets import Dataset
+
+    cfg, pcfg = ctx.cfg, ctx.cfg.ppo
+    if kind == "ppo":
+        import os
+
+        # we pin TRL 1.12 for its PPO on purpose (README); its warning would repeat that
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+        from ...trl_rewards import combined_reward_model
+
+        queries = [tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"] for p in prompts]
+        flags = [is_safety_prompt(p.meta) for p in prompts]
+        dataset = Dataset.from_dict({"input_ids": queries})
+        args = build_args(PPOConfig, pcfg, cfg, out_dir / "trainer", exclude=_NOT_PPO,
+                          response_length=pcfg.max_new_tokens, stop_token="eos", num_sample_generations=0,
+                          whiten_rewards=False)
+        lora = peft_config(cfg, "CAUSAL_LM")
+        policy = load_causal_lm(start, cfg)
+        # with LoRA the reference is the policy with its adapter switched off (TRL's way)
+        reference = None if lora else load_causal_lm(start, cfg)
+        value = load_reward_model(ctx.artifact("reward"), cfg, tokenizer)
+        return PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
+                          reward_model=combined_reward_model(reward, queries, flags), train_dataset=dataset,
+                          value_model=value, eval_dataset=dataset.select(range(min(8, len(dataset)))),
+                          peft_config=lora, callbacks=[callback])
+    from ...trl_rewards import reward_function
+
+    dataset = Dataset.from_dict({"prompt": [p.messages for p in prompts],
+                                 "safety": [is_safety_prompt(p.meta) for p in prompts]})
+    common = dict(exclude=_NOT_PPO | {"num_mini_batches", "num_ppo_epochs", "kl_coef", "cliprange", "vf_coef"},
+                  max_completion_length=pcfg.max_new_tokens, num_generations=pcfg.num_generations,
+                  beta=pcfg.kl_coef, epsilon=pcfg.cliprange, logging_steps=1)
+    if kind == "rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    args = build_args(Config, pcfg, cfg, out_dir / "trainer", **common)
+    return Trainer(model=load_causal_lm(start, cfg), reward_funcs=[reward_function(reward)], args=args,
+                   train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg, "CAUSAL_LM"),
+                   callbacks=[callback])
+
+
+def _online_rl_stage(kind: str):
+    def stage(ctx) -> dict[str, Any]:
+        import torch
+
+        cfg, pcfg = ctx.cfg, ctx.cfg.ppo
+        out_dir = ctx.stage_dir()
+        start = ctx.artifact("policy")  # the rejection-sampled model of this round
+        tokenizer = load_tokenizer(start, trust_remote_code=cfg.model.trust_remote_code)
+        reward = CombinedReward.for_run(ctx)
+        eval_prompts = _eval_prompts(ctx)
+        before = evaluate_policy(ctx, reward, start, eval_prompts)
+        torch.manual_seed(cfg.seed * 1000 + 700 + ctx.round)
+        prompts = round_prompts(ctx, "ppo", pcfg.n_prompts)
+        good_dir = out_dir / "last_good"
+        holder: dict[str, Any] = {}
+
+        def save_good(step: int) -> None:
+            trainer = holder["trainer"]
+            model = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
+            _save_atomic(trainer.accelerator.unwrap_model(model), tokenizer, good_dir)
+
+        guard = _guard_callback(kind, pcfg.max_kl, pcfg.checkpoint_steps, save_good)
+        trainer = holder["trainer"] = _trainer(kind, ctx, start, tokenizer, reward, prompts, out_dir, guard)
+        stopped = None
+        try:
+            trainer.train()
+            final = out_dir / "model"
+            model = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
+            _save_atomic(trainer.accelerator.unwrap_model(model), tokenizer, final)
+            policy_path = str(final)
+        except GuardTripped as trip:
+            kept = str(good_dir) if good_dir.exists() else start
+            stopped = {"reason": trip.reason, "step": trip.step, "kept": kept, "last_good_step": guard.good_step}
+            log.warning("%s stopped: %s; carrying on from %s", kind, trip.reason, kept)
+            ctx.state.record(ctx.stage_key(ctx.current_stage), "stopped", **stopped)
+            policy_path = kept
+        trainer = holder["trainer"] = None
+        after = evaluate_policy(ctx, reward, policy_path, eval_prompts)
+        ctx.state.artifacts["policy"] = policy_path
+        metrics: dict[str, Any] = {
+            "trainer": kind,
+            "kl": sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens),
+            "reward_before": before["reward"], "reward_after": after["reward"],
+            "steps": guard.history[-1]["step"] if guard.history else 0,
+            "train_kl_last": guard.history[-1].get(_WATCH[kind][0]) if guard.history else None,
+            "history": guard.history,
+        }
+        if "gold_reward" in before:
+            metrics.update(gold_reward_before=before["gold_reward"], gold_reward_after=after["gold_reward"],
+                           task_accuracy_before=before["task_accuracy"], task_accuracy_after=after["task_accuracy"])
+        if stopped:
+            metrics["stopped"] = stopped
+        return metrics
+
+    stage.__name__ = f"{kind}_stage"
+    stage.summary_key = "ppo"
+    return stage
+
+
+ppo_stage = _online_rl_stage("ppo")
+rloo_stage = _online_rl_stage("rloo")
+grpo_stage = _online_rl_stage("grpo")

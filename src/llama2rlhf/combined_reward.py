@@ -1,0 +1,130 @@
+"""The one reward of the pipeline (paper 3.2.3): reward models -> combiner -> whitening.
+
+Llama 2 trained a helpfulness and a safety reward model and fed PPO
+``WHITEN(LOGIT(R_c))`` with ``R_c`` chosen piecewise between them. Here the selected
+combiner (``reward=<name>``, see ``register_reward_combiners``) does the piecewise part and
+this module the rest, for every consumer: rejection sampling, evaluation's reward-model
+judge, and TRL's PPO/RLOO/GRPO trainers (``llama2rlhf.trl_rewards``).
+
+WHITEN uses fixed statistics, not the batch's: the mean and standard deviation of the
+combined reward over both replies of every held-out comparison of the reward stage,
+computed once after the reward models are trained (``fit_whitening``) and saved with them
+as ``whitening.json``. So a reply's reward never depends on the batch it was scored in,
+and rewards of different rounds' samples (``best_over_history``) stay comparable within a
+round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import plugins
+from .reward_scoring import score_conversations
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+# reward-model name -> the run artifact that holds its checkpoint
+MODEL_ARTIFACTS = {"helpfulness": "reward", "safety": "reward_safety"}
+WHITENING_ARTIFACT = "reward_whitening"
+
+
+def is_safety_prompt(meta: dict[str, Any] | None) -> bool:
+    """A safety prompt (paper 3.2.1's adversarial prompts): the toy world's unsafe family, or a
+    ``safety`` field that is true in the prompt's or comparison's row."""
+    meta = meta or {}
+    toy = meta.get("toy_prompt")
+    if toy is not None:
+        return toy.get("family") == "unsafe"
+    return bool(meta.get("safety", False))
+
+
+def selected_combiner(cfg: Any, available: Sequence[str]):
+    """(name, combiner, options) for ``cfg.reward``; ``single`` when the selected one needs a
+    reward model the run does not have (``llama2`` without safety labels in the data)."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg.reward, resolve=True)
+    name = options.pop("name")
+    options.pop("whiten", None)
+    combiner = plugins.get("reward_combiners", name).obj
+    missing = [m for m in getattr(combiner, "needs", ("helpfulness",)) if m not in available]
+    if missing:
+        log.info("reward=%s needs the %s reward model(s), which this run has not trained (no safety labels in "
+                 "the data?); using reward=single", name, ", ".join(missing))
+        return "single", plugins.get("reward_combiners", "single").obj, {}
+    return name, combiner, options
+
+
+class CombinedReward:
+    """Scores replies with every trained reward model and combines them into one reward."""
+
+    def __init__(self, cfg: Any, model_paths: dict[str, str], whitening: dict[str, float] | None = None,
+                 batch_size: int = 64):
+        from .models import device_for, load_reward_model, load_tokenizer
+
+        if "helpfulness" not in model_paths:
+            raise ValueError(f"a helpfulness reward model is required; got {', '.join(model_paths) or '(none)'}")
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(model_paths["helpfulness"], trust_remote_code=cfg.model.trust_remote_code)
+        device = device_for(cfg)
+        self.models = {name: load_reward_model(path, cfg, self.tokenizer).to(device).eval()
+                       for name, path in model_paths.items()}
+        self.combiner_name, self.combiner, self.options = selected_combiner(cfg, list(self.models))
+        self.whitening = whitening if cfg.reward.whiten else None
+        self.batch_size = batch_size
+
+    @classmethod
+    def for_run(cls, ctx) -> "CombinedReward":
+        """The newest reward models of a run and their whitening statistics."""
+        paths = {name: ctx.state.artifacts[a] for name, a in MODEL_ARTIFACTS.items() if a in ctx.state.artifacts}
+        stats_path = ctx.state.artifacts.get(WHITENING_ARTIFACT)
+        stats = json.loads(Path(stats_path).read_text(encoding="utf-8")) if stats_path else None
+        return cls(ctx.cfg, paths, stats, batch_size=ctx.cfg.reward_model.eval_batch_size)
+
+    def model_scores(self, conversations: Sequence[Messages], desc: str | None = None) -> dict[str, Any]:
+        """Each reward model's raw scores of full conversations, as float tensors."""
+        import torch
+
+        return {name: torch.tensor(score_conversations(model, self.tokenizer, conversations, self.batch_size,
+                                                       desc=f"{desc} ({name})" if desc else None))
+                for name, model in self.models.items()}
+
+    def combine(self, scores: dict[str, Any], is_safety, whiten: bool = True):
+        """The combiner's output for raw ``scores`` (tensors), whitened unless ``whiten`` is False."""
+        import torch
+
+        combined = self.combiner(scores, is_safety, **self.options)
+        if not isinstance(combined, torch.Tensor):
+            raise plugins.PluginError(f"reward combiner {self.combiner_name!r} returned {type(combined).__name__}, "
+                                      "not a tensor")
+        if whiten and self.whitening:
+            combined = (combined - self.whitening["mean"]) / self.whitening["std"]
+        return combined
+
+    def score_conversations(self, conversations: Sequence[Messages], is_safety: Sequence[bool],
+                            desc: str | None = None) -> list[float]:
+        import torch
+
+        scores = self.model_scores(conversations, desc)
+        return self.combine(scores, torch.tensor(list(is_safety), dtype=torch.bool)).tolist()
+
+    def score(self, prompts: Sequence[Messages], completions: Sequence[str], is_safety: Sequence[bool],
+              desc: str | None = None) -> list[float]:
+        """The reward of each (prompt, completion), in input order."""
+        conversations = [list(p) + [{"role": "assistant", "content": c}]
+                         for p, c in zip(prompts, completions, strict=True)]
+        return self.score_conversations(conversations, is_safety, desc)
+
+    def fit_whitening(self, conversations: Sequence[Messages], is_safety: Sequence[bool]) -> dict[str, float]:
+        """Mean and standard deviation of the unwhitened reward over ``conversations``."""
+        import torch
+
+        raw = self.combine(self.model_scores(conversations, "whitening statistics"),
+                           torch.tensor(list(is_safety), dtype=torch.bool), whiten=False).double()
+        std = float(raw.std()) if raw.numel() > 1 else 1.0
+        return {"mean": float(raw.mean()), "std": std if std > 1e-8 else 1.0, "n": int(raw.numel()),
+                "combiner": self.combiner_name}
