@@ -42,15 +42,15 @@ def default_run(tmp_path_factory):
 
 # the default stages (SFT, comparisons from the SFT policy, reward model, then rounds), one
 # round, which is then the PPO round
-DEFAULT_ONE_ROUND = ["pipeline.rounds=1"]
+DEFAULT_ONE_ROUND = ["pipeline.rounds=1", "pipeline.ppo_rounds=[1]"]
 ROUND_STAGES = ["collect", "reward", "rejection_sampling", "ppo", "rejection_sampling_after_ppo", "evaluate"]
 
 
 def test_run_writes_state_summary_and_checkpoints(default_run):
     run, proc = default_run
     assert f"summary: {run / 'summary.json'}" in proc.stdout
-    # it ends with the evolution table: SFT, then the round
-    assert [line.split()[0] for line in proc.stdout.splitlines()[-4:-1]] == ["model", "SFT", "RLHF-V1"]
+    # it ends with the evolution table: SFT, then the round's PPO model and its final one
+    assert [line.split()[0] for line in proc.stdout.splitlines()[-5:-1]] == ["model", "SFT", "RLHF-V1-PPO", "RLHF-V1"]
     state = json.loads((run / "state.json").read_text())
     assert state["done"] == ["base", "sft", "collect", "reward"] + [f"round_1/{s}" for s in ROUND_STAGES] + [
         "round_1"]

@@ -11,7 +11,10 @@ def test_table_lists_sft_then_each_round():
         "rounds": [
             {"round": 1, "task_accuracy": 0.85, "gold_reward": 0.9, "win_rate_vs_sft": 0.7,
              "win_rate_vs_sft_rm": 0.66, "rs": {"temperature": 0.45}},
-            {"round": 2, "collect": {"n_pairs": 3}},  # killed before its evaluation: not listed
+            {"round": 2, "task_accuracy": 0.9, "gold_reward": 0.95, "win_rate_vs_sft": 0.8,
+             "win_rate_vs_sft_rm": 0.7, "rs": {"temperature": 0.5},
+             "ppo": {"task_accuracy_after": 0.88, "gold_reward_after": 0.93, "kl": 1.5}},
+            {"round": 3, "collect": {"n_pairs": 3}},  # killed before its evaluation: not listed
         ],
     }
     lines = progress_table(summary).splitlines()
@@ -19,7 +22,9 @@ def test_table_lists_sft_then_each_round():
                                 "rs_temperature"]
     assert lines[1].split() == ["SFT", "0.800", "0.750", "-", "-", "-"]
     assert lines[2].split() == ["RLHF-V1", "0.850", "0.900", "0.700", "0.660", "0.450"]
-    assert len(lines) == 3
+    assert lines[3].split() == ["RLHF-V2-PPO", "0.880", "0.930", "-", "-", "-"]
+    assert lines[4].split() == ["RLHF-V2", "0.900", "0.950", "0.800", "0.700", "0.500"]
+    assert len(lines) == 5
 
 
 def test_no_table_without_a_gold_oracle():

@@ -50,8 +50,8 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     target = ctx.summary if ctx.round == 0 else ctx.round_summary()
     # a stage may name its summary key (``summary_key``), or None to merge into the round
     summary_key = getattr(stage.obj, "summary_key", name)
-    if as_name != name:
-        summary_key = (summary_key or name) + as_name[len(name):] if as_name.startswith(name) else as_name
+    if as_name != name:  # rs -> rs_after_ppo
+        summary_key = (summary_key or name) + as_name[len(name):]
     if summary_key is None:
         target.update(metrics)
     else:

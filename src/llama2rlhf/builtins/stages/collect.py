@@ -14,6 +14,7 @@ from typing import Any
 
 from ... import plugins
 from ...annotation import PairToLabel
+from ...combined_reward import is_safety_prompt
 from ...data.jsonl import read_jsonl, write_jsonl
 from ...round_prompts import round_prompts
 from ...sampling import load_sampler
@@ -50,6 +51,10 @@ def collect_stage(ctx) -> dict[str, Any]:
         write_jsonl(pairs_path, [asdict(p) for p in pairs])
     annotator = plugins.get("annotators", cfg.annotator.name).obj(cfg, ctx.world)
     rows = annotator.annotate(pairs, out_dir)
+    for pair, row in zip(pairs, rows, strict=True):
+        # the prompt's safety label travels with its comparison: it picks the safety RM's data
+        if "safety" not in row and ("safety" in pair.meta or "toy_prompt" in pair.meta):
+            row["safety"] = is_safety_prompt(pair.meta)
     path = out_dir / "comparisons.jsonl"
     write_jsonl(path, rows)
     ctx.state.artifacts[f"round_{k}/comparisons"] = str(path)

@@ -160,6 +160,8 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
 
         from ...trl_rewards import combined_reward_model
 
+        # TRL's PPO appends each response right after the padded query tensor: pad on the left
+        tokenizer.padding_side = "left"
         queries = [tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True)["input_ids"] for p in prompts]
         flags = [is_safety_prompt(p.meta) for p in prompts]
