@@ -211,22 +211,26 @@ def _online_rl_stage(kind: str):
         torch.manual_seed(cfg.seed * 1000 + 700 + ctx.round)
         prompts = round_prompts(ctx, "ppo", pcfg.n_prompts)
         good_dir = out_dir / "last_good"
+        shutil.rmtree(good_dir, ignore_errors=True)  # a killed attempt's checkpoint is not this one's
         holder: dict[str, Any] = {}
 
-        def save_good(step: int) -> None:
+        def save_policy(target: Path) -> None:
             trainer = holder["trainer"]
             model = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
-            _save_atomic(trainer.accelerator.unwrap_model(model), tokenizer, good_dir)
+            if trainer.accelerator.is_main_process:
+                _save_atomic(trainer.accelerator.unwrap_model(model), tokenizer, target)
+            trainer.accelerator.wait_for_everyone()
+
+        def save_good(step: int) -> None:
+            save_policy(good_dir)
 
         guard = _guard_callback(kind, pcfg.max_kl, pcfg.checkpoint_steps, save_good)
         trainer = holder["trainer"] = _trainer(kind, ctx, start, tokenizer, reward, prompts, out_dir, guard)
         stopped = None
         try:
             trainer.train()
-            final = out_dir / "model"
-            model = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
-            _save_atomic(trainer.accelerator.unwrap_model(model), tokenizer, final)
-            policy_path = str(final)
+            save_policy(out_dir / "model")
+            policy_path = str(out_dir / "model")
         except GuardTripped as trip:
             kept = str(good_dir) if good_dir.exists() else start
             stopped = {"reason": trip.reason, "step": trip.step, "kept": kept, "last_good_step": guard.good_step}
