@@ -14,10 +14,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_pipeline import CLI, TINY
-
 from llama2rlhf import RewardCombiner, plugins
 from llama2rlhf.plugins import Registered
+from test_pipeline import CLI, TINY
 
 
 @pytest.fixture(scope="module")

@@ -156,7 +156,7 @@ def _query_responses(tokenizer):
         prompts.append(query)
         replies.append(full[len(query):])
     width_q, width_r = max(map(len, prompts)), max(map(len, replies)) + 2
-    rows = [[pad] * (width_q - len(q)) + q + r + [pad] * (width_r - len(r)) for q, r in zip(prompts, replies)]
+    rows = [[pad] * (width_q - len(q)) + q + r + [pad] * (width_r - len(r)) for q, r in zip(prompts, replies, strict=True)]
     return torch.tensor(rows), width_q, prompts
 
 
@@ -177,8 +177,8 @@ def test_ppo_adapter_equals_the_combined_reward(saved_rms, tokenizer):
     # a third-party combiner feeds PPO through the same adapter
     reward.combiner, reward.options = RewardCombiner(lambda s, f: s["helpfulness"] - s["safety"], needs=()), {}
     _, scores, _ = get_reward(adapter, query_responses, tokenizer.pad_token_id, context_length)
-    assert scores.tolist() == pytest.approx([(h - s - 0.7) / 3.0 for h, s in zip(raw["helpfulness"], raw["safety"])],
-                                            abs=1e-4)
+    by_hand = [(h - s - 0.7) / 3.0 for h, s in zip(raw["helpfulness"], raw["safety"], strict=True)]
+    assert scores.tolist() == pytest.approx(by_hand, abs=1e-4)
 
 
 def test_grpo_reward_function_reads_the_safety_column(saved_rms, tokenizer):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from .combined_reward import CombinedReward, is_safety_prompt
+from .combined_reward import CombinedReward
 
 
 class SafetyLookup:
@@ -94,7 +94,7 @@ def reward_function(reward: CombinedReward):
     def combined_reward(prompts, completions, safety: list[bool] | None = None, **kwargs: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         msgs = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
-        flags = list(safety) if safety is not None else [is_safety_prompt(None)] * len(texts)
+        flags = list(safety) if safety is not None else [False] * len(texts)
         return reward.score(msgs, texts, flags)
 
     combined_reward.__name__ = f"reward_{reward.combiner_name}"
