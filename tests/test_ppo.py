@@ -111,6 +111,7 @@ def test_ppo_raises_an_easy_reward_and_changes_the_weights(tiny_run, tmp_path, l
     scores = [h["objective/scores"] for h in metrics["history"]]
     assert len(scores) == 6
     assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 0.5, scores
+    assert metrics["kl"] > 0.01  # the exact per-token KL of a policy that moved
     assert ctx.state.artifacts["policy"] == str(ctx.run_dir / "round_1" / "ppo" / "model")
     before, after = _weights(start), _weights(ctx.state.artifacts["policy"])
     assert before.keys() == after.keys()
@@ -168,6 +169,7 @@ def test_kl_guard_keeps_the_starting_model_when_no_checkpoint_is_good(tiny_run, 
     assert metrics["stopped"]["reason"].startswith("KL ") and "ppo.max_kl=-1" in metrics["stopped"]["reason"]
     assert metrics["stopped"]["kept"] == start == ctx.state.artifacts["policy"]
     assert metrics["reward_after"] == metrics["reward_before"]
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the same model on both sides
 
 
 @pytest.mark.parametrize("kind", ["rloo", "grpo"])

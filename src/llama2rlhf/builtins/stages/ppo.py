@@ -123,8 +123,10 @@ def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list)
 
 
 def sampled_kl(cfg, policy_path: str, reference_path: str, prompts: list, max_new_tokens: int) -> float:
-    """KL(policy || reference) per reply, in nats: the mean over replies sampled from the policy
-    (temperature 1) of the summed log-ratio of their tokens."""
+    """KL(policy || reference) per reply, in nats: over replies sampled from the policy
+    (temperature 1), the sum over their tokens of the exact KL between the two models'
+    next-token distributions, averaged over replies. Exact per token rather than the sampled
+    log-ratio, so it is never negative and one reply per prompt is enough."""
     import torch
 
     from ...sampling import load_sampler
@@ -135,15 +137,16 @@ def sampled_kl(cfg, policy_path: str, reference_path: str, prompts: list, max_ne
     policy, reference = load_causal_lm(policy_path, cfg).eval(), load_causal_lm(reference_path, cfg).eval()
     total = 0.0
     for (messages, _, _), s in zip(prompts, samples, strict=True):
+        # the chat template's tokens of the reply, as in training and reward scoring
         query = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                               return_dict=True)["input_ids"]
-        reply = tokenizer(s[0].text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = torch.tensor([query + reply])
+        full = tokenizer.apply_chat_template(list(messages) + [{"role": "assistant", "content": s[0].text}],
+                                             tokenize=True, return_dict=True)["input_ids"]
+        ids = torch.tensor([full])
         with torch.inference_mode():
-            lp = [torch.log_softmax(m(input_ids=ids).logits[0, len(query) - 1 : -1].float(), -1)
-                  for m in (policy, reference)]
-        target = ids[0, len(query):]
-        total += float((lp[0].gather(-1, target[:, None]) - lp[1].gather(-1, target[:, None])).sum())
+            logp, logq = (torch.log_softmax(m(input_ids=ids).logits[0, len(query) - 1 : -1].float(), -1)
+                          for m in (policy, reference))
+        total += float((logp.exp() * (logp - logq)).sum())
     return total / len(prompts)
 
 
