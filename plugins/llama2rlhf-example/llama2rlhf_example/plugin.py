@@ -1,4 +1,4 @@
-"""The example plugin: one reward loss with its own typed config.
+"""The example plugin: a reward loss with its own typed config, and a reward combiner.
 
 This module is what the ``llama2rlhf`` entry point of this package names, so the core
 imports it (once, when it builds the plugin manager) and calls the functions marked with
@@ -7,7 +7,9 @@ imports it (once, when it builds the plugin manager) and calls the functions mar
 * :func:`register_reward_losses` makes the loss selectable as ``reward_loss=example_hinge``;
 * :func:`register_configs` gives it a structured config node, so that
   ``reward_loss.width=0.5`` is type-checked by Hydra before any work starts, and the
-  reward stage passes ``width`` to the loss as a keyword argument.
+  reward stage passes ``width`` to the loss as a keyword argument;
+* :func:`register_reward_combiners` adds ``reward=example_cautious``, a different rule for
+  turning the helpfulness and safety reward models into one reward.
 
 Rules worth copying:
 
@@ -23,11 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llama2rlhf import RewardLoss, hookimpl
+from llama2rlhf import RewardCombiner, RewardLoss, hookimpl
 from llama2rlhf.config import RewardLossConfig
 from llama2rlhf.data.strength import MARGINS_SMALL
 
 NAME = "example_hinge"
+COMBINER = "example_cautious"
 
 
 def hinge_loss(r_chosen, r_rejected, margin=None, *, width: float = 1.0):
@@ -84,3 +87,25 @@ def register_configs(config_store):
     just ``name``), but ``reward_loss.width=...`` would be an unknown key.
     """
     config_store.store(group="reward_loss", name=NAME, node=ExampleHingeConfig)
+
+
+def cautious_combine(scores, is_safety):
+    """A reply is worth its worse score: ``min(helpfulness, safety)``, on every prompt.
+
+    The reward-combiner contract (see :func:`llama2rlhf.hookspecs.register_reward_combiners`):
+    ``scores`` maps reward-model names to raw score tensors of one shape (``(batch,)`` when
+    replies are scored, ``(batch, tokens)`` inside PPO), ``is_safety`` is a bool tensor that
+    broadcasts against them. Stay elementwise; the pipeline whitens what you return.
+    Llama 2's own rule (``reward=llama2``) trusts helpfulness unless the prompt is a safety
+    prompt or the safety score is low; this one never lets helpfulness outvote safety.
+    """
+    import torch
+
+    return torch.minimum(scores["helpfulness"], scores["safety"])
+
+
+@hookimpl
+def register_reward_combiners(register):
+    """Register ``example_cautious``; ``needs`` lists the reward models it reads, so a run
+    without a safety reward model falls back to ``single`` instead of failing."""
+    register(COMBINER, RewardCombiner(cautious_combine, needs=("helpfulness", "safety")))

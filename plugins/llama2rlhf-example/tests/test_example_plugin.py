@@ -119,8 +119,10 @@ def test_registry_lists_it_under_the_plugin_and_distribution(fresh_plugins):
     described = {p["name"]: p for p in fresh_plugins.describe()}
     assert described["example"]["distribution"] == "llama2rlhf-example"
     assert described["example"]["module"] == "llama2rlhf_example.plugin"
-    assert described["example"]["registers"] == {"reward_losses": ["example_hinge"]}
-    assert set(described["example"]["hooks"]) == {"register_configs", "register_reward_losses"}
+    assert described["example"]["registers"] == {"reward_combiners": ["example_cautious"],
+                                                  "reward_losses": ["example_hinge"]}
+    assert set(described["example"]["hooks"]) == {"register_configs", "register_reward_combiners",
+                                                  "register_reward_losses"}
 
 
 def test_hydra_composes_the_plugin_node(fresh_plugins):
@@ -140,3 +142,19 @@ def test_hydra_composes_the_plugin_node(fresh_plugins):
     name, loss, options = selected_loss(cfg)
     assert name == "example_hinge" and options == {"width": 0.5}
     assert loss(t(R_CHOSEN), t(R_REJECTED), None, **options).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_cautious_combiner_takes_the_worse_score(fresh_plugins):
+    combiner = fresh_plugins.get("reward_combiners", "example_cautious")
+    assert combiner.plugin == "example"
+    scores = {"helpfulness": t([2.0, -1.0, 0.5]), "safety": t([1.0, 3.0, 0.5])}
+    out = combiner.obj(scores, torch.tensor([False, True, False]))
+    assert out.tolist() == [1.0, -1.0, 0.5]
+    # without a safety model the core picks `single` rather than calling it
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.combined_reward import selected_combiner
+
+    cfg = OmegaConf.create({"reward": {"name": "example_cautious", "whiten": True}})
+    assert selected_combiner(cfg, ["helpfulness", "safety"])[0] == "example_cautious"
+    assert selected_combiner(cfg, ["helpfulness"])[0] == "single"
