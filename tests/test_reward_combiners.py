@@ -190,3 +190,17 @@ def test_grpo_reward_function_reads_the_safety_column(saved_rms, tokenizer):
     prompts = [c[:-1] for c in CONVS]
     completions = [[c[-1]] for c in CONVS]
     assert fn(prompts, completions, safety=SAFETY) == pytest.approx(combined, abs=1e-4)
+
+
+def test_a_failing_combiner_is_named_with_its_plugin(saved_rms, monkeypatch):
+    from llama2rlhf.plugins import PluginError, Registered
+
+    def broken(scores, is_safety):
+        raise KeyError("harmlessness")
+
+    plugins.registry("reward_combiners")
+    monkeypatch.setitem(plugins._registries["reward_combiners"], "broken",
+                        Registered("broken", RewardCombiner(broken), "my_plugin", "my-dist"))
+    reward = CombinedReward(_cfg(name="broken"), saved_rms)
+    with pytest.raises(PluginError, match="reward combiner 'broken' of plugin 'my_plugin' failed: KeyError"):
+        reward.score_conversations(CONVS, SAFETY)
