@@ -132,7 +132,7 @@ def test_whitening_uses_fixed_statistics(saved_rms, tokenizer):
     raw, combined = _by_hand(saved_rms, tokenizer)
     assert any(s for s in SAFETY) and len(set(combined) - set(raw["helpfulness"])) >= 2  # both branches taken
     reward = CombinedReward(_cfg(), saved_rms)
-    stats = reward.fit_whitening(CONVS, SAFETY)
+    stats = reward.fit_whitening(reward.model_scores(CONVS), SAFETY)
     mean = sum(combined) / len(combined)
     std = math.sqrt(sum((c - mean) ** 2 for c in combined) / (len(combined) - 1))
     assert (stats["mean"], stats["std"], stats["n"]) == (pytest.approx(mean, abs=1e-4), pytest.approx(std, abs=1e-4), 5)
@@ -204,3 +204,13 @@ def test_a_failing_combiner_is_named_with_its_plugin(saved_rms, monkeypatch):
     reward = CombinedReward(_cfg(name="broken"), saved_rms)
     with pytest.raises(PluginError, match="reward combiner 'broken' of plugin 'my_plugin' failed: KeyError"):
         reward.score_conversations(CONVS, SAFETY)
+
+
+def test_safety_lookup_takes_the_longest_query_a_row_starts_with():
+    from llama2rlhf.trl_rewards import SafetyLookup
+
+    lookup = SafetyLookup([[5, 6], [5, 6, 7], [9]], [False, True, True])
+    rows = torch.tensor([[0, 0, 5, 6, 7, 3], [0, 5, 6, 8, 3, 0], [9, 4, 4, 4, 0, 0], [0, 0, 0, 5, 4, 4]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]])
+    # [5, 6, 7] (safety) beats its prefix [5, 6]; [5, 6] alone is not; an unknown query is not
+    assert lookup(rows, mask).tolist() == [True, False, True, False]

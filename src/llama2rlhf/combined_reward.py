@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import plugins
-from .reward_scoring import score_conversations
+from .reward_scoring import score_conversations, tokenize_conversations
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ class CombinedReward:
         """Each reward model's raw scores of full conversations, as float tensors."""
         import torch
 
+        tokenized = tokenize_conversations(self.tokenizer, conversations)  # once for all the models
         return {name: torch.tensor(score_conversations(model, self.tokenizer, conversations, self.batch_size,
-                                                       desc=f"{desc} ({name})" if desc else None))
+                                                       desc=f"{desc} ({name})" if desc else None,
+                                                       tokenized=tokenized))
                 for name, model in self.models.items()}
 
     def combine(self, scores: dict[str, Any], is_safety, whiten: bool = True):
@@ -124,12 +126,12 @@ class CombinedReward:
                          for p, c in zip(prompts, completions, strict=True)]
         return self.score_conversations(conversations, is_safety, desc)
 
-    def fit_whitening(self, conversations: Sequence[Messages], is_safety: Sequence[bool]) -> dict[str, float]:
-        """Mean and standard deviation of the unwhitened reward over ``conversations``."""
+    def fit_whitening(self, scores: dict[str, Any], is_safety: Sequence[bool]) -> dict[str, float]:
+        """Mean and standard deviation of the unwhitened reward, from raw ``scores``
+        (:meth:`model_scores`) of the calibration conversations."""
         import torch
 
-        raw = self.combine(self.model_scores(conversations, "whitening statistics"),
-                           torch.tensor(list(is_safety), dtype=torch.bool), whiten=False).double()
+        raw = self.combine(scores, torch.tensor(list(is_safety), dtype=torch.bool), whiten=False).double()
         std = float(raw.std()) if raw.numel() > 1 else 1.0
         return {"mean": float(raw.mean()), "std": std if std > 1e-8 else 1.0, "n": int(raw.numel()),
                 "combiner": self.combiner_name}

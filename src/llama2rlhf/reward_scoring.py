@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from .kv_cache import cache_kwarg
 from .sampling import Messages
 
 
+@dataclass(frozen=True)
+class TokenizedConversations:
+    """Chat-template token ids of conversations, and which of them share a prompt.
+
+    Built once and handed to every reward model that scores the same conversations (the
+    helpfulness and the safety model), so the template is rendered and tokenized once."""
+
+    ids: list[list[int]]
+    by_prompt: list[list[int]]  # indices of the conversations with the same prompt
+
+
+def tokenize_conversations(tokenizer, conversations: Sequence[Messages]) -> TokenizedConversations:
+    # one batched call: same ids as one call per conversation, less per-call overhead
+    ids = list(tokenizer.apply_chat_template([list(c) for c in conversations], tokenize=True,
+                                             return_dict=True)["input_ids"]) if conversations else []
+    groups: dict[str, list[int]] = {}
+    for i, conv in enumerate(conversations):
+        groups.setdefault(json.dumps(list(conv)[:-1], sort_keys=True, default=str), []).append(i)
+    return TokenizedConversations(ids, list(groups.values()))
+
+
 def score_conversations(
     model, tokenizer, conversations: Sequence[Messages], batch_size: int = 64, desc: str | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool = True, tokenized: TokenizedConversations | None = None,
 ) -> list[float]:
     """The reward of each full conversation (prompt + reply), in input order.
 
@@ -22,12 +44,12 @@ def score_conversations(
     as transformers' ``*ForSequenceClassification`` do, pools the rightmost token of
     ``input_ids`` that is not the pad token. Other models, and prompts seen once, take the
     plain path: whole conversations, right-padded, in batches sorted by length.
+    ``tokenized`` is :func:`tokenize_conversations` of ``conversations``, when the caller has it.
     """
     from tqdm.auto import tqdm
 
-    # one batched call: same ids as one call per conversation, less per-call overhead
-    ids = list(tokenizer.apply_chat_template([list(c) for c in conversations], tokenize=True,
-                                             return_dict=True)["input_ids"]) if conversations else []
+    tokenized = tokenized or tokenize_conversations(tokenizer, conversations)
+    ids = tokenized.ids
     scores = [0.0] * len(ids)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
@@ -35,13 +57,9 @@ def score_conversations(
 
     # Rejection sampling (paper 3.2.3) scores K samples per prompt: sharing the prompt's pass
     # saves K - 1 of its K runs through the model.
-    groups: dict[str, list[int]] = {}
-    if cache_arg:
-        for i, conv in enumerate(conversations):
-            groups.setdefault(json.dumps(list(conv)[:-1], sort_keys=True, default=str), []).append(i)
     shared = []  # (prefix length, conversation indices)
     plain = [] if cache_arg else list(range(len(ids)))
-    for members in groups.values():
+    for members in tokenized.by_prompt if cache_arg else ():
         cut = _shared_prefix_len([ids[i] for i in members], pad) if len(members) > 1 else 0
         if cut > 0:
             shared.append((cut, members))

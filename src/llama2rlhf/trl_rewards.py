@@ -22,11 +22,21 @@ from .combined_reward import CombinedReward
 
 
 class SafetyLookup:
-    """Token ids of a query (no padding) -> whether it is a safety prompt."""
+    """Token ids of a query (no padding) -> whether it is a safety prompt.
+
+    A trie of the queries' tokens: each rollout row is walked once from its first real
+    token, and the longest query it starts with decides, however many prompt lengths the
+    data set has (it runs on every PPO rollout batch)."""
+
+    _END = -1  # key of a node's flag: no token id is negative
 
     def __init__(self, queries: Sequence[Sequence[int]], flags: Sequence[bool]):
-        self.table = {tuple(q): bool(f) for q, f in zip(queries, flags, strict=True)}
-        self.lengths = sorted({len(q) for q in self.table}, reverse=True)
+        self.root: dict = {}
+        for query, flag in zip(queries, flags, strict=True):
+            node = self.root
+            for token in query:
+                node = node.setdefault(token, {})
+            node[self._END] = bool(flag)
 
     def __call__(self, input_ids, attention_mask):
         """A bool tensor (batch,): True where a row starts with a known safety query."""
@@ -34,8 +44,13 @@ class SafetyLookup:
 
         flags = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.bool().tolist(), strict=True):
-            tokens = tuple(t for t, m in zip(ids, mask, strict=True) if m)
-            flags.append(next((self.table[tokens[:n]] for n in self.lengths if tokens[:n] in self.table), False))
+            node, found = self.root, False
+            for token in (t for t, m in zip(ids, mask, strict=True) if m):
+                node = node.get(token)
+                if node is None:
+                    break
+                found = node.get(self._END, found)
+            flags.append(found)
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 

@@ -19,7 +19,8 @@ def heldout_replies(ctx, model_path: str, cache: Path | None = None) -> list[str
     if cache is not None and cache.exists():
         return [row["reply"] for _, row in read_jsonl(cache)]
     prompts = heldout_prompts(ctx)
-    replies = greedy_replies(load_sampler(ctx.cfg, model_path), prompts, ctx.cfg.eval.max_new_tokens)
+    replies = greedy_replies(load_sampler(ctx.cfg, model_path), [p.messages() for p in prompts],
+                             ctx.cfg.eval.max_new_tokens)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(cache, [{"prompt": p.text, "reply": r} for p, r in zip(prompts, replies, strict=True)])

@@ -6,8 +6,9 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 
-def greedy_replies(sampler, prompts: Sequence[Any], max_new_tokens: int) -> list[str]:
-    samples = sampler.sample([p.messages() for p in prompts], n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+def greedy_replies(sampler, messages: Sequence[Any], max_new_tokens: int) -> list[str]:
+    """Greedy replies to prompts given as message lists."""
+    samples = sampler.sample(list(messages), n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                              desc="evaluating (greedy)")
     return [s[0].text for s in samples]
 

@@ -28,17 +28,20 @@ def bucket_accuracy(chosen_scores: Sequence[float], rejected_scores: Sequence[fl
     return out
 
 
-def rm_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int = 64) -> dict[str, Any]:
-    """Score held-out preference rows (TRL format) and report :func:`bucket_accuracy`."""
+def pair_conversations(pairs: Sequence[dict]) -> list:
+    """The chosen conversation of every preference row (TRL format), then every rejected one."""
     def conv(row, side):
         prompt = row.get("prompt") or []
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         return list(prompt) + list(row[side])
 
-    scores = score_conversations(
-        model, tokenizer, [conv(r, "chosen") for r in pairs] + [conv(r, "rejected") for r in pairs],
-        batch_size=batch_size, desc="RM accuracy",
-    )
+    return [conv(r, "chosen") for r in pairs] + [conv(r, "rejected") for r in pairs]
+
+
+def rm_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int = 64) -> dict[str, Any]:
+    """Score held-out preference rows (TRL format) and report :func:`bucket_accuracy`."""
+    scores = score_conversations(model, tokenizer, pair_conversations(pairs), batch_size=batch_size,
+                                 desc="RM accuracy")
     n = len(pairs)
     return bucket_accuracy(scores[:n], scores[n:], [r.get("strength") for r in pairs])

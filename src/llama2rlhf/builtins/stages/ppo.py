@@ -106,19 +106,17 @@ def _eval_prompts(ctx) -> list:
 
 
 def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list) -> dict[str, float]:
-    """Mean combined reward and, in the toy world, gold reward of greedy replies."""
+    """Mean combined reward and, in the toy world, gold reward and task accuracy of greedy replies."""
+    from ...evaluation.policy import gold_metrics, greedy_replies
     from ...sampling import load_sampler
 
-    sampler = load_sampler(ctx.cfg, model_path)
-    samples = sampler.sample([m for m, _, _ in prompts], n=1, temperature=0.0,
-                             max_new_tokens=ctx.cfg.eval.max_new_tokens, desc="evaluating (greedy)")
-    replies = [s[0].text for s in samples]
-    scores = reward.score([m for m, _, _ in prompts], replies, [f for _, f, _ in prompts])
+    messages = [m for m, _, _ in prompts]
+    replies = greedy_replies(load_sampler(ctx.cfg, model_path), messages, ctx.cfg.eval.max_new_tokens)
+    scores = reward.score(messages, replies, [f for _, f, _ in prompts])
     out = {"reward": sum(scores) / len(scores)}
     if ctx.world is not None:
-        gold = ctx.world.score_many([p for _, _, p in prompts], replies)
-        out["gold_reward"] = sum(g.reward for g in gold) / len(gold)
-        out["task_accuracy"] = sum(g.correct for g in gold) / len(gold)
+        gold = gold_metrics(ctx.world, [p for _, _, p in prompts], replies)
+        out.update(gold_reward=gold["gold_reward"], task_accuracy=gold["task_accuracy"])
     return out
 
 

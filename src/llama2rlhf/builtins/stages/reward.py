@@ -158,7 +158,7 @@ def reward_stage(ctx) -> dict[str, Any]:
     import json
 
     from ...combined_reward import MODEL_ARTIFACTS, WHITENING_ARTIFACT, CombinedReward
-    from ...evaluation.rm_accuracy import rm_accuracy
+    from ...evaluation.rm_accuracy import bucket_accuracy, pair_conversations
 
     cfg = ctx.cfg
     train_rows, eval_rows, source = preference_rows(ctx)
@@ -177,20 +177,24 @@ def reward_stage(ctx) -> dict[str, Any]:
                                   out_dir / "safety", source, epochs=epochs)
         ctx.state.artifacts[MODEL_ARTIFACTS["safety"]] = paths["safety"] = safety_out["model_path"]
 
+    # the held-out comparisons, scored once by every model: bucket accuracies and whitening
     reward = CombinedReward(cfg, paths, batch_size=stage_cfg.eval_batch_size)
-    acc = rm_accuracy(reward.models["helpfulness"], reward.tokenizer, eval_rows, batch_size=stage_cfg.eval_batch_size)
+    scores = reward.model_scores(pair_conversations(eval_rows), desc="held-out comparisons")
+    n = len(eval_rows)
+    strengths = [r.get("strength") for r in eval_rows]
+    acc = bucket_accuracy(scores["helpfulness"][:n].tolist(), scores["helpfulness"][n:].tolist(), strengths)
     (ctx.summary if ctx.round == 0 else ctx.round_summary())["rm_accuracy"] = acc
     metrics = {**{k: v for k, v in out.items() if k != "model_path"}, "n_collected": n_collected,
                "rm_accuracy": acc}
+    flags = [bool(row_is_safety(r)) for r in eval_rows]
     if safety_out is not None:
-        safety_eval = [r for r in eval_rows if row_is_safety(r)]
+        safe = [i for i in range(n) if flags[i]]
+        by_safety = scores["safety"].tolist()
         metrics["safety"] = {**{k: v for k, v in safety_out.items() if k != "model_path"},
-                             "rm_accuracy": rm_accuracy(reward.models["safety"], reward.tokenizer, safety_eval,
-                                                        batch_size=stage_cfg.eval_batch_size)}
-    prompts = [list(r.get("prompt") or []) for r in eval_rows]
-    convs = [p + list(r[side]) for side in ("chosen", "rejected") for p, r in zip(prompts, eval_rows, strict=True)]
-    flags = [bool(row_is_safety(r)) for _ in ("chosen", "rejected") for r in eval_rows]
-    whitening = reward.fit_whitening(convs, flags)
+                             "rm_accuracy": bucket_accuracy([by_safety[i] for i in safe],
+                                                            [by_safety[n + i] for i in safe],
+                                                            [strengths[i] for i in safe])}
+    whitening = reward.fit_whitening(scores, flags + flags)
     stats_path = out_dir / "whitening.json"
     stats_path.write_text(json.dumps(whitening, indent=2) + "\n", encoding="utf-8")
     ctx.state.artifacts[WHITENING_ARTIFACT] = str(stats_path)
