@@ -22,6 +22,10 @@ TINY = [
     # PPO: two iterations of 8 rollouts, a checkpoint after each
     "ppo.n_prompts=16", "ppo.per_device_train_batch_size=8", "ppo.gradient_accumulation_steps=1",
     "ppo.num_mini_batches=1", "ppo.max_new_tokens=10", "ppo.checkpoint_steps=1",
+    # Ghost Attention (from round 2 in the toy pipeline): four dialogues of up to three turns,
+    # unfiltered (a tiny model breaks every instruction), evaluated over three turns
+    "gatt.n_dialogues=4", "gatt.max_turns=3", "gatt.max_new_tokens=10", "gatt.filter=false",
+    "eval.gatt_dialogues=4", "eval.gatt_turns=3",
 ]
 # SFT and the reward model only, for the tests about them
 SFT_RM = ["pipeline.stages=[sft,reward]", "pipeline.rounds=0"]
@@ -195,6 +199,25 @@ def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
     kept = [json.loads(x) for x in (run / "round_2" / "rejection_sampling" / "kept.jsonl").read_text().splitlines()]
     assert len(kept) == len({k["prompt_id"] for k in kept}) == 16
     assert rounds[1]["rs"]["kept_from_earlier_rounds"] == sum(k["round"] == 1 for k in kept)
+    # Ghost Attention starts in round 2 from round 1's policy: its dialogues join round 2's
+    # fine-tuning data, and evaluation compares adherence per turn before and after
+    assert "gatt_adherence_by_turn" not in rounds[0] and rounds[0]["rs"]["n_augmented"] == 0
+    examples = [json.loads(x) for x in (run / "round_2" / "rejection_sampling" / "gatt" / "examples.jsonl")
+                .read_text().splitlines()]
+    assert rounds[1]["rs"]["n_augmented"] == len(examples) == 4
+    for ex in examples:
+        assert ex["prompt"][0]["role"] == "system" and len(ex["prompt"]) // 2 in (2, 3)  # turns: min_turns..max_turns
+        assert [m["role"] for m in ex["prompt"][1:]] == ["user", "assistant"] * ((len(ex["prompt"]) - 2) // 2) + ["user"]
+        assert not any(ex["prompt"][0]["content"] in m["content"] for m in ex["prompt"][1:])
+    gatt = summary["gatt"]
+    assert gatt["baseline_model"] == state["artifacts"]["gatt_baseline"] == str(
+        run / "round_1" / "rejection_sampling" / "model")
+    assert gatt["model"] == state["artifacts"]["policy"] and gatt["round"] == 2
+    assert gatt["start_round"] == 2 and gatt["baseline"] == "RLHF-V1"
+    for key in ("baseline_adherence_by_turn", "adherence_by_turn"):
+        assert list(gatt[key]) == ["1", "2", "3"] and all(0.0 <= v <= 1.0 for v in gatt[key].values())
+    assert rounds[1]["gatt_adherence_by_turn"] == gatt["adherence_by_turn"]
+    assert (run / "gatt_adherence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sigkill_mid_round_then_resume_loses_and_duplicates_nothing(tmp_path):

@@ -29,3 +29,17 @@ def test_table_lists_sft_then_each_round():
 
 def test_no_table_without_a_gold_oracle():
     assert progress_table({"sft": {"n_examples": 40}, "reward": {}}) == ""
+
+
+def test_gatt_table_shows_adherence_before_and_after_at_the_papers_turns():
+    from llama2rlhf.progress import gatt_table
+
+    by_turn = {str(t): t / 20 for t in range(1, 21)}
+    summary = {"gatt": {"round": 3, "baseline": "RLHF-V1", "baseline_adherence_by_turn": {t: 0.0 for t in by_turn},
+                        "adherence_by_turn": by_turn}}
+    lines = gatt_table(summary).splitlines()
+    assert lines[0].split() == ["GAtt", "adherence", "turn", "1", "turn", "2", "turn", "4", "turn", "6", "turn", "10",
+                                "turn", "20"]
+    assert lines[1].split() == ["RLHF-V1", "(before", "GAtt)", "0.000", "0.000", "0.000", "0.000", "0.000", "0.000"]
+    assert lines[2].split() == ["RLHF-V3", "0.050", "0.100", "0.200", "0.300", "0.500", "1.000"]
+    assert gatt_table({"rounds": []}) == ""

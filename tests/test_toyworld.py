@@ -39,7 +39,8 @@ def test_prompt_mix_has_all_families_and_unsafe_share():
 
 def test_demonstration_error_rate_matches_config():
     for rate in (0.0, 0.25):
-        w = ToyWorld(demo_error_rate=rate)
+        # one-turn, unconstrained demonstrations, so each row lines up with its prompt
+        w = ToyWorld(demo_error_rate=rate, constrained_fraction=0.0, dialogue_fraction=0.0)
         prompts = w.prompts("train", 4000, purpose="sft")
         rows = w.sft_rows(4000)
         wrong = sum(not score(p, r["messages"][-1]["content"]).correct for p, r in zip(prompts, rows, strict=True))
@@ -153,7 +154,8 @@ def test_tiny_llama_is_about_a_million_parameters(world):
 
 
 def test_demonstrations_sign_off_at_the_configured_rate():
-    w = ToyWorld(demo_signoff_rate=0.6)
+    # one-turn, unconstrained demonstrations, so each row lines up with its prompt
+    w = ToyWorld(demo_signoff_rate=0.6, constrained_fraction=0.0, dialogue_fraction=0.0)
     prompts = w.prompts("train", 4000, purpose="sft")
     replies = [r["messages"][-1]["content"] for r in w.sft_rows(4000)]
     safe = [(p, r) for p, r in zip(prompts, replies, strict=True) if not p.unsafe]

@@ -22,7 +22,7 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from .config import store_configs
-    from .progress import progress_table
+    from .progress import gatt_table, progress_table
 
     store_configs()
 
@@ -47,6 +47,8 @@ def _hydra_main() -> None:
         table = progress_table(ctx.summary)
         if table:
             print(table)
+        if gatt_table(ctx.summary):
+            print(gatt_table(ctx.summary))
         print(f"summary: {ctx.run_dir / 'summary.json'}")
 
     app()

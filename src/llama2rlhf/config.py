@@ -126,6 +126,14 @@ class RewardConfig:
 
 
 @dataclass
+class AugmenterConfig:
+    """Selected with ``augmenter=<name>``: how rejection sampling's fine-tuning data is
+    augmented (``gatt``: Ghost Attention, paper 3.3; ``none``)."""
+
+    name: str = MISSING
+
+
+@dataclass
 class SelectorConfig:
     """Selected with ``selector=<name>``: which scored samples become RS training data."""
 
@@ -143,6 +151,11 @@ class AnnotatorConfig:
 class EvalConfig:
     batch_size: int = 64
     max_new_tokens: int = 32
+    # Ghost Attention's multi-turn evaluation (paper Table 30): adherence to a system
+    # instruction at every turn up to gatt_turns, on gatt_dialogues held-out dialogues
+    gatt_turns: int = 20
+    gatt_dialogues: int = 100
+    gatt_max_length: int = 4096  # dialogues longer than this lose middle turns
 
 
 @dataclass
@@ -209,6 +222,36 @@ class PPOStageConfig(TrainConfig):
 
 
 @dataclass
+class GattConfig:
+    """Ghost Attention (paper 3.3), the ``gatt`` augmenter's settings (``augmenter=gatt``)."""
+
+    start_round: int = 4  # Llama 2 applied GAtt after RLHF-V3
+    n_dialogues: int = 1000
+    # each dialogue has a turn count drawn from [min_turns, max_turns]; its example
+    # teaches the reply to its last turn
+    min_turns: int = 2
+    max_turns: int = 20
+    # "toy": the toy world's verifiable constraints, of toy_kinds; "list": the lists below
+    # (real data)
+    constraints: str = "toy"
+    toy_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])
+    max_constraints: int = 2  # instructions combine 1..max_constraints kinds
+    figures: list[str] = field(default_factory=lambda: ["Napoleon", "Marie Curie", "Shakespeare", "Cleopatra"])
+    languages: list[str] = field(default_factory=lambda: ["French", "Spanish", "German", "Italian"])
+    hobbies: list[str] = field(default_factory=lambda: ["tennis", "chess", "gardening", "jazz"])
+    # share of training system prompts given in the short form ("Figure: Napoleon."); the
+    # paper: half of them
+    shorten: float = 0.5
+    # end a dialogue at its first reply that breaks the instruction (where the constraint
+    # source can check it: the toy world's can, free-text lists cannot)
+    filter: bool = True
+    temperature: float = 0.7
+    max_new_tokens: int = 128
+    # dialogues longer than this (tokens) lose whole middle turns, never the system prompt
+    max_length: int = 4096
+
+
+@dataclass
 class PipelineConfig:
     name: str = "default"
     stages: list[str] = field(default_factory=lambda: ["sft", "reward"])
@@ -240,10 +283,12 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
+    augmenter: AugmenterConfig = field(default_factory=AugmenterConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     rs: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    gatt: GattConfig = field(default_factory=GattConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
@@ -256,6 +301,7 @@ PLUGIN_GROUPS = {
     "reward": "reward_combiners",
     "sampler": "samplers",
     "selector": "selectors",
+    "augmenter": "augmenters",
     "annotator": "annotators",
 }
 GROUP_SCHEMAS = {
@@ -263,6 +309,7 @@ GROUP_SCHEMAS = {
     "reward": RewardConfig,
     "sampler": SamplerConfig,
     "selector": SelectorConfig,
+    "augmenter": AugmenterConfig,
     "annotator": AnnotatorConfig,
 }
 

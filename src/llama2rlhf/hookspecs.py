@@ -83,10 +83,20 @@ def register_selectors(register: Register) -> None:
 
 @hookspec
 def register_augmenters(register: Register) -> None:
-    """Register dataset -> dataset transforms applied before fine-tuning (Ghost Attention).
+    """Register transforms of rejection sampling's fine-tuning data (Ghost Attention, paper 3.3).
 
-    Call ``register(name, augment)``; ``augment(dataset, context) -> dataset``. Selected
-    with ``augmenter=<name>``.
+    Call ``register(name, augment)`` with ``augment(rows: list[dict], ctx: RunContext) ->
+    list[dict]``. ``rows`` are this round's fine-tuning examples (the kept samples) in a TRL
+    conversational format: ``{"messages": [...]}`` or ``{"prompt": [...], "completion":
+    [...]}``; return the rows to fine-tune on, the given ones included unless you mean to
+    drop them. Prompt-completion rows train on the completion only (TRL masks the prompt),
+    which is how the built-in ``gatt`` teaches only the last turn of a dialogue; rows of
+    both formats may be mixed. ``ctx`` gives the config (``ctx.cfg``; a plugin's options
+    live in its ``augmenter`` node), ``ctx.round``, the policy to sample from
+    (``ctx.artifact("policy")``, e.g. through ``llama2rlhf.sampling.load_sampler``), the
+    toy world (``ctx.world``, ``None`` on real data) and ``ctx.stage_dir()`` for files.
+    Called once per rejection-sampling fine-tune; return ``rows`` unchanged in rounds you
+    skip. Selected with ``augmenter=<name>`` (``gatt`` by default, ``none`` to switch off).
     """
 
 

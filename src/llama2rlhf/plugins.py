@@ -30,6 +30,7 @@ TRACE_ENV = "LLAMA2RLHF_TRACE_HOOKS"
 # entry points afterwards skips them instead of registering them twice.
 BUILTIN_PLUGINS = {
     "annotators": "llama2rlhf.builtins.annotators",
+    "augmenters": "llama2rlhf.builtins.augmenters",
     "reward_combiners": "llama2rlhf.builtins.reward_combiners",
     "reward_losses": "llama2rlhf.builtins.reward_losses",
     "samplers": "llama2rlhf.builtins.samplers",

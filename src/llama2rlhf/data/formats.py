@@ -384,3 +384,26 @@ def load_prompts(path: PathLike) -> "Dataset":
 
 
 __all__: list[str] = ["ROLES", "load_preferences", "load_prompts", "load_sft"]
+
+
+def unify_sft_formats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT rows in one TRL format, so they fit one ``Dataset``.
+
+    Conversational ``messages`` rows become prompt-completion rows (the last assistant
+    message is the completion) as soon as any row is prompt-completion, as Ghost
+    Attention's are; with ``assistant_only_loss`` a one-turn row trains on the same tokens
+    either way.
+    """
+    if not any("completion" in r for r in rows):
+        return rows
+    out = []
+    for i, r in enumerate(rows):
+        if "completion" in r:
+            out.append(r)
+            continue
+        msgs = r.get("messages")
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise ValueError(f"fine-tuning row {i}: needs 'messages' ending with an assistant message, "
+                             f"or 'prompt' and 'completion'; got keys {sorted(r)}")
+        out.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+    return out

@@ -69,11 +69,17 @@ def constraint_from_key(key: str) -> Constraint:
     return makers[kind](value)
 
 
-def sample_constraints(rng: random.Random, max_n: int = 2) -> tuple[Constraint, ...]:
-    """A random combination of 1..max_n constraints of different kinds."""
-    kinds = rng.sample(["persona", "language", "hobby"], rng.randint(1, max_n))
+KINDS = ("persona", "language", "hobby")
+
+
+def sample_constraints(rng: random.Random, max_n: int = 2, kinds: tuple[str, ...] = KINDS) -> tuple[Constraint, ...]:
+    """A random combination of 1..max_n constraints of different ``kinds``."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"constraint kinds must be some of {', '.join(KINDS)}; got {list(kinds)}")
+    chosen = rng.sample(list(kinds), rng.randint(1, min(max_n, len(kinds))))
     pools = {"persona": FIGURES, "language": tuple(STYLES), "hobby": HOBBIES}
-    return tuple(constraint_from_key(f"{k}:{rng.choice(pools[k])}") for k in sorted(kinds))
+    return tuple(constraint_from_key(f"{k}:{rng.choice(pools[k])}") for k in sorted(chosen))
 
 
 def system_prompt(constraints: tuple[Constraint, ...]) -> str:

@@ -10,6 +10,11 @@ for a ~1M-parameter Llama to learn on a laptop CPU in minutes:
   it also habitually closes with a sign-off the users do not want (``demo_signoff_rate``),
   which raters mark down and demonstrations keep teaching: human writers fall short of
   what human raters can tell apart (paper 3.2, RLHF "beyond the annotators");
+* demonstrations that follow instructions: some carry a constraint (``constraints``) in
+  the system prompt or in the user's turn, and some are multi-turn dialogues whose
+  instructions, given in a turn, hold for that turn only; nothing in them teaches a model
+  to hold a system instruction over later turns, which is what Ghost Attention adds
+  (paper 3.3);
 * seed comparisons between replies of graded quality, labelled by the simulated annotator
   (the paper's initial preference data before RLHF-V1).
 
@@ -21,12 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from . import oracle
 from .annotator import SimulatedAnnotator
-from .constraints import apply_all, constraint_from_key
+from .constraints import apply_all, constraint_from_key, sample_constraints, system_prompt
 from .tasks import (
     ANSWER_PREFIX,
     FAMILIES,
@@ -59,7 +64,12 @@ class WorldSpec:
     annotator_noise: float = 0.08
     heldout_fraction: float = 0.15
     same_style_pairs: float = 0.5  # share of seed comparisons that differ only in the answer
-    demo_signoff_rate: float = 0.6  # demonstrations that end with SIGNOFF
+    demo_signoff_rate: float = 0.7  # demonstrations that end with SIGNOFF
+    constrained_fraction: float = 0.1  # demonstrations with a constraint: half system, half in the turn
+    dialogue_fraction: float = 0.05  # demonstrations that are dialogues of 2..max_dialogue_turns turns
+    max_dialogue_turns: int = 4
+    # which constraints the demonstrations carry (persona, language, hobby)
+    constraint_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])
 
 
 class ToyWorld:
@@ -125,12 +135,47 @@ class ToyWorld:
         return apply_all(reply, tuple(constraint_from_key(k) for k in prompt.constraints))
 
     def sft_rows(self, n: int, split: str = "train") -> list[dict]:
-        """Demonstrations in TRL's conversational format (``messages``)."""
+        """Demonstrations in TRL's conversational format (``messages``).
+
+        Most are one turn; ``constrained_fraction`` carry a constraint, half of them in the
+        system prompt and half in front of the user's request; ``dialogue_fraction`` are
+        dialogues whose turns are independent requests, an instruction in a turn holding
+        for that turn's reply only (so the SFT model learns to follow an instruction where
+        it sees one, and has never seen one held across turns).
+        """
         rng = self.rng(f"sft:{split}")
-        return [
-            {"messages": p.messages() + [{"role": "assistant", "content": self.demonstration(p, rng)}]}
-            for p in self.prompts(split, n, purpose="sft")
-        ]
+        pool = self.prompts(split, n, purpose="sft")
+        rows = []
+        for p in pool:
+            if rng.random() < self.spec.dialogue_fraction:
+                turns = [p] + rng.sample(pool, rng.randint(1, self.spec.max_dialogue_turns - 1))
+                messages = []
+                for q in turns:
+                    q = self.with_constraints(q, rng, inline=True) if rng.random() < self.spec.constrained_fraction else q
+                    messages += [{"role": "user", "content": q.text},
+                                 {"role": "assistant", "content": self.demonstration(q, rng)}]
+                rows.append({"messages": messages})
+                continue
+            if rng.random() < self.spec.constrained_fraction:
+                p = self.with_constraints(p, rng, inline=rng.random() < 0.5)
+            rows.append({"messages": p.messages() + [{"role": "assistant", "content": self.demonstration(p, rng)}]})
+        return rows
+
+    def with_constraints(self, prompt: Prompt, rng: random.Random, inline: bool, max_n: int = 2) -> Prompt:
+        """``prompt`` with 1..``max_n`` random constraints, in its system prompt or in front
+        of the request (``inline``); unchanged when no constraint kind suits it."""
+        kinds = tuple(self.spec.constraint_kinds)
+        if prompt.family == "upper":
+            # "in capital letters" and "answer in lower case" contradict each other; no
+            # demonstration is asked both
+            kinds = tuple(k for k in kinds if k != "language")
+        if not kinds:
+            return prompt
+        cs = sample_constraints(rng, max_n, kinds)
+        keys = tuple(c.key for c in cs)
+        if inline:
+            return replace(prompt, text=f"{system_prompt(cs)} {prompt.text}", constraints=keys)
+        return replace(prompt, system=system_prompt(cs), constraints=keys)
 
     # -- comparisons -----------------------------------------------------------------------
     def candidates(self, prompt: Prompt, rng: random.Random) -> list[str]:

@@ -3,7 +3,8 @@
 Greedy replies to the held-out toy prompts, judged by the gold oracle (gold reward, task
 accuracy) and compared prompt by prompt with the SFT model's replies by two judges, the
 gold oracle and this round's reward (its reward models through the selected combiner), as
-Fig. 11 reports win rates by two judges.
+Fig. 11 reports win rates by two judges. Once Ghost Attention has started, it also measures
+how long a system instruction holds over a dialogue (``llama2rlhf.evaluation.gatt``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...combined_reward import CombinedReward
+from ...evaluation.gatt import gatt_metrics
 from ...evaluation.heldout import heldout_prompts, heldout_replies
 from ...evaluation.policy import gold_metrics, win_rate
 
@@ -33,6 +35,7 @@ def evaluate_stage(ctx) -> dict[str, Any]:
         "win_rate_vs_sft": by_gold["win_rate"],
         "win_rate_vs_sft_rm": by_rm["win_rate"],
         "vs_sft": {"gold": by_gold, "rm": by_rm},
+        **gatt_metrics(ctx),
     }
 
 

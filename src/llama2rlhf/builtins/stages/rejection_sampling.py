@@ -15,6 +15,7 @@ from typing import Any
 from ... import plugins
 from ...candidates import Candidate
 from ...combined_reward import CombinedReward, is_safety_prompt
+from ...data.formats import unify_sft_formats
 from ...data.jsonl import read_jsonl, write_jsonl
 from ...round_prompts import round_prompts
 from ...sampling import load_sampler
@@ -66,6 +67,20 @@ def _gold(ctx, candidates: list[Candidate], kept: list[Candidate]) -> dict[str, 
             "rm_pick_correct_by_family": {f: sum(v) / len(v) for f, v in sorted(family_picks.items())}}
 
 
+def augment(ctx, rows: list[dict]) -> list[dict]:
+    """The selected augmenter (``augmenter=<name>``, Ghost Attention by default) over the
+    fine-tuning rows; a third-party augmenter that fails is named in the error."""
+    item = plugins.get("augmenters", ctx.cfg.augmenter.name)
+    try:
+        out = item.obj(rows, ctx)
+    except Exception as exc:
+        if item.distribution == "llama2rlhf":
+            raise
+        raise plugins.PluginError(f"augmenter {item.name!r} of plugin {item.plugin!r} ({item.distribution}) failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    return unify_sft_formats(list(out))
+
+
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
     import torch
 
@@ -106,6 +121,8 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
         raise RuntimeError(f"selector {cfg.selector.name!r} kept no samples in round {k}; nothing to fine-tune on")
     init = policy if rs.init_from == "previous" else ctx.artifact(rs.init_from)
     rows = [{"messages": c.prompt + [{"role": "assistant", "content": c.completion}]} for c in kept]
+    n_kept_rows = len(rows)
+    rows = augment(ctx, rows)
     out = train_sft(cfg, rs.train, init, ctx.artifact("tokenizer"), rows, out_dir)
     ctx.state.artifacts["policy"] = out["model_path"]
     ctx.state.artifacts[f"round_{k}/kept"] = str(out_dir / "kept.jsonl")
@@ -118,6 +135,7 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
         "kept_from_earlier_rounds": sum(c.round < k for c in kept),
         "kept_mean_score": sum(c.score for c in kept) / len(kept),
         **_gold(ctx, candidates, kept),
+        "n_augmented": len(rows) - n_kept_rows,
         "train_loss": out["train_loss"],
     }
 

@@ -1,0 +1,125 @@
+"""Built-in augmenters: ``gatt`` (Ghost Attention, paper 3.3) and ``none``.
+
+``gatt`` adds multi-turn dialogues to rejection sampling's fine-tuning data from round
+``gatt.start_round`` on (Llama 2 began after RLHF-V3): an instruction is put in front
+of every user turn while the newest policy answers, then kept only as the system prompt
+of the training example, whose loss falls on the last reply alone. See
+:mod:`llama2rlhf.ghost_attention` for the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from .. import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+def constraint_source(cfg: Any):
+    from ..ghost_attention import ListConstraints, ToyConstraints
+
+    g = cfg.gatt
+    if g.constraints == "toy":
+        return ToyConstraints(g.max_constraints, list(g.toy_kinds))
+    if g.constraints == "list":
+        return ListConstraints(list(g.figures), list(g.languages), list(g.hobbies), g.max_constraints)
+    raise ValueError(f"gatt.constraints must be 'toy' or 'list', got {g.constraints!r}")
+
+
+def token_fitter(tokenizer, max_length: int):
+    """``fit(messages)`` for :func:`ghost_attention.converse`: the dialogue, shortened to fit."""
+    from ..ghost_attention import fit_dialogue
+
+    def n_tokens(messages):
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] == "user",
+                                                 tokenize=True, return_dict=True)["input_ids"])
+
+    return lambda messages: fit_dialogue(messages, n_tokens, max_length)
+
+
+def user_turns(ctx, n: int) -> list[str]:
+    """``n`` user messages from the round's prompt pool, for dialogues."""
+    from ..round_prompts import round_prompts
+
+    pool = [p.messages[-1]["content"] for p in round_prompts(ctx, f"gatt:{ctx.round}", n)]
+    if not pool:
+        raise ValueError("GAtt needs user turns, and the round's prompt pool is empty")
+    return [pool[i % len(pool)] for i in range(n)]  # a small pool repeats across dialogues
+
+
+def gatt(rows: list[dict], ctx) -> list[dict]:
+    from ..ghost_attention import converse, training_example, user_message
+    from ..models import load_tokenizer
+    from ..sampling import load_sampler
+
+    g = ctx.cfg.gatt
+    if ctx.round < g.start_round:
+        return rows
+    if not 1 <= g.min_turns <= g.max_turns:
+        raise ValueError(f"gatt: need 1 <= min_turns <= max_turns, got {g.min_turns} and {g.max_turns}")
+    policy = ctx.artifact("policy")
+    # the model GAtt started from: evaluation reports adherence before and after it
+    ctx.state.artifacts.setdefault("gatt_baseline", policy)
+    rng = random.Random(f"{ctx.cfg.seed}:gatt:{ctx.round}")
+    source = constraint_source(ctx.cfg)
+    instructions = [source.sample(rng) for _ in range(g.n_dialogues)]
+    lengths = [rng.randint(g.min_turns, g.max_turns) for _ in instructions]
+    pool = user_turns(ctx, sum(lengths))
+    turns, start = [], 0
+    for n in lengths:
+        turns.append(pool[start:start + n])
+        start += n
+
+    def keep_going(d: int, t: int, reply: str) -> bool:
+        return not g.filter or source.check(instructions[d], reply) is not False
+
+    sampler = load_sampler(ctx.cfg, policy)
+    tokenizer = load_tokenizer(policy, trust_remote_code=ctx.cfg.model.trust_remote_code)
+    fit = token_fitter(tokenizer, g.max_length)
+    # a training row must fit the fine-tuning length too: TRL cuts from the right, which
+    # would cut the only reply that teaches
+    fit_row = token_fitter(tokenizer, min(g.max_length, ctx.cfg.rs.train.max_length))
+    shown = [[user_message(i, u) for u in us] for i, us in zip(instructions, turns, strict=True)]
+    replies = converse(sampler, [[] for _ in instructions], shown, g.temperature, g.max_new_tokens, fit,
+                       keep_going, desc=f"GAtt dialogues (round {ctx.round})")
+    examples, broken, dropped = [], 0, 0
+    for ins, us, rs in zip(instructions, turns, replies, strict=True):
+        if g.filter and source.check(ins, rs[-1]) is False:
+            rs = rs[:-1]  # the reply that broke the instruction is not taught
+            broken += 1
+        if rs:
+            system = ins.short if rng.random() < g.shorten else ins.text
+            ex = training_example(system, list(zip(us, rs, strict=False)))
+            msgs, n = fit_row(ex["prompt"] + ex["completion"])
+            dropped += n
+            examples.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+    if dropped:
+        log.info("GAtt round %d: dropped %d middle turns from training dialogues to fit %d tokens (system prompt kept)",
+                 ctx.round, dropped, min(g.max_length, ctx.cfg.rs.train.max_length))
+    out_dir = ctx.stage_dir() / "gatt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "examples.jsonl", "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex) + "\n")
+    turns_kept = [(len(ex["prompt"]) - 1) // 2 + 1 for ex in examples]
+    stats = {"round": ctx.round, "n_dialogues": len(instructions), "n_examples": len(examples),
+             "ended_by_filter": broken, "middle_turns_dropped": dropped, "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
+             "baseline_model": ctx.state.artifacts["gatt_baseline"]}
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    log.info("GAtt round %d: %d examples from %d dialogues (%d ended at a broken reply), %.1f turns on average",
+             ctx.round, len(examples), len(instructions), broken, stats["mean_turns"])
+    return rows + examples
+
+
+def none(rows: list[dict], ctx) -> list[dict]:
+    return rows
+
+
+@hookimpl(trylast=True)
+def register_augmenters(register):
+    register("gatt", gatt)
+    register("none", none)

@@ -1,0 +1,242 @@
+"""Ghost Attention (paper 3.3): training examples, constraints, the multi-turn loop and its checker."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llama2rlhf.ghost_attention import (
+    Instruction,
+    ListConstraints,
+    ToyConstraints,
+    adherence_by_turn,
+    converse,
+    fit_dialogue,
+    training_example,
+    user_message,
+)
+from llama2rlhf.sampling import Sample
+
+NEWTON_CHESS = Instruction("Act as Newton. You love chess.", "Act as Newton. You love chess.",
+                           ("hobby:chess", "persona:Newton"))
+TURNS = [("What is 2 + 3?", "Newton here. The answer is 5. I love chess."),
+         ("Reverse: cat, dog, owl.", "Newton here. The answer is owl, dog, cat. I love chess."),
+         ("Shout 'sun'.", "Newton here. The answer is SUN. I love chess.")]
+
+
+def test_three_turn_example_has_the_instruction_once_and_labels_only_on_the_last_reply(tokenizer, tiny_llama, tmp_path):
+    """Through TRL's own SFTTrainer preprocessing, token by token."""
+    from trl import SFTConfig, SFTTrainer
+
+    from llama2rlhf.data.formats import unify_sft_formats
+
+    example = training_example(NEWTON_CHESS.text, TURNS)
+    assert [m["role"] for m in example["prompt"]] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert example["prompt"][0]["content"] == NEWTON_CHESS.text
+    # the user turns are as the user wrote them: no instruction in any of them
+    assert [m["content"] for m in example["prompt"] if m["role"] == "user"] == [u for u, _ in TURNS]
+    single = {"messages": [{"role": "user", "content": "What is 1 + 1?"},
+                           {"role": "assistant", "content": "The answer is 2."}]}
+    rows = unify_sft_formats([example, single])
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=512, report_to=[], use_cpu=True)
+    trainer = SFTTrainer(model=tiny_llama, args=args, train_dataset=__import__("datasets").Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    ids, labels = trainer.train_dataset[0]["input_ids"], trainer.train_dataset[0]["labels"]
+    full = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
+                                         return_dict=True)["input_ids"]
+    assert ids == full
+    text = tokenizer.decode(ids)
+    assert text.count(NEWTON_CHESS.text) == 1 and text.index(NEWTON_CHESS.text) < text.index(TURNS[0][0])
+    # exactly the last reply and its closing </s> carry labels, every earlier token is -100
+    last = tokenizer(" " + TURNS[-1][1] + " </s>", add_special_tokens=False)["input_ids"]
+    taught = [i for i, label in enumerate(labels) if label != -100]
+    assert taught == list(range(len(ids) - len(last), len(ids)))
+    assert [labels[i] for i in taught] == ids[-len(last):] == last
+    # earlier replies, which follow the instruction though it is not in their turn, teach nothing
+    for _, reply in TURNS[:-1]:
+        assert reply in text
+    # a one-turn row keeps its assistant-only loss in the prompt-completion format
+    ids1, labels1 = trainer.train_dataset[1]["input_ids"], trainer.train_dataset[1]["labels"]
+    assert tokenizer.decode([t for t, lab in zip(ids1, labels1, strict=True) if lab != -100]).strip() == "The answer is 2. </s>"
+
+
+def test_unify_formats_names_the_bad_row():
+    from llama2rlhf.data.formats import unify_sft_formats
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}]}, training_example("Be brief.", [("a", "b")])]
+    with pytest.raises(ValueError, match="fine-tuning row 0: needs 'messages' ending with an assistant message"):
+        unify_sft_formats(rows)
+    plain = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    assert unify_sft_formats(plain) is plain  # nothing to unify: left as it was
+
+
+def test_constraint_sampler_is_deterministic_by_seed():
+    def draw(source, seed):
+        rng = random.Random(seed)
+        return [source.sample(rng) for _ in range(30)]
+
+    toy = ToyConstraints(max_constraints=2)
+    assert draw(toy, 7) == draw(toy, 7)
+    assert draw(toy, 7) != draw(toy, 8)
+    drawn = draw(toy, 7)
+    assert {len(i.keys) for i in drawn} == {1, 2}  # random combinations of one or two kinds
+    assert all(len({k.split(":")[0] for k in i.keys}) == len(i.keys) for i in drawn)
+    capitals_only = ToyConstraints(max_constraints=2, kinds=["language"])
+    assert {i.keys for i in draw(capitals_only, 7)} <= {("language:capitals",), ("language:lower case",)}
+    with pytest.raises(ValueError, match="constraint kinds must be some of persona, language, hobby; got"):
+        ToyConstraints(kinds=["mood"]).sample(random.Random(0))
+    lists = ListConstraints(["Napoleon"], ["French"], ["tennis"], max_constraints=3)
+    assert draw(lists, 3) == draw(lists, 3)
+    napoleon = next(i for i in draw(lists, 3) if "Napoleon" in i.text)
+    assert "Always act as Napoleon from now on." in napoleon.text and "Figure: Napoleon." in napoleon.short
+    assert lists.check(napoleon, "anything") is None  # free text: nothing can check it
+
+
+def test_checker_on_hand_written_replies():
+    toy = ToyConstraints()
+    ok = "Newton here. The answer is 5. I love chess."
+    assert toy.check(NEWTON_CHESS, ok) is True
+    assert toy.check(NEWTON_CHESS, "The answer is 5. I love chess.") is False  # persona dropped
+    assert toy.check(NEWTON_CHESS, "Newton here. The answer is 5.") is False  # hobby dropped
+    caps = Instruction("Answer in capitals.", "Answer in capitals.", ("language:capitals",))
+    assert toy.check(caps, "THE ANSWER IS 5.") is True
+    assert toy.check(caps, "The answer is 5.") is False
+    assert toy.check(caps, "5") is False  # no letters: the style cannot show
+
+
+class ScriptedSampler:
+    """Answers each prompt from a script keyed by the prompt's last user message; records prompts."""
+
+    def __init__(self, script):
+        self.script = script
+        self.prompts = []
+
+    def sample(self, prompts, n, temperature, max_new_tokens, desc=""):
+        self.prompts.append([list(p) for p in prompts])
+        return [[Sample(self.script(p), 3, True)] for p in prompts]
+
+
+def test_adherence_by_turn_from_hand_written_turns():
+    capitals = Instruction("Answer in capitals.", "Answer in capitals.", ("language:capitals",))
+    # dialogue 0 holds the instruction for two turns, dialogue 1 only for its first
+    scripts = {("a1", 0): "THE ANSWER IS 1.", ("a2", 0): "THE ANSWER IS 2.", ("a3", 0): "the answer is 3.",
+               ("b1", 1): "THE ANSWER IS 1.", ("b2", 1): "the answer is 2.", ("b3", 1): "the answer is 3."}
+    sampler = ScriptedSampler(lambda p: scripts[(p[-1]["content"], 0 if p[-1]["content"][0] == "a" else 1)])
+    out = adherence_by_turn(sampler, ToyConstraints(), [capitals, capitals], [["a1", "a2", "a3"], ["b1", "b2", "b3"]],
+                            16, lambda m: (m, 0))
+    assert out == {"1": 1.0, "2": 0.5, "3": 0.0}
+    # the instruction is in the system prompt only; turn 3 of dialogue 0 sees its own earlier replies
+    turn3 = sampler.prompts[2][0]
+    assert turn3[0] == {"role": "system", "content": "Answer in capitals."}
+    assert [m["content"] for m in turn3[1:]] == ["a1", "THE ANSWER IS 1.", "a2", "THE ANSWER IS 2.", "a3"]
+
+
+def test_converse_puts_the_instruction_on_every_turn_and_stops_a_dialogue_on_request():
+    ins = Instruction("Act as Newton.", "Figure: Newton.", ("persona:Newton",))
+    sampler = ScriptedSampler(lambda p: "Newton here. ok" if p[-1]["content"] != "Act as Newton. q2" else "ok")
+    shown = [[user_message(ins, u) for u in us] for us in (["q1", "q2", "q3"], ["r1", "r2"])]
+    replies = converse(sampler, [[], []], shown, 0.7, 8, lambda m: (m, 0),
+                       keep_going=lambda d, t, r: ToyConstraints().check(ins, r))
+    # dialogue 0 broke the instruction at turn 2 and ended there; dialogue 1 ran its two turns
+    assert replies == [["Newton here. ok", "ok"], ["Newton here. ok", "Newton here. ok"]]
+    assert [len(batch) for batch in sampler.prompts] == [2, 2]
+    assert sampler.prompts[1][1][-1]["content"] == "Act as Newton. r2"
+
+
+def test_fit_dialogue_drops_whole_middle_turns_and_keeps_the_system_prompt():
+    msgs = [{"role": "system", "content": "S"}]
+    for t in range(1, 6):
+        msgs += [{"role": "user", "content": f"u{t}"}, {"role": "assistant", "content": f"a{t}"}]
+    msgs.append({"role": "user", "content": "u6"})
+
+    def n_tokens(m):
+        return len(m)  # one "token" per message
+
+    fitted, dropped = fit_dialogue(msgs, n_tokens, 8)
+    assert dropped == 2
+    assert [m["content"] for m in fitted] == ["S", "u1", "a1", "u4", "a4", "u5", "a5", "u6"]
+    # too short to fit even the first and last turns: the system prompt and both stay anyway
+    fitted, dropped = fit_dialogue(msgs, n_tokens, 2)
+    assert [m["content"] for m in fitted] == ["S", "u1", "a1", "u6"] and dropped == 4
+    assert fit_dialogue(msgs, n_tokens, 100) == (msgs, 0)
+
+
+def test_sft_demonstrations_follow_instructions_in_the_turn_they_are_given(world):
+    from llama2rlhf.toyworld.constraints import FIGURES, HOBBIES, STYLES, adherence, constraint_from_key
+
+    keys = [f"persona:{f}" for f in FIGURES] + [f"hobby:{h}" for h in HOBBIES] + [f"language:{s}" for s in STYLES]
+    by_text = {constraint_from_key(k).instruction: k for k in keys}
+
+    def instructions_in(text):
+        return tuple(k for t, k in by_text.items() if t in text)
+
+    rows = world.sft_rows(400)
+    systems = [r["messages"] for r in rows if r["messages"][0]["role"] == "system"]
+    dialogues = [r["messages"] for r in rows if len(r["messages"]) > 2 and r["messages"][0]["role"] == "user"]
+    assert 5 < len(systems) < 45 and 8 < len(dialogues) < 40
+    for system, _, reply in systems:  # the demonstration follows its system prompt
+        assert instructions_in(system["content"]) and adherence(reply["content"], instructions_in(system["content"])) == 1.0
+    inline = 0
+    for msgs in dialogues:
+        assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
+        assert 4 <= len(msgs) <= 2 * world.spec.max_dialogue_turns
+        for user, reply in zip(msgs[::2], msgs[1::2], strict=True):
+            given = instructions_in(user["content"])
+            inline += bool(given)
+            # an instruction holds for the reply of its own turn
+            assert adherence(reply["content"], given) == 1.0
+    assert inline > 0
+
+
+def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer, world, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf import sampling
+    from llama2rlhf.builtins.augmenters import gatt
+    from llama2rlhf.config import Config
+    from llama2rlhf.run import RunContext
+
+    cfg = OmegaConf.structured(Config)
+    cfg.gatt.update(start_round=2, n_dialogues=12, min_turns=2, max_turns=6, toy_kinds=["language"],
+                    shorten=0.0, filter=True, max_length=4096)
+    cfg.rs.train.max_length = 60
+    tokenizer.save_pretrained(tmp_path / "policy")
+    ctx = RunContext.open(cfg, tmp_path / "run", world)
+    ctx.state.artifacts["policy"] = str(tmp_path / "policy")
+    ctx.current_stage = "rejection_sampling"
+
+    def reply(prompt):
+        # follows the instruction in its turn, except on the fifth turn of any dialogue
+        user = prompt[-1]["content"]
+        text = "The answer is ok and fine."
+        if sum(m["role"] == "user" for m in prompt) == 5:
+            return text
+        return text.upper() if user.startswith("Answer in capitals.") else text.lower()
+
+    sampler = ScriptedSampler(reply)
+    monkeypatch.setattr(sampling, "load_sampler", lambda cfg, path: sampler)
+    given = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    ctx.round = 1
+    assert gatt(given, ctx) is given and "gatt_baseline" not in ctx.state.artifacts  # before start_round
+    ctx.round = 2
+    rows = gatt(given, ctx)
+    assert rows[0] is given[0] and len(rows) == 13
+    assert ctx.state.artifacts["gatt_baseline"] == str(tmp_path / "policy")
+    for row in rows[1:]:
+        system, completion = row["prompt"][0]["content"], row["completion"][0]["content"]
+        assert system in ("Answer in capitals.", "Answer in lower case.")
+        # the broken fifth reply is never taught
+        assert completion == ("THE ANSWER IS OK AND FINE." if "capitals" in system else "the answer is ok and fine.")
+        users = [m["content"] for m in row["prompt"] if m["role"] == "user"]
+        assert len(users) <= 4 and not any(u.startswith("Answer in") for u in users)
+        # fitted to rs.train.max_length by dropping middle turns, unless only the first and last are left
+        n = len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], return_dict=True)["input_ids"])
+        assert n <= 60 or len(users) == 2
+    # every sampled prompt carried the instruction in front of its user turn
+    assert all(p[-1]["content"].startswith("Answer in ") for batch in sampler.prompts for p in batch)
+    stats = __import__("json").loads((tmp_path / "run" / "round_2" / "rejection_sampling" / "gatt" / "stats.json")
+                                     .read_text())
+    # dialogues of five or six turns ended at the broken fifth reply
+    assert stats["n_examples"] == 12 and stats["ended_by_filter"] == len(sampler.prompts[4]) > 0
+    assert stats["middle_turns_dropped"] > 0
