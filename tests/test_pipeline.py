@@ -151,6 +151,39 @@ def test_files_source_runs_on_trl_jsonl_and_hh_text(tmp_path):
     assert summary["rm_accuracy"]["counts"]["overall"] == 4
 
 
+def test_hf_model_from_a_local_folder_with_lora_runs_every_stage(tmp_path):
+    """model=hf with a checkpoint saved locally first: a tiny Llama and a tokenizer without
+    a chat template (it gets Llama 2's), LoRA through SFT, reward, rejection sampling, PPO."""
+    from safetensors.torch import load_file
+
+    from llama2rlhf.toyworld import ToyWorld
+    from llama2rlhf.toyworld.model import build_tiny_llama
+    from llama2rlhf.toyworld.tokenizer import build_tokenizer
+
+    hub = tmp_path / "my-tiny-llama"
+    tok = build_tokenizer(ToyWorld(), vocab_size=400, n_prompts=400)
+    tok.chat_template = None
+    build_tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2).save_pretrained(hub)
+    tok.save_pretrained(hub)
+    proc = run_cli(tmp_path, "model=hf", f"model.name_or_path={hub}", "model.peft=lora", "model.lora_r=4",
+                   "model.lora_alpha=8", *DEFAULT_ONE_ROUND)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    assert "has no chat template; using the Llama 2 chat template" in (run / "cli.log").read_text()
+    state = json.loads((run / "state.json").read_text())
+    assert state["artifacts"]["base"] == str(hub)
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"rs", "ppo", "rs_after_ppo", "task_accuracy"} <= set(summary["rounds"][0])
+    # every stage saved merged, plain weights that differ from the hub checkpoint's
+    before = load_file(hub / "model.safetensors")
+    for stage in ("sft", "round_1/rejection_sampling", "round_1/ppo", "round_1/rejection_sampling_after_ppo"):
+        model_dir = run / stage / "model"
+        assert not (model_dir / "adapter_config.json").exists(), stage
+        after = load_file(model_dir / "model.safetensors")
+        assert set(after) == set(before), stage
+        assert any(not after[k].equal(before[k]) for k in before), f"{stage} did not change the weights"
+
+
 def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
     sft = tmp_path / "sft.jsonl"
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
