@@ -106,7 +106,7 @@ def test_checker_on_hand_written_replies():
 
 
 class ScriptedSampler:
-    """Answers each prompt from a script keyed by the prompt's last user message; records prompts."""
+    """Answers each prompt from a script keyed by the prompt (and the sample's index); records prompts."""
 
     def __init__(self, script):
         self.script = script
@@ -114,7 +114,7 @@ class ScriptedSampler:
 
     def sample(self, prompts, n, temperature, max_new_tokens, desc=""):
         self.prompts.append([list(p) for p in prompts])
-        return [[Sample(self.script(p), 3, True)] for p in prompts]
+        return [[Sample(self.script(p) if n == 1 else self.script(p, j), 3, True) for j in range(n)] for p in prompts]
 
 
 def test_adherence_by_turn_from_hand_written_turns():
@@ -132,16 +132,28 @@ def test_adherence_by_turn_from_hand_written_turns():
     assert [m["content"] for m in turn3[1:]] == ["a1", "THE ANSWER IS 1.", "a2", "THE ANSWER IS 2.", "a3"]
 
 
-def test_converse_puts_the_instruction_on_every_turn_and_stops_a_dialogue_on_request():
+def test_converse_puts_the_instruction_on_every_turn_and_keeps_the_first_sample_that_follows_it():
     ins = Instruction("Act as Newton.", "Figure: Newton.", ("persona:Newton",))
-    sampler = ScriptedSampler(lambda p: "Newton here. ok" if p[-1]["content"] != "Act as Newton. q2" else "ok")
-    shown = [[user_message(ins, u) for u in us] for us in (["q1", "q2", "q3"], ["r1", "r2"])]
-    replies = converse(sampler, [[], []], shown, 0.7, 8, lambda m: (m, 0),
-                       keep_going=lambda d, t, r: ToyConstraints().check(ins, r))
-    # dialogue 0 broke the instruction at turn 2 and ended there; dialogue 1 ran its two turns
-    assert replies == [["Newton here. ok", "ok"], ["Newton here. ok", "Newton here. ok"]]
-    assert [len(batch) for batch in sampler.prompts] == [2, 2]
-    assert sampler.prompts[1][1][-1]["content"] == "Act as Newton. r2"
+
+    def script(prompt, j):
+        # dialogue q: only the third sample follows the instruction at turn 2; dialogue r:
+        # no sample does at turn 2
+        user = prompt[-1]["content"]
+        ok = {"Act as Newton. q2": j == 2, "Act as Newton. r2": False}.get(user, True)
+        return f"Newton here. {user[-2:]} {j}" if ok else f"{user[-2:]} {j}"
+
+    sampler = ScriptedSampler(script)
+    shown = [[user_message(ins, u) for u in us] for us in (["q1", "q2", "q3"], ["r1", "r2", "r3"])]
+
+    def pick(d, t, texts):
+        return next((x for x in texts if ToyConstraints().check(ins, x)), None)
+
+    replies = converse(sampler, [[], []], shown, 0.7, 8, lambda m: (m, 0), n=3, pick=pick)
+    assert replies == [["Newton here. q1 0", "Newton here. q2 2", "Newton here. q3 0"], ["Newton here. r1 0"]]
+    assert [len(batch) for batch in sampler.prompts] == [2, 2, 1]  # r ended before its second reply
+    # every turn shows the instruction; turn 3 of q sees the reply kept at turn 2
+    assert [m["content"] for m in sampler.prompts[2][0]] == [
+        "Act as Newton. q1", "Newton here. q1 0", "Act as Newton. q2", "Newton here. q2 2", "Act as Newton. q3"]
 
 
 def test_fit_dialogue_drops_whole_middle_turns_and_keeps_the_system_prompt():
@@ -206,7 +218,7 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     ctx.state.artifacts["policy"] = str(tmp_path / "policy")
     ctx.current_stage = "rejection_sampling"
 
-    def reply(prompt):
+    def reply(prompt, j):
         # follows the instruction in its turn, except on the fifth turn of any dialogue
         user = prompt[-1]["content"]
         text = "The answer is ok and fine."
@@ -237,6 +249,7 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     assert all(p[-1]["content"].startswith("Answer in ") for batch in sampler.prompts for p in batch)
     stats = __import__("json").loads((tmp_path / "run" / "round_2" / "rejection_sampling" / "gatt" / "stats.json")
                                      .read_text())
-    # dialogues of five or six turns ended at the broken fifth reply
+    # dialogues of five or six turns ended where no sample of the fifth turn followed the instruction
     assert stats["n_examples"] == 12 and stats["ended_by_filter"] == len(sampler.prompts[4]) > 0
+    assert all(len(batch) for batch in sampler.prompts)
     assert stats["middle_turns_dropped"] > 0

@@ -242,9 +242,11 @@ class GattConfig:
     # share of training system prompts given in the short form ("Figure: Napoleon."); the
     # paper: half of them
     shorten: float = 0.5
-    # end a dialogue at its first reply that breaks the instruction (where the constraint
-    # source can check it: the toy world's can, free-text lists cannot)
+    # where the constraint source can check a reply (the toy world's can, free-text lists
+    # cannot): sample samples_per_turn replies per turn, keep the first that follows the
+    # instruction, and end the dialogue when none does
     filter: bool = True
+    samples_per_turn: int = 4
     temperature: float = 0.7
     max_new_tokens: int = 128
     # dialogues longer than this (tokens) lose whole middle turns, never the system prompt

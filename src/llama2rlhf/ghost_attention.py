@@ -6,7 +6,9 @@ Llama 2's recipe, step by step, as the ``gatt`` augmenter runs it:
    combined) from a :class:`ConstraintSource`;
 2. take a multi-turn dialogue's user turns and put the instruction in front of every one
    of them; the latest policy then answers turn after turn, each reply following the
-   instruction because it stands right there in the turn (:func:`converse`);
+   instruction because it stands right there in the turn (:func:`converse`); where a
+   checker can tell, a few samples per turn and the first that follows the instruction
+   kept (rejection sampling within the dialogue);
 3. for training, keep the instruction only once, as the system prompt of the first turn,
    and zero the loss on every earlier turn, assistant replies included: only the last
    reply teaches (:func:`training_example`; TRL's prompt-completion format gives exactly
@@ -142,16 +144,18 @@ def converse(
     temperature: float,
     max_new_tokens: int,
     fit: Callable[[Messages], tuple[Messages, int]],
-    keep_going: Callable[[int, int, str], bool] = lambda d, t, reply: True,
+    n: int = 1,
+    pick: Callable[[int, int, list[str]], str | None] = lambda d, t, texts: texts[0],
     desc: str = "dialogues",
 ) -> list[list[str]]:
     """Let the policy answer each dialogue's user turns one after another.
 
     ``openings[d]`` is dialogue ``d``'s system message (or nothing); ``user_turns[d]`` its
     user messages as the model sees them. All dialogues advance one turn per sampler call,
-    each prompt the dialogue so far (shortened by ``fit``). A dialogue ends after its last
-    turn or when ``keep_going(d, t, reply)`` says no (its reply at turn ``t``, from 1, is
-    kept). Returns the replies of each dialogue.
+    each prompt the dialogue so far (shortened by ``fit``), with ``n`` samples per prompt;
+    ``pick(d, t, texts)`` chooses the reply of dialogue ``d`` at turn ``t`` (from 1) among
+    them, or returns None to end the dialogue before that turn. A dialogue also ends after
+    its last turn. Returns the replies of each dialogue.
     """
     replies: list[list[str]] = [[] for _ in openings]
     active = list(range(len(openings)))
@@ -165,15 +169,18 @@ def converse(
             for u, r in zip(user_turns[d], replies[d], strict=False):
                 msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": r}]
             msgs.append({"role": "user", "content": user_turns[d][turn - 1]})
-            msgs, n = fit(msgs)
-            dropped += n
+            msgs, k = fit(msgs)
+            dropped += k
             prompts.append(msgs)
-        samples = sampler.sample(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens,
+        samples = sampler.sample(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                                  desc=f"{desc}, turn {turn}")
         still = []
-        for d, s in zip(active, samples, strict=True):
-            replies[d].append(s[0].text)
-            if keep_going(d, turn, s[0].text) and len(replies[d]) < len(user_turns[d]):
+        for d, ss in zip(active, samples, strict=True):
+            reply = pick(d, turn, [s.text for s in ss])
+            if reply is None:
+                continue
+            replies[d].append(reply)
+            if len(replies[d]) < len(user_turns[d]):
                 still.append(d)
         active = still
     if dropped:

@@ -74,8 +74,11 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
         turns.append(pool[start:start + n])
         start += n
 
-    def keep_going(d: int, t: int, reply: str) -> bool:
-        return not g.filter or source.check(instructions[d], reply) is not False
+    def pick(d: int, t: int, texts: list[str]) -> str | None:
+        # the first sample that does not break the instruction; none: the dialogue ends
+        if not g.filter:
+            return texts[0]
+        return next((x for x in texts if source.check(instructions[d], x) is not False), None)
 
     sampler = load_sampler(ctx.cfg, policy)
     tokenizer = load_tokenizer(policy, trust_remote_code=ctx.cfg.model.trust_remote_code)
@@ -85,12 +88,10 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     fit_row = token_fitter(tokenizer, min(g.max_length, ctx.cfg.rs.train.max_length))
     shown = [[user_message(i, u) for u in us] for i, us in zip(instructions, turns, strict=True)]
     replies = converse(sampler, [[] for _ in instructions], shown, g.temperature, g.max_new_tokens, fit,
-                       keep_going, desc=f"GAtt dialogues (round {ctx.round})")
-    examples, broken, dropped = [], 0, 0
+                       n=g.samples_per_turn if g.filter else 1, pick=pick, desc=f"GAtt dialogues (round {ctx.round})")
+    examples, dropped = [], 0
+    broken = sum(len(rs) < len(us) for us, rs in zip(turns, replies, strict=True))
     for ins, us, rs in zip(instructions, turns, replies, strict=True):
-        if g.filter and source.check(ins, rs[-1]) is False:
-            rs = rs[:-1]  # the reply that broke the instruction is not taught
-            broken += 1
         if rs:
             system = ins.short if rng.random() < g.shorten else ins.text
             ex = training_example(system, list(zip(us, rs, strict=False)))
@@ -110,7 +111,8 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
              "ended_by_filter": broken, "middle_turns_dropped": dropped, "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
              "baseline_model": ctx.state.artifacts["gatt_baseline"]}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    log.info("GAtt round %d: %d examples from %d dialogues (%d ended at a broken reply), %.1f turns on average",
+    log.info("GAtt round %d: %d examples from %d dialogues (%d ended where no sample followed the instruction), "
+             "%.1f turns on average",
              ctx.round, len(examples), len(instructions), broken, stats["mean_turns"])
     return rows + examples
 
