@@ -35,9 +35,9 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
         return
     stage = plugins.get("stages", name)
     hook = plugins.get_plugin_manager().hook
+    ctx.current_stage = as_name
     hook.on_stage_start(ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
-    ctx.current_stage = as_name
     started = time.perf_counter()
     try:
         metrics = stage.obj(ctx) or {}

@@ -31,6 +31,7 @@ TRACE_ENV = "LLAMA2RLHF_TRACE_HOOKS"
 BUILTIN_PLUGINS = {
     "annotators": "llama2rlhf.builtins.annotators",
     "augmenters": "llama2rlhf.builtins.augmenters",
+    "loggers": "llama2rlhf.builtins.loggers",
     "reward_combiners": "llama2rlhf.builtins.reward_combiners",
     "reward_losses": "llama2rlhf.builtins.reward_losses",
     "samplers": "llama2rlhf.builtins.samplers",

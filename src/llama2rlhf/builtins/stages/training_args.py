@@ -26,7 +26,8 @@ def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: 
         seed=cfg.seed,
         data_seed=cfg.seed,
         save_strategy="no",  # the stage saves the final model itself, in one place
-        report_to=[],  # logging goes through the logger plugins (logger=...)
+        # logger=wandb: transformers' own W&B integration reports into the stage's run
+        report_to=["wandb"] if cfg.logger.name == "wandb" else [],
         use_cpu=cfg.device == "cpu",
     )
     kwargs.update(extra)
