@@ -5,11 +5,52 @@ from __future__ import annotations
 
 import json
 import os
-
-import yaml
+import struct
+from pathlib import Path
 
 from llama2rlhf.builtins.loggers import flatten, resolved_mode
 from test_pipeline import run_cli
+
+
+def read_offline_run(path: Path) -> dict:
+    """Config, summary, history and artifact names of an offline run, from its .wandb file.
+
+    W&B 0.31 keeps an offline run in one record log (LevelDB's log format: 32 KiB blocks of
+    records with a 7-byte header, checksum, length and type FULL/FIRST/MIDDLE/LAST, after a
+    7-byte file header), each record a ``wandb_internal_pb2.Record``.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, buf, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (kind == 0 and length == 0):
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            records.append(buf)
+    out = {"config": {}, "summary": {}, "history": [], "artifacts": []}
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        which = rec.WhichOneof("record_type")
+        if which in ("run", "config"):
+            for item in (rec.run.config if which == "run" else rec.config).update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif which == "summary":
+            for item in rec.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif which == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+        elif which == "artifact":
+            out["artifacts"].append((rec.artifact.name, rec.artifact.type))
+    return out
+
 
 
 def test_flatten_keeps_numbers_under_the_stage_key():
@@ -36,24 +77,27 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
                    "pipeline.stages=[sft,reward]", "pipeline.ppo_rounds=[]", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {}
-    for d in sorted((tmp_path / "run" / "wandb").glob("offline-run-*")):
-        files = d / "files"
-        config = yaml.safe_load((files / "config.yaml").read_text())
-        runs[config["stage"]["value"]] = (files, config)
+    for f in sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")):
+        run = read_offline_run(f)
+        runs[run["config"]["stage"]] = run
     assert set(runs) == {"sft", "reward", "round_1/collect", "round_1/reward", "round_1/rejection_sampling",
                          "round_1/evaluate"}
-    files, config = runs["sft"]
-    assert config["pipeline"]["value"]["rounds"] == 1 and config["logger"]["value"]["name"] == "wandb"
-    summary = json.loads((files / "wandb-summary.json").read_text())
-    assert summary["sft/train_loss"] > 0 and 0 <= summary["sft/task_accuracy"] <= 1
+    sft = runs["sft"]
+    # the resolved Hydra config, one W&B group for the pipeline run, the stage as job type
+    assert sft["config"]["pipeline"]["rounds"] == 1 and sft["config"]["logger"]["name"] == "wandb"
+    assert sft["config"]["round"] == 0 and runs["round_1/evaluate"]["config"]["round"] == 1
+    assert sft["summary"]["sft/train_loss"] > 0 and 0 <= sft["summary"]["sft/task_accuracy"] <= 1
     # TRL's trainer reported into the same run through transformers' W&B integration
-    assert "train/loss" in summary or "train/train_loss" in summary
-    files, _ = runs["round_1/rejection_sampling"]
-    summary = json.loads((files / "wandb-summary.json").read_text())
-    assert summary["round_1/rejection_sampling/k"] == 3
-    table = summary["round_1/rejection_sampling/samples"]
-    assert table["_type"] == "table-file" and table["ncols"] == 4
-    saved = json.loads((files / table["path"]).read_text())
+    assert any("train/loss" in h for h in sft["history"])
+    # logger.log_models: the checkpoints the stage produced, as model artifacts
+    assert sorted(sft["artifacts"]) == [(f"{tmp_path.name}-run-sft-policy", "model"),
+                                        (f"{tmp_path.name}-run-sft-sft", "model")]
+    rs = runs["round_1/rejection_sampling"]
+    assert rs["summary"]["round_1/rejection_sampling/k"] == 3
+    key = "round_1/rejection_sampling/samples"
+    table = next(h for h in rs["history"] if f"{key}/_type" in h)
+    assert table[f"{key}/_type"] == "table-file" and table[f"{key}/ncols"] == 4 and table[f"{key}/nrows"] == 16
+    saved = json.loads(next((tmp_path / "run" / "wandb").glob(f"offline-run-*/files/{table[key + '/path']}"))
+                       .read_text())
     assert saved["columns"] == ["prompt", "candidates", "scores", "chosen"] and len(saved["data"]) == 16
-    files, _ = runs["round_1/evaluate"]
-    assert "round_1/evaluate/heldout_replies" in json.loads((files / "wandb-summary.json").read_text())
+    assert any(h.get("round_1/evaluate/heldout_replies/_type") == "table-file" for h in runs["round_1/evaluate"]["history"])
