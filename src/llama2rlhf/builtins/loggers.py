@@ -15,7 +15,6 @@ No account is needed: ``logger.mode=auto`` logs online only when the machine is 
 
 from __future__ import annotations
 
-import logging
 import netrc
 import os
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from typing import Any, Optional
 
 from .. import hookimpl
 from ..config import LoggerConfig
-
-log = logging.getLogger(__name__)
 
 _run: Any = None  # the W&B run of the stage that is running
 
