@@ -27,9 +27,11 @@ def round_prompts(ctx, purpose: str, n: int) -> list[RoundPrompt]:
         return [RoundPrompt(prompt_id(p.messages()), p.messages(), {"toy_prompt": p.to_dict()})
                 for p in ctx.world.prompts("train", n, purpose=purpose)]
     from .data.formats import load_prompts
+    from .data.sources import where
 
     if not ctx.cfg.data.prompt_path:
-        raise ValueError("RLHF rounds on real data need data.prompt_path (JSONL with a 'prompt' field)")
-    rows = load_prompts(ctx.cfg.data.prompt_path).to_list()[:n]
+        raise ValueError("RLHF rounds on real data need data.prompt_path (JSONL or a data set with a 'prompt' "
+                         "field, or Anthropic hh-rlhf transcripts)")
+    rows = load_prompts(ctx.cfg.data.prompt_path, **where(ctx.cfg.data)).to_list()[:n]
     return [RoundPrompt(prompt_id(r["prompt"]), r["prompt"], {k: v for k, v in r.items() if k != "prompt"})
             for r in rows]

@@ -18,13 +18,13 @@ the 1-based line and the field. Loading only reads: a failed load writes nothing
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from llama2rlhf.data.errors import DataError
 from llama2rlhf.data.hh import HUMAN_TAG, parse_hh, split_hh_messages
-from llama2rlhf.data.jsonl import PathLike, read_jsonl
+from llama2rlhf.data.jsonl import PathLike
+from llama2rlhf.data.sources import open_rows
 from llama2rlhf.data.strength import check_strength
 
 if TYPE_CHECKING:  # datasets costs a second to import; the CLI must start fast
@@ -167,9 +167,20 @@ class _Columns:
             raise DataError(self.file, None, None, f"cannot build a table from the rows: {err}") from err
 
 
-def _rows(path: PathLike) -> tuple[str, Iterator[_Row]]:
-    file = os.fspath(path)
-    return file, (_Row(file, line, data) for line, data in read_jsonl(file))
+def _rows(path: PathLike, where: dict[str, Any]) -> tuple[str, Iterator[_Row]]:
+    file, rows = open_rows(path, **where)
+    return file, (_Row(file, line, data) for line, data in rows)
+
+
+def _hh_transcript(row: _Row) -> list[Message] | None:
+    """The parsed ``chosen`` transcript of an Anthropic hh-rlhf row, else None."""
+    chosen = row.data.get("chosen")
+    if not (isinstance(chosen, str) and chosen.startswith(HUMAN_TAG)):
+        return None
+    try:
+        return parse_hh(chosen)
+    except ValueError as err:
+        raise row.error("chosen", f"bad hh-rlhf transcript: {err}") from None
 
 
 def _is_conversational(row: _Row, field: str, value: Any) -> bool:
@@ -187,20 +198,28 @@ def _kind_name(conversational: bool) -> str:
 # --- SFT ------------------------------------------------------------------------------
 
 
-def load_sft(path: PathLike) -> "Dataset":
-    """Load an SFT file in a TRL standard dataset format.
+def load_sft(path: PathLike, **where: Any) -> "Dataset":
+    """Load SFT rows in a TRL standard dataset format from a file or data set
+    (:func:`llama2rlhf.data.sources.open_rows`; ``where`` = its split, subset, data_dir).
 
     Each line is either conversational language modeling,
     ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``
     (must contain and end with an assistant message), or prompt-completion,
     ``{"prompt": ..., "completion": ...}`` with both plain strings or both message
     lists. Columns are ``messages`` or ``prompt``/``completion``; other fields are
-    dropped. All rows must use the same format.
+    dropped. All rows must use the same format. Anthropic hh-rlhf rows (no ``messages``,
+    ``chosen`` a raw transcript) give their chosen conversation as ``messages``.
     """
-    file, rows = _rows(path)
+    file, rows = _rows(path, where)
     same = _SameEveryRow()
     columns = _Columns(file)
     for row in rows:
+        if not {"messages", "prompt", "completion"} & set(row.data):
+            transcript = _hh_transcript(row)
+            if transcript is not None:
+                same.check(row, "chosen", "format", "Anthropic hh-rlhf raw text ('chosen')")
+                columns.add({"messages": transcript})
+                continue
         if "messages" in row.data:
             for key in ("prompt", "completion"):
                 if key in row.data:
@@ -315,8 +334,9 @@ def _safety(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
     return {"safety": row.data["safety"]}
 
 
-def load_preferences(path: PathLike) -> "Dataset":
-    """Load a preference file in a TRL standard dataset format (reward modeling / DPO).
+def load_preferences(path: PathLike, **where: Any) -> "Dataset":
+    """Load preference pairs in a TRL standard dataset format (reward modeling / DPO) from
+    a file or data set (``where``: see :func:`load_sft`).
 
     Each line is ``{"chosen", "rejected"}``, both plain strings or both message lists,
     with an optional explicit ``"prompt"`` of the same kind, plus optionally a Llama 2
@@ -327,7 +347,7 @@ def load_preferences(path: PathLike) -> "Dataset":
     ``prompt`` when there is one, ``chosen``, ``rejected``, then ``strength`` and/or
     ``margin`` and ``safety`` only when the file has them (then on every row); other fields are dropped.
     """
-    file, rows = _rows(path)
+    file, rows = _rows(path, where)
     same = _SameEveryRow()
     columns = _Columns(file)
     for row in rows:
@@ -355,18 +375,25 @@ def load_preferences(path: PathLike) -> "Dataset":
 # --- prompts --------------------------------------------------------------------------
 
 
-def load_prompts(path: PathLike) -> "Dataset":
-    """Load a prompt-only file (TRL standard dataset formats) for RLHF rollouts.
+def load_prompts(path: PathLike, **where: Any) -> "Dataset":
+    """Load prompt-only rows (TRL standard dataset formats) for RLHF rollouts from a file
+    or data set (``where``: see :func:`load_sft`).
 
     Each line is ``{"prompt": ...}``: a plain string, which becomes
     ``[{"role": "user", "content": ...}]``, or a message list ending with a user
     message. Any other fields are kept as metadata columns (null where a row lacks
-    them) and must hold the same JSON type on every row.
+    them) and must hold the same JSON type on every row. Anthropic hh-rlhf rows (no
+    ``prompt``, ``chosen`` a raw transcript) give the conversation before its last reply.
     """
-    file, rows = _rows(path)
+    file, rows = _rows(path, where)
     columns = _Columns(file, ("prompt",))
     metadata_types: dict[str, tuple[int, str]] = {}
     for row in rows:
+        if "prompt" not in row.data:
+            transcript = _hh_transcript(row)
+            if transcript is not None:
+                columns.add({"prompt": transcript[:-1]})
+                continue
         prompt = row.require("prompt")
         conversational, value = row.text_or_messages("prompt", prompt, last_role="user")
         values: dict[str, Any] = {"prompt": value if conversational else [{"role": "user", "content": value}]}

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from ... import RewardLoss, plugins
 from ...data.formats import load_preferences
+from ...data.sources import where
 from ...models import load_reward_model, load_tokenizer, peft_config
 from .training_args import build_args
 
@@ -117,10 +118,11 @@ def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
         return (ctx.world.seed_comparisons(cfg.data.n_pairs, "train"),
                 ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
     if not cfg.data.preference_path:
-        raise ValueError("data.source=files needs data.preference_path (JSONL preference pairs)")
-    rows = load_preferences(cfg.data.preference_path).to_list()
+        raise ValueError("data.source=files needs data.preference_path (JSONL or a data set of preference pairs)")
+    rows = load_preferences(cfg.data.preference_path, **where(cfg.data)).to_list()
     if cfg.data.preference_eval_path:
-        return rows, load_preferences(cfg.data.preference_eval_path).to_list(), cfg.data.preference_path
+        held_out = load_preferences(cfg.data.preference_eval_path, **where(cfg.data, evaluation=True))
+        return rows, held_out.to_list(), cfg.data.preference_path
     n_eval = max(1, int(len(rows) * cfg.data.eval_fraction))
     return rows[n_eval:], rows[:n_eval], cfg.data.preference_path
 

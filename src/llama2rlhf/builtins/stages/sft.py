@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...data.formats import load_sft
+from ...data.sources import where
 from ...models import load_causal_lm, load_tokenizer, peft_config
 from .training_args import build_args
 
@@ -63,8 +64,8 @@ def sft_rows(ctx) -> Any:
     if cfg.data.source == "toy":
         return ctx.world.sft_rows(cfg.data.n_sft)
     if not cfg.data.sft_path:
-        raise ValueError("data.source=files needs data.sft_path (JSONL in a TRL format)")
-    return load_sft(cfg.data.sft_path)
+        raise ValueError("data.source=files needs data.sft_path (JSONL or a data set in a TRL format)")
+    return load_sft(cfg.data.sft_path, **where(cfg.data))
 
 
 def sft_stage(ctx) -> dict[str, Any]:
