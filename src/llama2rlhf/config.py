@@ -163,6 +163,9 @@ class EvalConfig:
     gatt_turns: int = 20
     gatt_dialogues: int = 100
     gatt_max_length: int = 4096  # dialogues longer than this lose middle turns
+    # measure it in the last round only (with the baseline), or in every round from
+    # gatt.start_round on: each measurement is gatt_dialogues x gatt_turns greedy replies
+    gatt_every_round: bool = False
 
 
 @dataclass

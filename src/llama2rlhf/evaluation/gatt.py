@@ -47,9 +47,12 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
 
 
 def gatt_metrics(ctx) -> dict[str, Any]:
-    """This round's adherence by turn, once GAtt has started; also sets ``summary["gatt"]``
+    """This round's adherence by turn, once GAtt has started, in the last round (every
+    round with ``eval.gatt_every_round``); also sets ``summary["gatt"]``
     (baseline against the latest policy) and draws ``gatt_adherence.png``."""
     if ctx.world is None or ctx.cfg.eval.gatt_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
+        return {}
+    if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.eval.gatt_every_round:
         return {}
     from .plots import plot_adherence
 
