@@ -57,3 +57,50 @@ def test_candidate_round_trips_through_json():
     c = Candidate("p1", [{"role": "user", "content": "q"}], "x", 0.25, 3, {"family": "add"})
     assert Candidate.from_dict(c.to_dict()) == c
     assert Candidate.from_dict(c.to_dict()).meta == {"family": "add"}
+
+
+# --- how the rejection-sampling stage calls the selected selector -----------------------
+
+
+def _selector_plugin(fn):
+    from llama2rlhf import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_selectors(self, register):
+            register("custom", fn)
+
+    return Plugin()
+
+
+def test_stage_passes_the_selector_node_extra_keys_as_options(fresh):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.builtins.stages.rejection_sampling import select as stage_select
+
+    seen = {}
+
+    def above(candidates, history, *, threshold: float):
+        seen["threshold"] = threshold
+        return [c for c in candidates if c.score > threshold]
+
+    fresh.get_plugin_manager().register(_selector_plugin(above), name="custom_plugin")
+    cfg = OmegaConf.create({"selector": {"name": "custom", "threshold": 0.0}})
+    assert [c.completion for c in stage_select(cfg, THIS_ROUND, [])] == ["a", "b"]
+    assert seen == {"threshold": 0.0}
+    # the built-ins' nodes hold only the name: called with no options
+    builtin = OmegaConf.create({"selector": {"name": "best_of_k"}})
+    assert [c.completion for c in stage_select(builtin, THIS_ROUND, [])] == ["b", "d"]
+
+
+def test_a_failing_third_party_selector_is_named(fresh):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.builtins.stages.rejection_sampling import select as stage_select
+
+    def broken(candidates, history):
+        raise ValueError("no scores")
+
+    fresh.get_plugin_manager().register(_selector_plugin(broken), name="broken_plugin")
+    with pytest.raises(plugins.PluginError, match=r"selector 'custom' of plugin 'broken_plugin'.*ValueError: no scores"):
+        stage_select(OmegaConf.create({"selector": {"name": "custom"}}), THIS_ROUND, [])

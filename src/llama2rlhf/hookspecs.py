@@ -77,7 +77,10 @@ def register_selectors(register: Register) -> None:
     completion, ``score`` from the newest reward model, ``round`` and the prompt's ``meta``).
     Return the candidates that become fine-tuning data: at most one per prompt for the
     built-ins ``best_of_k`` and ``best_over_history``, but a selector may keep several, or
-    none for a prompt (a threshold, a diversity rule). Selected with ``selector=<name>``.
+    none for a prompt (a threshold, a diversity rule). A selector with options takes them
+    as keyword arguments, ``select(candidates, history, **options)``: they are the extra
+    keys of the selected ``selector`` config node (give them a node in
+    :func:`register_configs`, group ``selector``). Selected with ``selector=<name>``.
     """
 
 

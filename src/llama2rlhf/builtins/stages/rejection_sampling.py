@@ -81,6 +81,23 @@ def augment(ctx, rows: list[dict]) -> list[dict]:
     return unify_sft_formats(list(out))
 
 
+def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[Candidate]:
+    """The selected selector (``selector=<name>``) over this round's candidates and the history;
+    the extra keys of its config node are its options, passed as keyword arguments. A
+    third-party selector that fails is named in the error."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg.selector, resolve=True)
+    item = plugins.get("selectors", options.pop("name"))
+    try:
+        return list(item.obj(candidates, history, **options))
+    except Exception as exc:
+        if item.distribution == "llama2rlhf":
+            raise
+        raise plugins.PluginError(f"selector {item.name!r} of plugin {item.plugin!r} ({item.distribution}) failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
     import torch
 
@@ -112,7 +129,7 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
         rescored = reward.score([c.prompt for c in history], [c.completion for c in history],
                                 [is_safety_prompt(c.meta) for c in history], desc="re-scoring history")
         history = [c.rescored(s) for c, s in zip(history, rescored, strict=True)]
-    kept = plugins.get("selectors", cfg.selector.name).obj(candidates, history)
+    kept = select(cfg, candidates, history)
     write_jsonl(out_dir / "candidates.jsonl", [c.to_dict() for c in candidates])
     write_jsonl(out_dir / "kept.jsonl", [c.to_dict() for c in kept])
     sampler = reward = None  # free the models before fine-tuning
