@@ -1,15 +1,23 @@
-"""The example plugin: a reward loss with its own typed config, and a reward combiner.
+"""The example plugin's hooks: one thing of every kind the core has a hook for.
 
 This module is what the ``llama2rlhf`` entry point of this package names, so the core
 imports it (once, when it builds the plugin manager) and calls the functions marked with
-:data:`llama2rlhf.hookimpl`. It shows the two hooks a plugin with an option needs:
+:data:`llama2rlhf.hookimpl`. Each hook here is a few lines that register or call the
+things kept in the modules named after their kind:
 
-* :func:`register_reward_losses` makes the loss selectable as ``reward_loss=example_hinge``;
-* :func:`register_configs` gives it a structured config node, so that
-  ``reward_loss.width=0.5`` is type-checked by Hydra before any work starts, and the
-  reward stage passes ``width`` to the loss as a keyword argument;
-* :func:`register_reward_combiners` adds ``reward=example_cautious``, a different rule for
-  turning the helpfulness and safety reward models into one reward.
+============================  ======================  ====================================
+hook                          registers               module
+============================  ======================  ====================================
+register_reward_losses        ``example_hinge``       :mod:`.reward_losses`
+register_reward_combiners     ``example_cautious``    :mod:`.reward_combiners`
+register_samplers             ``example_distinct``    :mod:`.samplers`
+register_selectors            ``example_threshold``   :mod:`.selectors`
+register_augmenters           ``example_system_prompt``  :mod:`.augmenters`
+register_stages               ``example_length_report``  :mod:`.stages`
+register_annotators           ``example_shorter``     :mod:`.annotators`
+register_configs              a typed node for each of them, and ``logger=example_events``
+on_stage_start / on_stage_end / on_round_end   the ``example_events`` observer, :mod:`.loggers`
+============================  ======================  ====================================
 
 Rules worth copying:
 
@@ -18,94 +26,100 @@ Rules worth copying:
 * Every hook function name must match a hook in :mod:`llama2rlhf.hookspecs`; pluggy
   rejects unknown ones when the plugin is registered.
 * A name you register must be unique within its kind across all installed plugins; a
-  clash is an error that names both plugins.
+  clash is an error that names both plugins. Prefixing names with your package's name, as
+  ``example_`` here, avoids clashes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from llama2rlhf import RewardCombiner, RewardLoss, hookimpl
-from llama2rlhf.config import RewardLossConfig
 from llama2rlhf.data.strength import MARGINS_SMALL
 
-NAME = "example_hinge"
-COMBINER = "example_cautious"
+from . import annotators, augmenters, loggers, reward_combiners, reward_losses, samplers, selectors, stages
 
+# the names earlier versions of this module defined, for code that imports them from here
+from .reward_combiners import cautious_combine
+from .reward_losses import ExampleHingeConfig, hinge_loss
 
-def hinge_loss(r_chosen, r_rejected, margin=None, *, width: float = 1.0):
-    """Hinge pairwise loss: ``mean(relu(width + margin - (r_chosen - r_rejected)))``.
+NAME = reward_losses.NAME
+COMBINER = reward_combiners.NAME
 
-    The reward model pays nothing once the chosen reply out-scores the rejected one by at
-    least ``width + margin``, and a linear penalty below that. ``margin`` is the per-pair
-    margin from the strength label (``None``, read as 0, when the data has no strength).
-
-    The signature is the reward-loss contract (see
-    :func:`llama2rlhf.hookspecs.register_reward_losses`): ``r_chosen`` and ``r_rejected``
-    are float tensors of shape ``(batch,)``, ``margin`` a tensor of that shape or ``None``,
-    and every extra field of the selected ``reward_loss`` config node (here ``width``)
-    arrives as a keyword argument. Return a scalar tensor.
-    """
-    import torch  # lazily: importing the plugin must stay cheap
-
-    gap = width - (r_chosen - r_rejected)
-    if margin is not None:
-        gap = gap + margin
-    return torch.relu(gap).mean()
-
-
-@dataclass
-class ExampleHingeConfig(RewardLossConfig):
-    """The ``reward_loss`` node for ``example_hinge``.
-
-    Subclass :class:`llama2rlhf.config.RewardLossConfig` and set ``name`` to the registered
-    name; every other field is an option of your loss, typed by its annotation
-    (``reward_loss.width=abc`` is rejected because ``width`` is a float).
-    """
-
-    name: str = NAME
-    width: float = 1.0
+__all__ = ["COMBINER", "NAME", "ExampleHingeConfig", "cautious_combine", "hinge_loss"]
 
 
 @hookimpl
 def register_reward_losses(register):
-    """Register the hinge loss under ``example_hinge``.
-
-    Wrapping it in :class:`llama2rlhf.RewardLoss` with a ``margins`` table tells the reward
-    stage to turn each pair's annotated strength into its ``margin``; here the paper's
-    small margins (Table 27: 1, 2/3, 1/3, 0). Register a bare callable instead to get
-    ``margin=None`` unless the data carries a ``margin`` column itself.
-    """
-    register(NAME, RewardLoss(hinge_loss, margins=MARGINS_SMALL))
-
-
-@hookimpl
-def register_configs(config_store):
-    """Store the typed config node as option ``example_hinge`` of the ``reward_loss`` group.
-
-    Without this hook the name would still be selectable (the core stores a plain node with
-    just ``name``), but ``reward_loss.width=...`` would be an unknown key.
-    """
-    config_store.store(group="reward_loss", name=NAME, node=ExampleHingeConfig)
-
-
-def cautious_combine(scores, is_safety):
-    """A reply is worth its worse score: ``min(helpfulness, safety)``, on every prompt.
-
-    The reward-combiner contract (see :func:`llama2rlhf.hookspecs.register_reward_combiners`):
-    ``scores`` maps reward-model names to raw score tensors of one shape (``(batch,)`` when
-    replies are scored, ``(batch, tokens)`` inside PPO), ``is_safety`` is a bool tensor that
-    broadcasts against them. Stay elementwise; the pipeline whitens what you return.
-    Llama 2's own rule (``reward=llama2``) trusts helpfulness unless the prompt is a safety
-    prompt or the safety score is low; this one never lets helpfulness outvote safety.
-    """
-    import torch
-
-    return torch.minimum(scores["helpfulness"], scores["safety"])
+    """``reward_loss=example_hinge``. Wrapping the loss in :class:`llama2rlhf.RewardLoss` with
+    a ``margins`` table tells the reward stage to turn each pair's annotated strength into
+    its ``margin``; here the paper's small margins (Table 27: 1, 2/3, 1/3, 0). Register a
+    bare callable instead to get ``margin=None`` unless the data carries a ``margin`` column."""
+    register(reward_losses.NAME, RewardLoss(hinge_loss, margins=MARGINS_SMALL))
 
 
 @hookimpl
 def register_reward_combiners(register):
-    """Register ``example_cautious``; ``needs`` lists the reward models it reads, so a run
+    """``reward=example_cautious``; ``needs`` lists the reward models it reads, so a run
     without a safety reward model falls back to ``single`` instead of failing."""
-    register(COMBINER, RewardCombiner(cautious_combine, needs=("helpfulness", "safety")))
+    register(reward_combiners.NAME, RewardCombiner(cautious_combine, needs=("helpfulness", "safety")))
+
+
+@hookimpl
+def register_samplers(register):
+    """``sampler=example_distinct``: a factory ``(model, tokenizer, cfg) -> sampler``."""
+    register(samplers.NAME, samplers.make_distinct_sampler)
+
+
+@hookimpl
+def register_selectors(register):
+    """``selector=example_threshold``: ``select(candidates, history, **options)``."""
+    register(selectors.NAME, selectors.threshold_select)
+
+
+@hookimpl
+def register_augmenters(register):
+    """``augmenter=example_system_prompt``: ``augment(rows, ctx) -> rows``."""
+    register(augmenters.NAME, augmenters.system_prompt_augment)
+
+
+@hookimpl
+def register_stages(register):
+    """``example_length_report``, run where a pipeline list names it (``pipeline.round_stages``)."""
+    register(stages.NAME, stages.length_report_stage)
+
+
+@hookimpl
+def register_annotators(register):
+    """``annotator=example_shorter``: a factory ``(cfg, world) -> annotator``."""
+    register(annotators.NAME, annotators.make_shorter_annotator)
+
+
+@hookimpl
+def register_configs(config_store):
+    """A typed node per option, each in the config group that selects it.
+
+    Without a node the name would still be selectable (the core stores a plain node with
+    just ``name``), but ``reward_loss.width=...`` would be an unknown key. Each node
+    subclasses the group's schema from :mod:`llama2rlhf.config` and sets ``name``.
+    ``logger`` is not a registry kind: a node there is all a logger needs to be selectable.
+    """
+    config_store.store(group="reward_loss", name=reward_losses.NAME, node=ExampleHingeConfig)
+    config_store.store(group="sampler", name=samplers.NAME, node=samplers.ExampleDistinctConfig)
+    config_store.store(group="selector", name=selectors.NAME, node=selectors.ExampleThresholdConfig)
+    config_store.store(group="augmenter", name=augmenters.NAME, node=augmenters.ExampleSystemPromptConfig)
+    config_store.store(group="annotator", name=annotators.NAME, node=annotators.ExampleShorterConfig)
+    config_store.store(group="logger", name=loggers.NAME, node=loggers.ExampleEventsConfig)
+
+
+@hookimpl
+def on_stage_start(ctx, stage, round):
+    loggers.on_stage_start(ctx, stage, round)
+
+
+@hookimpl
+def on_stage_end(ctx, stage, round, metrics):
+    loggers.on_stage_end(ctx, stage, round, metrics)
+
+
+@hookimpl
+def on_round_end(ctx, round, summary):
+    loggers.on_round_end(ctx, round, summary)

@@ -1,4 +1,4 @@
-"""Tests of the example plugin on its own: the loss, its config, and its registration.
+"""The example plugin's reward loss and reward combiner, its configs, and its registration.
 
 A template for a plugin's own tests: check the math against values worked out by hand,
 then check the core's registry sees the plugin under its entry-point name.
@@ -21,16 +21,6 @@ R_REJECTED = [0.0, 0.5, 1.0]  # r_c - r_r = [2, -0.5, 0]
 
 def t(values):
     return torch.tensor(values, dtype=torch.float32)
-
-
-@pytest.fixture
-def fresh_plugins(monkeypatch):
-    """A plugin manager built from scratch with entry points autoloaded."""
-    monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV, raising=False)
-    monkeypatch.delenv(plugins.TRACE_ENV, raising=False)
-    plugins.reset()
-    yield plugins
-    plugins.reset()
 
 
 @pytest.mark.parametrize(
@@ -95,9 +85,16 @@ def test_config_node_is_a_typed_reward_loss_config():
             stored.append(kwargs)
 
     plugin.register_configs(Store())
-    assert len(stored) == 1
-    assert stored[0]["group"] == "reward_loss" and stored[0]["name"] == "example_hinge"
-    node = stored[0]["node"]
+    by_group = {s["group"]: s for s in stored}
+    # one node per option, in the group that selects it; each subclasses the group's schema
+    assert len(by_group) == len(stored) == 6
+    from llama2rlhf.config import GROUP_SCHEMAS, LoggerConfig
+
+    for group, entry in by_group.items():
+        schema = GROUP_SCHEMAS.get(group, LoggerConfig)
+        assert issubclass(entry["node"], schema) and entry["node"]().name == entry["name"], group
+    assert by_group["reward_loss"]["name"] == "example_hinge"
+    node = by_group["reward_loss"]["node"]
     assert issubclass(node, RewardLossConfig)
     assert node().name == "example_hinge" and node().width == 1.0
 
@@ -119,10 +116,15 @@ def test_registry_lists_it_under_the_plugin_and_distribution(fresh_plugins):
     described = {p["name"]: p for p in fresh_plugins.describe()}
     assert described["example"]["distribution"] == "llama2rlhf-example"
     assert described["example"]["module"] == "llama2rlhf_example.plugin"
-    assert described["example"]["registers"] == {"reward_combiners": ["example_cautious"],
-                                                  "reward_losses": ["example_hinge"]}
-    assert set(described["example"]["hooks"]) == {"register_configs", "register_reward_combiners",
-                                                  "register_reward_losses"}
+    # one thing of every kind, and every hook
+    assert described["example"]["registers"] == {
+        "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"],
+        "reward_combiners": ["example_cautious"], "reward_losses": ["example_hinge"],
+        "samplers": ["example_distinct"], "selectors": ["example_threshold"], "stages": ["example_length_report"]}
+    from llama2rlhf import hookspecs
+
+    all_hooks = {name for name in dir(hookspecs) if name.startswith(("register_", "on_"))}
+    assert set(described["example"]["hooks"]) == all_hooks
 
 
 def test_hydra_composes_the_plugin_node(fresh_plugins):
