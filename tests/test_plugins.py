@@ -62,7 +62,10 @@ def test_plugins_command_lists_builtins_and_the_example_plugin(tmp_path):
     example = listed["example"]
     assert example["distribution"] == "llama2rlhf-example"
     assert example["module"] == "llama2rlhf_example.plugin"
-    assert example["registers"] == {"reward_combiners": ["example_cautious"], "reward_losses": ["example_hinge"]}
+    assert example["registers"] == {
+        "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"],
+        "reward_combiners": ["example_cautious"], "reward_losses": ["example_hinge"],
+        "samplers": ["example_distinct"], "selectors": ["example_threshold"], "stages": ["example_length_report"]}
     assert set(listed["reward_combiners"]["registers"]["reward_combiners"]) == {"llama2", "single"}
     # each name is listed once, by the plugin that registered it
     all_losses = [n for p in listed.values() for n in p["registers"].get("reward_losses", [])]

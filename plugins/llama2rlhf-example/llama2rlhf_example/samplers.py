@@ -34,14 +34,17 @@ class ExampleDistinctConfig(SamplerConfig):
 
 
 def replace_duplicates(samples: Sequence[Any], pool: Sequence[Any]) -> list[Any]:
-    """``samples`` with each repeated text replaced by the next sample of ``pool`` whose text
-    is new; repeats stay where ``pool`` runs out, so the length never changes."""
+    """``samples`` with each repeat of an earlier text replaced by the next sample of ``pool``
+    whose text none of them has; repeats stay where ``pool`` runs out, so the length and
+    the first occurrence of every text never change."""
+    taken = {s.text for s in samples}
     seen: set[str] = set()
     fresh = iter(pool)
     out = []
     for s in samples:
         if s.text in seen:
-            s = next((p for p in fresh if p.text not in seen), s)
+            s = next((p for p in fresh if p.text not in taken), s)
+            taken.add(s.text)
         seen.add(s.text)
         out.append(s)
     return out

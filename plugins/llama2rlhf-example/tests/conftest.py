@@ -37,7 +37,8 @@ def make_ctx(tmp_path):
     from llama2rlhf.run import RunContext
 
     def make(round: int = 1, stage: str = "rejection_sampling", **cfg):
-        ctx = RunContext.open(OmegaConf.create({"seed": 0, "model": {"trust_remote_code": False}, **cfg}),
+        ctx = RunContext.open(OmegaConf.create({"seed": 0, "model": {"trust_remote_code": False},
+                                                 "logger": {"name": "none"}, **cfg}),
                               tmp_path / "run")
         ctx.round, ctx.current_stage = round, stage
         return ctx

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llama2rlhf import RewardLoss, plugins  # noqa: E402
+from llama2rlhf import RewardLoss  # noqa: E402
 from llama2rlhf.config import RewardLossConfig  # noqa: E402
 from llama2rlhf.data.strength import MARGINS_SMALL  # noqa: E402
 from llama2rlhf_example import plugin  # noqa: E402
