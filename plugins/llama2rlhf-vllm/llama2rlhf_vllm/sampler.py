@@ -1,0 +1,276 @@
+"""``sampler=vllm``: the sampler contract on vLLM's offline engine (``vllm.LLM``).
+
+Same interface and output as the built-in ``hf`` sampler
+(:mod:`llama2rlhf.builtins.samplers`): for each prompt, in order, ``n`` completions drawn
+at ``temperature`` (0: greedy, one completion), at most ``max_new_tokens`` new tokens,
+stopping at the tokenizer's EOS; each :class:`~llama2rlhf.sampling.Sample` has the text
+(decoded by the run's tokenizer with special tokens skipped, stripped, as ``hf`` does),
+the generated token count with the closing EOS included, and whether it stopped at EOS.
+
+How it maps onto vLLM:
+
+* prompts are rendered with the run's tokenizer and its chat template (Llama 2's when
+  the tokenizer has none, as the core does) and handed to vLLM as token ids, so vLLM sees
+  exactly the tokens the ``hf`` sampler would;
+* one request per prompt, ``SamplingParams(n=K, temperature=T, max_tokens=...,
+  seed=..., stop_token_ids=[eos])``: vLLM shares the prompt's prefill among its K samples;
+  the per-request seeds come from torch's generator, which every stage seeds, so a re-run
+  round draws the same samples;
+* the engine loads the policy from the folder the pipeline loaded it from (a new
+  checkpoint every round), lazily at the first ``sample``; at most one engine holds GPU
+  memory at a time, and it is shut down (its memory given back for training) when the
+  sampler is closed or garbage-collected, which the stages do before they train.
+
+``import vllm`` happens only when a sampler is made, so the plugin imports anywhere.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from llama2rlhf.config import SamplerConfig
+from llama2rlhf.sampling import Messages, Sample
+
+NAME = "vllm"
+INSTALL_HINT = "pip install 'llama2rlhf-vllm[vllm]'"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VLLMSamplerConfig(SamplerConfig):
+    """``sampler=vllm``. ``batch_tokens`` (inherited) is not used: vLLM schedules its own batches."""
+
+    name: str = NAME
+    # vLLM's dtype: auto (the checkpoint's; vLLM reads float32 as float16), float16,
+    # bfloat16, float32
+    dtype: str = "auto"
+    # share of each GPU's memory vLLM may take for weights and KV cache. Below vLLM's
+    # default of 0.9 because the reward models that score the samples share the GPU
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    # the longest prompt + completion in tokens; None: the model's own limit
+    max_model_len: Optional[int] = None
+    # skip CUDA graph capture: slower sampling, faster start (each round starts an engine)
+    enforce_eager: bool = False
+    # any other vllm.LLM / EngineArgs keyword, e.g. {swap_space: 0, max_num_seqs: 512}
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+def vllm_classes() -> tuple[Any, Any]:
+    """``(vllm.LLM, vllm.SamplingParams)``, imported on first use."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as exc:
+        raise ImportError(f"sampler=vllm needs vLLM, which is not importable here ({exc}); install it on a "
+                          f"machine with a CUDA GPU: {INSTALL_HINT}") from exc
+    return LLM, SamplingParams
+
+
+def engine_kwargs(model_path: str, options: Any, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The ``vllm.LLM(...)`` keywords for a policy folder and a ``sampler`` config node."""
+    if not 0.0 < float(options.gpu_memory_utilization) <= 1.0:
+        raise ValueError(f"sampler.gpu_memory_utilization must be within (0, 1], got {options.gpu_memory_utilization}")
+    if int(options.tensor_parallel_size) < 1:
+        raise ValueError(f"sampler.tensor_parallel_size must be >= 1, got {options.tensor_parallel_size}")
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": options.dtype,
+        "gpu_memory_utilization": float(options.gpu_memory_utilization),
+        "tensor_parallel_size": int(options.tensor_parallel_size),
+        "enforce_eager": bool(options.enforce_eager),
+        "trust_remote_code": bool(trust_remote_code),
+    }
+    if options.max_model_len is not None:
+        kwargs["max_model_len"] = int(options.max_model_len)
+    extra = dict(options.engine_args or {})
+    clash = sorted(set(extra) & (set(kwargs) | {"max_model_len"}))
+    if clash:
+        raise ValueError(f"sampler.engine_args sets {', '.join(clash)}, which the sampler sets itself: use "
+                         f"{', '.join('sampler.' + k for k in clash if k != 'model') or 'the policy path'} instead")
+    return {**kwargs, **extra}
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """The core's rule (``llama2rlhf.models.load_tokenizer``): no chat template, Llama 2's."""
+    if not getattr(tokenizer, "chat_template", None):
+        from llama2rlhf.templates import llama2_chat_template
+
+        log.info("the tokenizer has no chat template; using the Llama 2 chat template")
+        tokenizer.chat_template = llama2_chat_template()
+    return tokenizer
+
+
+def encode(tokenizer: Any, prompts: Sequence[Messages]) -> list[list[int]]:
+    """Prompt token ids, rendered as the ``hf`` sampler renders them."""
+    return [list(tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]) for p in prompts]
+
+
+def to_sample(completion: Any, eos: int, tokenizer: Any) -> Sample:
+    """One ``vllm`` CompletionOutput as a :class:`Sample` counted the way ``hf`` counts.
+
+    vLLM reports the EOS among ``token_ids`` or leaves it out depending on version and on
+    why it stopped; the count here includes it either way, and nothing after it.
+    """
+    seq = list(completion.token_ids)
+    if eos in seq:
+        seq = seq[: seq.index(eos) + 1]
+        finished, n_tokens = True, len(seq)
+    else:
+        finished = completion.finish_reason == "stop"
+        stopped_on = getattr(completion, "stop_reason", None)
+        included = isinstance(stopped_on, int) and bool(seq) and seq[-1] == stopped_on
+        n_tokens = len(seq) + (1 if finished and not included else 0)
+    return Sample(tokenizer.decode(seq, skip_special_tokens=True).strip(), n_tokens, finished)
+
+
+def to_samples(outputs: Sequence[Any], prompt_ids: Sequence[list[int]], n: int, eos: int,
+               tokenizer: Any) -> list[list[Sample]]:
+    """vLLM's RequestOutputs as ``n`` samples per prompt, checked against the prompts sent."""
+    if len(outputs) != len(prompt_ids):
+        raise RuntimeError(f"vLLM returned {len(outputs)} results for {len(prompt_ids)} prompts")
+    results = []
+    for i, (out, ids) in enumerate(zip(outputs, prompt_ids, strict=True)):
+        got = getattr(out, "prompt_token_ids", None)
+        if got is not None and list(got) != ids:
+            raise RuntimeError(f"vLLM result {i} answers another prompt than prompt {i} (its prompt tokens differ)")
+        completions = sorted(out.outputs, key=lambda c: getattr(c, "index", 0))
+        if len(completions) != n:
+            raise RuntimeError(f"vLLM returned {len(completions)} samples for prompt {i}, expected {n}")
+        results.append([to_sample(c, eos, tokenizer) for c in completions])
+    return results
+
+
+def request_seeds(count: int) -> list[int]:
+    """One seed per request, from torch's global generator: the stage's ``torch.manual_seed``
+    fixes them, as it fixes the ``hf`` sampler's draws, and every call gets new ones."""
+    import torch
+
+    base = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return [(base + i) % (2**31 - 1) for i in range(count)]
+
+
+def release(llm: Any, destroy_process_group: bool) -> None:
+    """Shut a ``vllm.LLM`` down and give its GPU memory back.
+
+    vLLM's engine core runs in its own process by default (V1): shutting it down frees its
+    memory. An in-process engine (older vLLM, or ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) also
+    leaves vLLM's model-parallel groups behind, which the next engine would find; and the
+    torch process group vLLM created, unless one (accelerate's) was there before it.
+    """
+    engine = getattr(llm, "llm_engine", None)
+    shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    del engine, shutdown, llm
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+    except ImportError:
+        pass
+    else:
+        destroy_model_parallel()
+        if destroy_process_group:
+            destroy_distributed_environment()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Engine:
+    """One ``vllm.LLM`` and what its release needs; at most one is open at a time."""
+
+    current: Optional["Engine"] = None
+
+    def __init__(self, llm: Any, owns_process_group: bool):
+        self.llm = llm
+        self.owns_process_group = owns_process_group
+
+    def close(self) -> None:
+        if Engine.current is self:
+            Engine.current = None
+        if self.llm is None:
+            return
+        llm, self.llm = self.llm, None
+        release(llm, self.owns_process_group)
+
+
+class VLLMSampler:
+    def __init__(self, model_path: str, tokenizer: Any, options: Any = None, trust_remote_code: bool = False,
+                 llm_class: Any = None, sampling_params_class: Any = None):
+        self.options = options if options is not None else VLLMSamplerConfig()
+        self.engine_kwargs = engine_kwargs(model_path, self.options, trust_remote_code)
+        self.tokenizer = ensure_chat_template(tokenizer)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(f"the tokenizer of {model_path} has no EOS token: samples would never stop")
+        self.llm_class, self.sampling_params_class = llm_class, sampling_params_class
+        self.show_progress = True
+        self._engine: Optional[Engine] = None
+
+    def llm(self) -> Any:
+        """The engine, started on first use (after closing any other sampler's)."""
+        if self._engine is not None and self._engine.llm is not None:
+            return self._engine.llm
+        import torch
+
+        if Engine.current is not None:
+            Engine.current.close()  # one engine on the GPU at a time
+        # the HF copy of the policy that load_sampler made goes before vLLM measures free memory
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        llm_class = self.llm_class or vllm_classes()[0]
+        had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        log.info("starting a vLLM engine for %s", self.engine_kwargs["model"])
+        engine = Engine(llm_class(**self.engine_kwargs), owns_process_group=not had_group)
+        self._engine = Engine.current = engine
+        weakref.finalize(self, engine.close)  # the stages drop their sampler before training
+        return engine.llm
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    def __enter__(self) -> "VLLMSampler":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def sample(self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int,
+               desc: str = "sampling") -> list[list[Sample]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if temperature == 0 and n > 1:
+            raise ValueError("greedy decoding (temperature 0) gives n identical samples; use n=1")
+        if not prompts:
+            return []
+        ids = encode(self.tokenizer, prompts)
+        sampling_params = self.sampling_params_class or vllm_classes()[1]
+        eos = self.tokenizer.eos_token_id
+        params = [sampling_params(n=n, temperature=float(temperature), max_tokens=int(max_new_tokens), seed=seed,
+                                  stop_token_ids=[eos]) for seed in request_seeds(len(ids))]
+        log.info("%s: %d prompts x %d samples on vLLM", desc, len(ids), n)
+        outputs = self.llm().generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=self.show_progress)
+        return to_samples(outputs, ids, n, eos, self.tokenizer)
+
+
+def make_vllm_sampler(model: Any, tokenizer: Any, cfg: Any = None) -> VLLMSampler:
+    """The ``register_samplers`` factory: ``factory(model, tokenizer, cfg)``.
+
+    vLLM loads the policy itself, from the folder the core loaded ``model`` from
+    (``model.name_or_path``); the transformers copy is not kept.
+    """
+    path = getattr(model, "name_or_path", None)
+    if not path:
+        raise ValueError("sampler=vllm loads the policy from its folder, and this model has no name_or_path")
+    llm_class, sampling_params_class = vllm_classes()
+    options = getattr(cfg, "sampler", None) if cfg is not None else None
+    trust = bool(getattr(getattr(cfg, "model", None), "trust_remote_code", False))
+    return VLLMSampler(path, tokenizer, options if options is not None and options.name == NAME else None,
+                       trust_remote_code=trust, llm_class=llm_class, sampling_params_class=sampling_params_class)
