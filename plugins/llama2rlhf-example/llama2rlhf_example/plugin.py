@@ -5,19 +5,16 @@ imports it (once, when it builds the plugin manager) and calls the functions mar
 :data:`llama2rlhf.hookimpl`. Each hook here is a few lines that register or call the
 things kept in the modules named after their kind:
 
-============================  ======================  ====================================
-hook                          registers               module
-============================  ======================  ====================================
-register_reward_losses        ``example_hinge``       :mod:`.reward_losses`
-register_reward_combiners     ``example_cautious``    :mod:`.reward_combiners`
-register_samplers             ``example_distinct``    :mod:`.samplers`
-register_selectors            ``example_threshold``   :mod:`.selectors`
-register_augmenters           ``example_system_prompt``  :mod:`.augmenters`
-register_stages               ``example_length_report``  :mod:`.stages`
-register_annotators           ``example_shorter``     :mod:`.annotators`
-register_configs              a typed node for each of them, and ``logger=example_events``
-on_stage_start / on_stage_end / on_round_end   the ``example_events`` observer, :mod:`.loggers`
-============================  ======================  ====================================
+* ``register_reward_losses``: ``example_hinge`` (:mod:`.reward_losses`)
+* ``register_reward_combiners``: ``example_cautious`` (:mod:`.reward_combiners`)
+* ``register_samplers``: ``example_distinct`` (:mod:`.samplers`)
+* ``register_selectors``: ``example_threshold`` (:mod:`.selectors`)
+* ``register_augmenters``: ``example_system_prompt`` (:mod:`.augmenters`)
+* ``register_stages``: ``example_length_report`` (:mod:`.stages`)
+* ``register_annotators``: ``example_shorter`` (:mod:`.annotators`)
+* ``register_configs``: a typed node for each of them, and ``logger=example_events``
+* ``on_stage_start``, ``on_stage_end``, ``on_round_end``: the ``example_events`` observer
+  (:mod:`.loggers`)
 
 Rules worth copying:
 
