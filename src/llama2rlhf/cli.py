@@ -103,6 +103,13 @@ def main() -> None:
         sys.exit(_plugins_command(argv[1:]))
     if argv[:1] == ["accelerate-config"]:
         sys.exit(_accelerate_config_command(argv[1:]))
+    picked = [a for a in argv if a.lstrip("+~").startswith("accelerate=")]
+    if picked:
+        # Hydra lists conf/accelerate as a config group, but its files configure the launcher
+        print(f"llama2rlhf: {picked[0]}: conf/accelerate holds configs for `accelerate launch --config_file`, not "
+              "pipeline options; run: accelerate launch --config_file \"$(llama2rlhf accelerate-config NAME)\" "
+              "-m llama2rlhf.cli ...", file=sys.stderr)
+        sys.exit(2)
     from .plugins import PluginError
 
     try:
