@@ -38,3 +38,7 @@ class AwaitingLabels(Exception):
             f'({{"id": ..., "preferred": "a" or "b", "strength": "significantly_better" | "better" | '
             f'"slightly_better" | "negligibly_better"}}) and run the same command again to continue.'
         )
+
+    def __reduce__(self):
+        # rebuilt from its fields: under accelerate launch every process stops with it
+        return type(self), (self.to_label, self.labelled, self.n_pairs)

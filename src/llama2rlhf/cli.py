@@ -2,7 +2,9 @@
 
 ``llama2rlhf [overrides...]`` runs the pipeline (Hydra composes ``conf/`` shipped inside
 the package, so it works from any directory). ``llama2rlhf plugins`` lists the installed
-plugins and what each registers. torch and trl are imported only once a stage runs.
+plugins and what each registers; ``llama2rlhf accelerate-config NAME`` prints the path of
+a shipped accelerate config, for ``accelerate launch --config_file``. torch and trl are
+imported only once a stage runs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("llama2rlhf")
 
@@ -28,8 +31,7 @@ def _hydra_main() -> None:
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
-        from pathlib import Path
-
+        from . import distributed
         from .annotation import AwaitingLabels
         from .pipeline import run
 
@@ -37,13 +39,21 @@ def _hydra_main() -> None:
         # Hydra logs INFO from every library; accelerate's per-step gather notices inside
         # TRL's PPO loop would drown the pipeline's own
         logging.getLogger("accelerate").setLevel(logging.WARNING)
+        main_process = distributed.is_main_process()
+        if not main_process:
+            # under accelerate launch the main process reports; the others only warn (as
+            # transformers' own log_level_replica does)
+            log.setLevel(logging.WARNING)
         OmegaConf.resolve(cfg)
         try:
             ctx = run(cfg, run_dir)
         except AwaitingLabels as waiting:
             # not a failure: the round goes on once people have labelled the pairs
-            print(f"llama2rlhf: waiting for labels. {waiting}\nRun directory: {run_dir}", file=sys.stderr)
+            if main_process:
+                print(f"llama2rlhf: waiting for labels. {waiting}\nRun directory: {run_dir}", file=sys.stderr)
             sys.exit(AWAITING_LABELS_EXIT)
+        if not main_process:
+            return
         table = progress_table(ctx.summary)
         if table:
             print(table)
@@ -64,10 +74,42 @@ def _plugins_command(argv: list[str]) -> int:
     return 0
 
 
+def accelerate_configs() -> dict[str, Path]:
+    """The accelerate configs shipped in ``conf/accelerate``, by name."""
+    folder = Path(__file__).resolve().parent / "conf" / "accelerate"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def _accelerate_config_command(argv: list[str]) -> int:
+    configs = accelerate_configs()
+    usage = ("usage: llama2rlhf accelerate-config NAME\n\nPrint the path of a shipped accelerate config, for "
+             "`accelerate launch --config_file`.\nNAME: " + ", ".join(configs))
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if len(argv) != 1:
+        print(usage, file=sys.stderr)
+        return 2
+    if argv[0] not in configs:
+        print(f"llama2rlhf: no accelerate config {argv[0]!r}; choose one of {', '.join(configs)}", file=sys.stderr)
+        return 2
+    print(configs[argv[0]])
+    return 0
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["plugins"]:
         sys.exit(_plugins_command(argv[1:]))
+    if argv[:1] == ["accelerate-config"]:
+        sys.exit(_accelerate_config_command(argv[1:]))
+    picked = [a for a in argv if a.lstrip("+~").startswith("accelerate=")]
+    if picked:
+        # Hydra lists conf/accelerate as a config group, but its files configure the launcher
+        print(f"llama2rlhf: {picked[0]}: conf/accelerate holds configs for `accelerate launch --config_file`, not "
+              "pipeline options; run: accelerate launch --config_file \"$(llama2rlhf accelerate-config NAME)\" "
+              "-m llama2rlhf.cli ...", file=sys.stderr)
+        sys.exit(2)
     from .plugins import PluginError
 
     try:

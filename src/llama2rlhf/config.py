@@ -305,6 +305,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # under accelerate launch: how long the other processes wait for the main one, which
+    # samples, scores and evaluates alone (llama2rlhf.distributed); the process group's timeout
+    distributed_timeout_s: int = 14400
 
 
 # Config groups whose options come from plugin registries: group -> registry kind

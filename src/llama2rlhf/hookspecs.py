@@ -121,6 +121,14 @@ def register_stages(register: Register) -> None:
     order, ``pipeline.round_stages`` those run in every round, and ``pipeline.ppo_stages``
     those run after rejection sampling in ``pipeline.ppo_rounds`` (built-ins: ``ppo``,
     ``rloo``, ``grpo``).
+
+    Under ``accelerate launch`` every process calls the stage with the same ``ctx``: train
+    with a transformers or TRL trainer on all of them (save with
+    ``llama2rlhf.models.save_trained_model``), and put sampling, scoring and file writes in
+    ``llama2rlhf.distributed.main_process_only(fn, ...)``, which runs ``fn`` on the main
+    process and returns its result on every process. Afterwards every process takes the
+    main process's metrics, ``ctx.state`` and ``ctx.summary``. The built-in stages call
+    samplers, selectors, augmenters and annotators on the main process only.
     """
 
 
@@ -186,7 +194,8 @@ def register_configs(config_store: "ConfigStore") -> None:
 
 @hookspec
 def on_stage_start(ctx: "RunContext", stage: str, round: int) -> None:
-    """Called before a stage runs (observers: loggers, progress reports)."""
+    """Called before a stage runs (observers: loggers, progress reports); under
+    ``accelerate launch`` on the main process only, as are the two hooks below."""
 
 
 @hookspec

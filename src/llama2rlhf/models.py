@@ -8,8 +8,9 @@ Llama 2 chat template applied when the tokenizer has none.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .templates import llama2_chat_template
 
@@ -98,6 +99,62 @@ def load_reward_model(path: str, cfg: Any, tokenizer=None):
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], keep_training: bool = False) -> None:
+    """Save what ``trainer`` trained, with its tokenizer, as a plain checkpoint in ``out_dir``
+    that later stages load with ``from_pretrained``; LoRA adapters are merged in.
+
+    Call it on every process: ``Trainer.save_model`` gathers the weights that FSDP or
+    DeepSpeed ZeRO-3 sharded (collectives) and writes on the main process alone. With LoRA
+    in one process the adapter is merged in memory (into a copy when ``keep_training``); over
+    several processes, where it may be sharded, its saved weights are merged on the main
+    process into ``load_base()``, the model training started from.
+    """
+    from . import distributed
+
+    with _saveable(trainer):
+        model = getattr(trainer.model, "policy", trainer.model)  # TRL's PPO trains policy and value together
+        if not hasattr(model, "merge_and_unload"):
+            trainer.save_model(str(out_dir))
+        elif not distributed.is_distributed():
+            import copy
+
+            (copy.deepcopy(model) if keep_training else model).merge_and_unload().save_pretrained(out_dir)
+            trainer.processing_class.save_pretrained(out_dir)
+        else:
+            adapter_dir = out_dir.with_name(out_dir.name + "-adapter")
+            trainer.save_model(str(adapter_dir))
+            distributed.main_process_only(_merge_adapter, load_base, adapter_dir, out_dir, trainer.processing_class)
+    distributed.wait_for_everyone()  # the others load it next
+
+
+def _merge_adapter(load_base: Callable[[], Any], adapter_dir: Path, out_dir: Path, tokenizer) -> None:
+    from peft import PeftModel
+
+    PeftModel.from_pretrained(load_base(), str(adapter_dir)).merge_and_unload().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+@contextmanager
+def _saveable(trainer):
+    """TRL 1.12's PPOTrainer as ``Trainer.save_model`` expects it on every process. It keeps
+    its prepared model, a DistributedDataParallel wrapper over several processes, as
+    ``trainer.model``, where ``save_model`` looks for the policy (the transformers Trainer
+    keeps the bare model there; DeepSpeed and FSDP models stay as they are: saving must
+    gather them); and it skips ``Trainer.__init__``, which sets an attribute that
+    transformers 5's ``_save`` reads on the processes that do not write."""
+    if not hasattr(trainer, "is_distributed_loading_by_transformers"):
+        trainer.is_distributed_loading_by_transformers = False
+    wrapped = trainer.model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(wrapped, DistributedDataParallel):
+        trainer.model = wrapped.module
+    try:
+        yield
+    finally:
+        trainer.model = wrapped
 
 
 def peft_config(cfg: Any, task_type: str):

@@ -2,6 +2,10 @@
 
 Each stage runs once per run directory: a finished stage is recorded in ``state.json``
 with the artifacts it produced, and skipped when the same run directory is used again.
+
+Under ``accelerate launch`` every process runs this same loop: stages train on every
+process, the observer hooks run on the main process only, and after each stage every
+process takes the main process's metrics and state (``llama2rlhf.distributed``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import plugins
+from . import distributed, plugins
 from .run import RunContext
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     stage = plugins.get("stages", name)
     hook = plugins.get_plugin_manager().hook
     ctx.current_stage = as_name
-    hook.on_stage_start(ctx=ctx, stage=name, round=ctx.round)
+    distributed.main_process_only(hook.on_stage_start, ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
     started = time.perf_counter()
     try:
@@ -47,6 +51,10 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
                                       f"{type(exc).__name__}: {exc}") from exc
         raise
     seconds = time.perf_counter() - started
+    # what the main process did alone (sampling, scoring, evaluation) is in its metrics and
+    # state only: every process carries on from those
+    metrics = distributed.from_main(metrics)
+    ctx.sync_from_main()
     target = ctx.summary if ctx.round == 0 else ctx.round_summary()
     # a stage may name its summary key (``summary_key``), or None to merge into the round
     summary_key = getattr(stage.obj, "summary_key", name)
@@ -60,7 +68,7 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     ctx.log_metrics(key, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     ctx.save_summary()
     ctx.state.mark_done(key)
-    hook.on_stage_end(ctx=ctx, stage=name, round=ctx.round, metrics=metrics)
+    distributed.main_process_only(hook.on_stage_end, ctx=ctx, stage=name, round=ctx.round, metrics=metrics)
 
 
 def ppo_rounds(cfg: Any) -> list[int]:
@@ -87,9 +95,14 @@ def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
 def run(cfg: Any, run_dir: Path) -> RunContext:
     from .models import build_base
 
+    distributed.setup(cfg)
+    # one run directory, the main process's: Hydra's ${now:...} can differ between processes
+    run_dir = Path(distributed.from_main(str(run_dir)))
     ctx = RunContext.open(cfg, run_dir, make_world(cfg))
+    distributed.wait_for_everyone()  # all have read state.json before the main process rewrites it
+    ctx.summary["num_processes"] = distributed.num_processes()
     if not ctx.state.is_done("base"):
-        ctx.state.mark_done("base", build_base(cfg, ctx.world, run_dir / "base"))
+        ctx.state.mark_done("base", distributed.main_process_only(build_base, cfg, ctx.world, run_dir / "base"))
     for name in cfg.pipeline.stages:
         run_stage(ctx, name)
     # RLHF-V1 .. V<rounds> (paper 3.2.3): fresh comparisons from the newest policy, a new
@@ -100,7 +113,7 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
         for name, as_name in round_plan(cfg, k):
             run_stage(ctx, name, as_name)
         if not ctx.state.is_done(f"round_{k}"):
-            hook.on_round_end(ctx=ctx, round=k, summary=ctx.round_summary())
+            distributed.main_process_only(hook.on_round_end, ctx=ctx, round=k, summary=ctx.round_summary())
             ctx.state.mark_done(f"round_{k}")
     ctx.round = 0
     ctx.save_summary()

@@ -7,6 +7,9 @@ Layout under Hydra's run dir (DESIGN.md, "Run directory")::
     metrics.jsonl     one line per logged metric record
     base/             the starting model and tokenizer
     sft/ reward/      one folder per stage (round k: round_k/<stage>/)
+
+Under ``accelerate launch`` every process holds a RunContext, and the main process alone
+writes these files (``llama2rlhf.distributed``); the others keep the same state in memory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import distributed
 
 STATE_VERSION = 1
 
@@ -61,6 +66,8 @@ class RunState:
         return cls(path, list(data["done"]), dict(data["artifacts"]), list(data.get("events", [])))
 
     def save(self) -> None:
+        if not distributed.is_main_process():
+            return
         write_json_atomic(
             self.path,
             {"version": STATE_VERSION, "done": self.done, "artifacts": self.artifacts, "events": self.events},
@@ -121,6 +128,15 @@ class RunContext:
     def round_dir(self, round: int) -> Path:
         return self.run_dir / f"round_{round}"
 
+    def sync_from_main(self) -> None:
+        """Take the main process's state and summary (a stage records some of it in work that
+        only the main process does); nothing to do in a single process."""
+        if not distributed.is_distributed():
+            return
+        done, artifacts, events, summary = distributed.from_main(
+            (self.state.done, self.state.artifacts, self.state.events, self.summary))
+        self.state.done, self.state.artifacts, self.state.events, self.summary = done, artifacts, events, summary
+
     def artifact(self, name: str) -> str:
         if name not in self.state.artifacts:
             raise KeyError(
@@ -130,9 +146,12 @@ class RunContext:
         return self.state.artifacts[name]
 
     def save_summary(self) -> None:
-        write_json_atomic(self.run_dir / "summary.json", self.summary)
+        if distributed.is_main_process():
+            write_json_atomic(self.run_dir / "summary.json", self.summary)
 
     def log_metrics(self, prefix: str, metrics: dict[str, Any]) -> None:
+        if not distributed.is_main_process():
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"prefix": prefix, "round": self.round, "time": time.time(), **metrics}, default=str))
             f.write("\n")

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from ... import plugins
+from ... import distributed, plugins
 from ...annotation import PairToLabel
 from ...combined_reward import is_safety_prompt
 from ...data.jsonl import read_jsonl, write_jsonl
@@ -35,6 +35,11 @@ def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
 
 
 def collect_stage(ctx) -> dict[str, Any]:
+    # sampling and labelling on the main process alone; the others wait (llama2rlhf.distributed)
+    return distributed.main_process_only(_collect, ctx)
+
+
+def _collect(ctx) -> dict[str, Any]:
     cfg, k = ctx.cfg, ctx.round
     out_dir = ctx.stage_dir("collect")
     temperatures = list(cfg.collect.temperatures)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ... import distributed
 from ...combined_reward import CombinedReward
 from ...evaluation.gatt import gatt_metrics
 from ...evaluation.heldout import heldout_prompts, heldout_replies
@@ -18,6 +19,11 @@ from ...evaluation.policy import gold_metrics, win_rate
 
 
 def evaluate_stage(ctx) -> dict[str, Any]:
+    # on the main process alone; the others wait (llama2rlhf.distributed)
+    return distributed.main_process_only(_evaluate, ctx)
+
+
+def _evaluate(ctx) -> dict[str, Any]:
     if ctx.world is None:
         return {}  # no gold oracle on real data; the reward stage reports RM accuracy
     prompts = heldout_prompts(ctx)

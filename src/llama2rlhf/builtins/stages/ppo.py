@@ -22,8 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ... import distributed
 from ...combined_reward import CombinedReward, is_safety_prompt
-from ...models import load_causal_lm, load_reward_model, load_tokenizer, peft_config
+from ...models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
 from ...round_prompts import round_prompts
 from .training_args import build_args
 
@@ -78,16 +79,18 @@ def _guard_callback(kind: str, max_kl: float, checkpoint_steps: int, save_good):
     return Guard()
 
 
-def _save_atomic(model, tokenizer, target: Path) -> None:
-    """Save to a sibling folder, then swap it in: a kill mid-save leaves the old checkpoint."""
+def _save_atomic(trainer, start: str, cfg: Any, target: Path) -> None:
+    """Save to a sibling folder, then swap it in: a kill mid-save leaves the old checkpoint.
+    Every process calls it (saving may gather sharded weights); the main one writes."""
     tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):  # LoRA: save merged weights; training goes on with the adapter
-        import copy
+    if distributed.is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    # LoRA: merged weights are saved; training goes on with the adapter
+    save_trained_model(trainer, tmp, lambda: load_causal_lm(start, cfg), keep_training=True)
+    distributed.main_process_only(_swap_in, tmp, target)
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+
+def _swap_in(tmp: Path, target: Path) -> None:
     old = target.with_name(target.name + ".old")
     if target.exists():
         target.rename(old)
@@ -208,19 +211,18 @@ def _online_rl_stage(kind: str):
         tokenizer = load_tokenizer(start, trust_remote_code=cfg.model.trust_remote_code)
         reward = CombinedReward.for_run(ctx)
         eval_prompts = _eval_prompts(ctx)
-        before = evaluate_policy(ctx, reward, start, eval_prompts)
+        # evaluation and the KL on the main process alone (llama2rlhf.distributed)
+        before = distributed.main_process_only(evaluate_policy, ctx, reward, start, eval_prompts)
         torch.manual_seed(cfg.seed * 1000 + 700 + ctx.round)
         prompts = round_prompts(ctx, "ppo", pcfg.n_prompts)
         good_dir = out_dir / "last_good"
-        shutil.rmtree(good_dir, ignore_errors=True)  # a killed attempt's checkpoint is not this one's
+        if distributed.is_main_process():
+            shutil.rmtree(good_dir, ignore_errors=True)  # a killed attempt's checkpoint is not this one's
+        distributed.wait_for_everyone()  # before any process asks whether it exists
         holder: dict[str, Any] = {}
 
         def save_policy(target: Path) -> None:
-            trainer = holder["trainer"]
-            model = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
-            if trainer.accelerator.is_main_process:
-                _save_atomic(trainer.accelerator.unwrap_model(model), tokenizer, target)
-            trainer.accelerator.wait_for_everyone()
+            _save_atomic(holder["trainer"], start, cfg, target)
 
         def save_good(step: int) -> None:
             save_policy(good_dir)
@@ -239,11 +241,13 @@ def _online_rl_stage(kind: str):
             ctx.state.record(ctx.stage_key(ctx.current_stage), "stopped", **stopped)
             policy_path = kept
         trainer = holder["trainer"] = None
-        after = evaluate_policy(ctx, reward, policy_path, eval_prompts)
+        after, kl = distributed.main_process_only(
+            lambda: (evaluate_policy(ctx, reward, policy_path, eval_prompts),
+                     sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens)))
         ctx.state.artifacts["policy"] = policy_path
         metrics: dict[str, Any] = {
             "trainer": kind,
-            "kl": sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens),
+            "kl": kl,
             "reward_before": before["reward"], "reward_after": after["reward"],
             "steps": guard.history[-1]["step"] if guard.history else 0,
             "train_kl_last": guard.history[-1].get(_WATCH[kind][0]) if guard.history else None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import plugins
+from ... import distributed, plugins
 from ...candidates import Candidate
 from ...combined_reward import CombinedReward, is_safety_prompt
 from ...data.formats import unify_sft_formats
@@ -99,6 +99,19 @@ def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[C
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
+    cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
+    # sampling, scoring, selection and augmentation on the main process alone; every
+    # process then fine-tunes on the rows it kept (llama2rlhf.distributed)
+    rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
+    init = ctx.artifact("policy") if rs.init_from == "previous" else ctx.artifact(rs.init_from)
+    out = train_sft(cfg, rs.train, init, ctx.artifact("tokenizer"), rows, ctx.stage_dir())
+    ctx.state.artifacts["policy"] = out["model_path"]
+    ctx.state.artifacts[f"round_{k}/kept"] = str(ctx.stage_dir() / "kept.jsonl")
+    return {**metrics, "train_loss": out["train_loss"]}
+
+
+def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
+    """The fine-tuning rows (kept samples, then the augmenter's) and the stage's metrics but training's."""
     import torch
 
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
@@ -136,14 +149,10 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
 
     if not kept:
         raise RuntimeError(f"selector {cfg.selector.name!r} kept no samples in round {k}; nothing to fine-tune on")
-    init = policy if rs.init_from == "previous" else ctx.artifact(rs.init_from)
     rows = [{"messages": c.prompt + [{"role": "assistant", "content": c.completion}]} for c in kept]
     n_kept_rows = len(rows)
     rows = augment(ctx, rows)
-    out = train_sft(cfg, rs.train, init, ctx.artifact("tokenizer"), rows, out_dir)
-    ctx.state.artifacts["policy"] = out["model_path"]
-    ctx.state.artifacts[f"round_{k}/kept"] = str(out_dir / "kept.jsonl")
-    return {
+    return rows, {
         "temperature": temperature,
         "best_of_n": curves,
         "k": rs.k,
@@ -153,7 +162,6 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
         "kept_mean_score": sum(c.score for c in kept) / len(kept),
         **_gold(ctx, candidates, kept),
         "n_augmented": len(rows) - n_kept_rows,
-        "train_loss": out["train_loss"],
     }
 
 

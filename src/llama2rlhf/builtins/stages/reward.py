@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ... import RewardLoss, plugins
+from ... import RewardLoss, distributed, plugins
 from ...data.formats import load_preferences
 from ...data.sources import where
-from ...models import load_reward_model, load_tokenizer, peft_config
+from ...models import load_reward_model, load_tokenizer, peft_config, save_trained_model
 from .training_args import build_args
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,9 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     )
     result = trainer.train()
     model_dir = out_dir / "model"
-    final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-    final.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    save_trained_model(trainer, model_dir, lambda: load_reward_model(init_path, cfg, tokenizer))
     return {"reward_loss": name, "train_loss": result.training_loss, "train_steps": result.global_step,
-            "n_pairs": len(dataset), "model_path": str(model_dir)}
+            "n_pairs": len(dataset), "num_processes": trainer.accelerator.num_processes, "model_path": str(model_dir)}
 
 
 def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
@@ -157,17 +155,13 @@ def reward_stage(ctx) -> dict[str, Any]:
     """The helpfulness reward model on every comparison, and, when the comparisons carry
     safety labels, a safety reward model (paper 3.2.2); then the whitening statistics of
     the combined reward (``llama2rlhf.combined_reward``)."""
-    import json
-
-    from ...combined_reward import MODEL_ARTIFACTS, WHITENING_ARTIFACT, CombinedReward
-    from ...evaluation.rm_accuracy import bucket_accuracy, pair_conversations
+    from ...combined_reward import MODEL_ARTIFACTS
 
     cfg = ctx.cfg
     train_rows, eval_rows, source = preference_rows(ctx)
     rows = train_rows + collected_comparisons(ctx)
     n_collected = len(rows) - len(train_rows)
     out_dir = ctx.stage_dir("reward")
-    stage_cfg = cfg.reward_model
     init, epochs = _init_and_epochs(ctx, MODEL_ARTIFACTS["helpfulness"])
     out = train_reward(cfg, init, ctx.artifact("tokenizer"), rows, out_dir, source, epochs=epochs)
     ctx.state.artifacts[MODEL_ARTIFACTS["helpfulness"]] = out["model_path"]
@@ -179,7 +173,19 @@ def reward_stage(ctx) -> dict[str, Any]:
                                   out_dir / "safety", source, epochs=epochs)
         ctx.state.artifacts[MODEL_ARTIFACTS["safety"]] = paths["safety"] = safety_out["model_path"]
 
-    # the held-out comparisons, scored once by every model: bucket accuracies and whitening
+    # the held-out comparisons, scored once by every model: bucket accuracies and whitening,
+    # on the main process alone (its state and summary reach the others after the stage)
+    return distributed.main_process_only(_score_held_out, ctx, paths, eval_rows, out, safety_out, n_collected)
+
+
+def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict, safety_out: dict | None,
+                    n_collected: int) -> dict[str, Any]:
+    import json
+
+    from ...combined_reward import WHITENING_ARTIFACT, CombinedReward
+    from ...evaluation.rm_accuracy import bucket_accuracy, pair_conversations
+
+    cfg, stage_cfg, out_dir = ctx.cfg, ctx.cfg.reward_model, ctx.stage_dir("reward")
     reward = CombinedReward(cfg, paths, batch_size=stage_cfg.eval_batch_size)
     scores = reward.model_scores(pair_conversations(eval_rows), desc="held-out comparisons")
     n = len(eval_rows)

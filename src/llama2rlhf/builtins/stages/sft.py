@@ -12,16 +12,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ... import distributed
 from ...data.formats import load_sft
 from ...data.sources import where
-from ...models import load_causal_lm, load_tokenizer, peft_config
+from ...models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
 from .training_args import build_args
 
 log = logging.getLogger(__name__)
 
 
 def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path) -> dict[str, Any]:
-    """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``."""
+    """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``.
+
+    Under ``accelerate launch`` every process calls it with the same ``rows``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -47,16 +50,10 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
     )
     result = trainer.train()
     model_dir = out_dir / "model"
-    trainer.model = _merged(trainer.model)
-    trainer.model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return {"train_loss": result.training_loss, "train_steps": result.global_step, "n_examples": len(dataset),
-            "model_path": str(model_dir)}
-
-
-def _merged(model):
     # LoRA adapters are merged so every later stage loads a plain checkpoint
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    save_trained_model(trainer, model_dir, lambda: load_causal_lm(init_path, cfg))
+    return {"train_loss": result.training_loss, "train_steps": result.global_step, "n_examples": len(dataset),
+            "num_processes": trainer.accelerator.num_processes, "model_path": str(model_dir)}
 
 
 def sft_rows(ctx) -> Any:
@@ -76,5 +73,7 @@ def sft_stage(ctx) -> dict[str, Any]:
     if ctx.world is not None:
         from ...evaluation.heldout import evaluate_checkpoint
 
-        metrics.update(evaluate_checkpoint(ctx, out["model_path"], ctx.stage_dir("sft") / "heldout_replies.jsonl"))
+        # greedy replies on the main process alone (llama2rlhf.distributed)
+        metrics.update(distributed.main_process_only(evaluate_checkpoint, ctx, out["model_path"],
+                                                     ctx.stage_dir("sft") / "heldout_replies.jsonl"))
     return metrics

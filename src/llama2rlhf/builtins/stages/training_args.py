@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ...distributed import uses_cpu
 from ...models import use_bf16
 
 # TrainConfig fields that are ours, not TrainingArguments fields
@@ -28,7 +29,9 @@ def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: 
         save_strategy="no",  # the stage saves the final model itself, in one place
         # logger=wandb: transformers' own W&B integration reports into the stage's run
         report_to=["wandb"] if cfg.logger.name == "wandb" else [],
-        use_cpu=cfg.device == "cpu",
+        # said outright on a machine without a GPU too: under accelerate launch a trainer
+        # that is not told would train each process on its own (llama2rlhf.distributed)
+        use_cpu=uses_cpu(cfg),
     )
     kwargs.update(extra)
     kwargs.update(overrides)
