@@ -1,5 +1,5 @@
 """logger=wandb: one offline W&B run per stage, with the config, the stage's numbers, sample
-tables and model artifacts, read back from the run files."""
+tables and model artifacts, and one with the end-of-run numbers, read back from the run files."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
         run = read_offline_run(f)
         runs[run["config"]["stage"]] = run
     assert set(runs) == {"sft", "reward", "round_1/collect", "round_1/reward", "round_1/rejection_sampling",
-                         "round_1/evaluate"}
+                         "round_1/evaluate", "final"}
     sft = runs["sft"]
     # the resolved Hydra config, one W&B group for the pipeline run, the stage as job type
     assert sft["config"]["pipeline"]["rounds"] == 1 and sft["config"]["logger"]["name"] == "wandb"
@@ -101,3 +101,8 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
                        .read_text())
     assert saved["columns"] == ["prompt", "candidates", "scores", "chosen"] and len(saved["data"]) == 16
     assert any(h.get("round_1/evaluate/heldout_replies/_type") == "table-file" for h in runs["round_1/evaluate"]["history"])
+    # the end-of-run numbers in a run of their own in the group, job type "final"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    final = runs["final"]["summary"]
+    assert final["final/gold_reward"] == summary["rounds"][0]["gold_reward"] == summary["final"]["gold_reward"]
+    assert final["final/rm_accuracy"] == summary["rounds"][0]["rm_accuracy"]["overall"] and final["final/round"] == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plugins
+from .evaluation.final import final_metrics
 from .run import RunContext
 
 log = logging.getLogger(__name__)
@@ -103,5 +104,7 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
             hook.on_round_end(ctx=ctx, round=k, summary=ctx.round_summary())
             ctx.state.mark_done(f"round_{k}")
     ctx.round = 0
+    ctx.summary["final"] = final_metrics(ctx.summary)
     ctx.save_summary()
+    hook.on_run_end(ctx=ctx, summary=ctx.summary)
     return ctx
