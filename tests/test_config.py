@@ -67,6 +67,9 @@ def test_default_config_from_any_directory(tmp_path):
     assert cfg["pipeline"]["stages"] == ["sft", "collect", "reward"]
     assert cfg["pipeline"]["rounds"] == 3
     assert cfg["selector"] == {"name": "best_over_history"}
+    # W&B by default, offline unless the machine is logged in (tests/test_wandb_logger.py)
+    assert cfg["logger"]["name"] == "wandb" and cfg["logger"]["mode"] == "auto"
+    assert job_config("logger=none", cwd=tmp_path)["logger"] == {"name": "none"}
     # the toy pipeline scales the paper's SFT learning rate up for a model trained from scratch
     toy = yaml.safe_load(resources.files("llama2rlhf").joinpath("conf/pipeline/toy.yaml").read_text())
     assert cfg["sft"]["learning_rate"] == pytest.approx(toy["sft"]["learning_rate"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from llama2rlhf.builtins.loggers import flatten, resolved_mode
@@ -106,3 +108,44 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
     final = runs["final"]["summary"]
     assert final["final/gold_reward"] == summary["rounds"][0]["gold_reward"] == summary["final"]["gold_reward"]
     assert final["final/rm_accuracy"] == summary["rounds"][0]["rm_accuracy"]["overall"] and final["final/round"] == 1
+
+
+# the logger's hooks for one stage and the run's end, in a process that records every host
+# name it looks up (the last atexit function to run is the first registered)
+NO_ACCOUNT_RUN = """
+import atexit, socket, sys
+from pathlib import Path
+looked_up = []
+real = socket.getaddrinfo
+def spy(host, *args, **kwargs):
+    looked_up.append(host)
+    return real(host, *args, **kwargs)
+socket.getaddrinfo = spy
+atexit.register(lambda: print("looked up:", sorted(set(looked_up))))
+from hydra import compose, initialize_config_module
+from llama2rlhf.builtins import loggers
+from llama2rlhf.config import store_configs
+from llama2rlhf.run import RunContext
+store_configs()
+with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    cfg = compose("config")
+ctx = RunContext.open(cfg, Path(sys.argv[1]))
+ctx.current_stage = "sft"
+loggers.on_stage_start(ctx=ctx, stage="sft", round=0)
+loggers.on_stage_end(ctx=ctx, stage="sft", round=0, metrics={"train_loss": 1.5})
+loggers.on_run_end(ctx=ctx, summary={"final": {"rm_accuracy": 0.5}})
+"""
+
+
+def test_default_logger_without_an_account_looks_up_no_host(tmp_path):
+    """The default config logs offline when not logged in, and W&B makes no network call:
+    with only the run offline, its telemetry thread would still probe the W&B server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_API_KEY="")
+    proc = subprocess.run([sys.executable, "-c", NO_ACCOUNT_RUN, str(tmp_path / "run")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "looked up: []"
+    runs = {read_offline_run(f)["config"]["stage"]: read_offline_run(f)
+            for f in (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert runs["sft"]["summary"]["sft/train_loss"] == 1.5 and runs["final"]["summary"]["final/rm_accuracy"] == 0.5
