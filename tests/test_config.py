@@ -59,7 +59,7 @@ def test_default_config_from_any_directory(tmp_path):
     assert "reward_loss:\n  name: margin_small\n" in proc.stdout
     assert "model:\n  kind: toy\n" in proc.stdout
     cfg = job_config(cwd=tmp_path)
-    assert cfg["reward_loss"] == {"name": "margin_small"}
+    assert cfg["reward_loss"] == {"name": "margin_small", "margin_scale": 1.0}
     assert cfg["model"]["kind"] == "toy"
     assert cfg["data"]["source"] == "toy"
     assert cfg["pipeline"]["name"] == "toy"
@@ -67,6 +67,9 @@ def test_default_config_from_any_directory(tmp_path):
     assert cfg["pipeline"]["stages"] == ["sft", "collect", "reward"]
     assert cfg["pipeline"]["rounds"] == 3
     assert cfg["selector"] == {"name": "best_over_history"}
+    # W&B by default, offline unless the machine is logged in (tests/test_wandb_logger.py)
+    assert cfg["logger"]["name"] == "wandb" and cfg["logger"]["mode"] == "auto"
+    assert job_config("logger=none", cwd=tmp_path)["logger"] == {"name": "none"}
     # the toy pipeline scales the paper's SFT learning rate up for a model trained from scratch
     toy = yaml.safe_load(resources.files("llama2rlhf").joinpath("conf/pipeline/toy.yaml").read_text())
     assert cfg["sft"]["learning_rate"] == pytest.approx(toy["sft"]["learning_rate"])
@@ -80,7 +83,7 @@ def test_override_pipeline_rounds(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_LOSSES))
 def test_each_builtin_loss_is_selectable(tmp_path, name):
-    assert job_config(f"reward_loss={name}", cwd=tmp_path)["reward_loss"] == {"name": name}
+    assert job_config(f"reward_loss={name}", cwd=tmp_path)["reward_loss"] == {"name": name, "margin_scale": 1.0}
 
 
 # --- bad overrides fail fast with Hydra's messages -------------------------------------
@@ -114,7 +117,7 @@ def test_wrong_type_fails_naming_value_and_type(tmp_path):
 
 def test_plugin_option_is_set_from_the_command_line(tmp_path):
     cfg = job_config("reward_loss=example_hinge", "reward_loss.width=2.5", cwd=tmp_path)
-    assert cfg["reward_loss"] == {"name": "example_hinge", "width": 2.5}
+    assert cfg["reward_loss"] == {"name": "example_hinge", "margin_scale": 1.0, "width": 2.5}
     assert job_config("reward_loss=example_hinge", cwd=tmp_path)["reward_loss"]["width"] == 1.0
 
 
@@ -143,7 +146,7 @@ def test_plugin_subclass_node_merges_into_the_schema():
 
     base = OmegaConf.structured(Config)
     merged = OmegaConf.merge(base, {"reward_loss": OmegaConf.structured(ExampleHingeConfig)})
-    assert OmegaConf.to_container(merged.reward_loss) == {"name": "example_hinge", "width": 1.0}
+    assert OmegaConf.to_container(merged.reward_loss) == {"name": "example_hinge", "margin_scale": 1.0, "width": 1.0}
     assert isinstance(OmegaConf.to_object(merged.reward_loss), RewardLossConfig)
     merged.reward_loss.width = "0.25"
     assert merged.reward_loss.width == 0.25

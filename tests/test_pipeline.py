@@ -26,20 +26,28 @@ TINY = [
     # unfiltered (a tiny model breaks every instruction), evaluated over three turns
     "gatt.n_dialogues=4", "gatt.max_turns=3", "gatt.max_new_tokens=10", "gatt.filter=false",
     "eval.gatt_dialogues=4", "eval.gatt_turns=3",
+    # W&B is the default logger; the tests about it keep it, the others skip its start-up
+    "logger=none",
 ]
+# TINY with the default logger
+TINY_WANDB = [o for o in TINY if o != "logger=none"]
+# W&B with no account: auto mode logs offline (no WANDB_API_KEY, no ~/.netrc)
+OFFLINE = {"WANDB_API_KEY": "", "WANDB_DIR": ""}
 # SFT and the reward model only, for the tests about them
 SFT_RM = ["pipeline.stages=[sft,reward]", "pipeline.rounds=0"]
 
 
-def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, f"hydra.run.dir={tmp_path / 'run'}", *TINY, *overrides], cwd=tmp_path,
+def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None, tiny: list[str] = TINY
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, f"hydra.run.dir={tmp_path / 'run'}", *tiny, *overrides], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
+    """The default stages and the default logger (W&B, offline without an account)."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    proc = run_cli(tmp, *DEFAULT_ONE_ROUND)
+    proc = run_cli(tmp, *DEFAULT_ONE_ROUND, tiny=TINY_WANDB, env={**OFFLINE, "HOME": str(tmp)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run", proc
 
@@ -105,6 +113,28 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     assert [h["step"] for h in ppo["history"]] == [1, 2]
     # then rejection sampling again, from the PPO model
     assert summary["rounds"][0]["rs_after_ppo"]["n_kept"] == 16
+
+
+def test_default_logger_writes_offline_wandb_runs_and_final_numbers(default_run):
+    from test_wandb_logger import read_offline_run
+
+    run, proc = default_run
+    summary = json.loads((run / "summary.json").read_text())
+    last = summary["rounds"][-1]
+    # the end-of-run numbers under names that do not depend on the number of rounds
+    assert summary["final"] == {"rm_accuracy": last["rm_accuracy"]["overall"], "gold_reward": last["gold_reward"],
+                                "task_accuracy": last["task_accuracy"], "win_rate_vs_sft": last["win_rate_vs_sft"],
+                                "round": 1}
+    # no account: one offline W&B run per stage, plus the run that holds final/*
+    runs = {}
+    for f in (run / "wandb").glob("offline-run-*/run-*.wandb"):
+        record = read_offline_run(f)
+        runs[record["config"]["stage"]] = record
+    assert set(runs) == {"sft", "collect", "reward", "final"} | {f"round_1/{s}" for s in ROUND_STAGES}
+    assert runs["final"]["summary"]["final/gold_reward"] == last["gold_reward"]
+    assert runs["final"]["summary"]["final/rm_accuracy"] == last["rm_accuracy"]["overall"]
+    assert runs["round_1/ppo"]["summary"]["round_1/ppo/steps"] == 2
+    assert f"wandb sync {run / 'wandb' / 'offline-run-*'}" in proc.stdout + proc.stderr
 
 
 def test_rerun_skips_finished_stages(default_run, tmp_path):

@@ -76,3 +76,30 @@ def test_with_margins_names_file_row_and_field():
     rows = [{"chosen": "a", "rejected": "b", "strength": "better"}, {"chosen": "a", "rejected": "b", "strength": "meh"}]
     with pytest.raises(ValueError, match=r"prefs.jsonl: row 2: field 'strength': 'meh'"):
         with_margins(rows, loss, "prefs.jsonl")
+
+
+def test_margin_scale_multiplies_the_table_only():
+    """``reward_loss.margin_scale``: margin_small x 3 is margin_large, x 0 is Bradley-Terry's
+    zero margin; margins the data gives and losses without a table are left alone."""
+    small = plugins.get("reward_losses", "margin_small").obj
+    rows = [{"chosen": "a", "rejected": "b", "strength": s} for s in STRENGTHS]
+    large = with_margins(rows, plugins.get("reward_losses", "margin_large").obj, "x.jsonl")
+    assert [r["margin"] for r in with_margins(rows, small, "x.jsonl", scale=3.0)] == pytest.approx(
+        [r["margin"] for r in large])
+    assert [r["margin"] for r in with_margins(rows, small, "x.jsonl", scale=0.0)] == [0.0, 0.0, 0.0]
+    assert [r["margin"] for r in with_margins(rows, small, "x.jsonl", scale=0.5)] == pytest.approx([0.5, 0.0, 1 / 3])
+    explicit = [{"chosen": "a", "rejected": "b", "margin": 0.25}]
+    assert with_margins(explicit, small, "x.jsonl", scale=2.0) == explicit
+    bt = plugins.get("reward_losses", "bradley_terry").obj
+    assert "margin" not in with_margins(rows, bt, "x.jsonl", scale=2.0)[0]
+
+
+def test_margin_scale_is_the_reward_stages_not_an_option_of_the_loss():
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.builtins.stages.reward import selected_loss
+
+    cfg = OmegaConf.create({"reward_loss": {"name": "margin_small", "margin_scale": 2.0}})
+    name, loss, options = selected_loss(cfg)
+    assert name == "margin_small" and options == {}
+    assert loss.margins == MARGINS_SMALL

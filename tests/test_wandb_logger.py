@@ -1,11 +1,13 @@
 """logger=wandb: one offline W&B run per stage, with the config, the stage's numbers, sample
-tables and model artifacts, read back from the run files."""
+tables and model artifacts, and one with the end-of-run numbers, read back from the run files."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from llama2rlhf.builtins.loggers import flatten, resolved_mode
@@ -81,7 +83,7 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
         run = read_offline_run(f)
         runs[run["config"]["stage"]] = run
     assert set(runs) == {"sft", "reward", "round_1/collect", "round_1/reward", "round_1/rejection_sampling",
-                         "round_1/evaluate"}
+                         "round_1/evaluate", "final"}
     sft = runs["sft"]
     # the resolved Hydra config, one W&B group for the pipeline run, the stage as job type
     assert sft["config"]["pipeline"]["rounds"] == 1 and sft["config"]["logger"]["name"] == "wandb"
@@ -101,3 +103,49 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
                        .read_text())
     assert saved["columns"] == ["prompt", "candidates", "scores", "chosen"] and len(saved["data"]) == 16
     assert any(h.get("round_1/evaluate/heldout_replies/_type") == "table-file" for h in runs["round_1/evaluate"]["history"])
+    # the end-of-run numbers in a run of their own in the group, job type "final"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    final = runs["final"]["summary"]
+    assert final["final/gold_reward"] == summary["rounds"][0]["gold_reward"] == summary["final"]["gold_reward"]
+    assert final["final/rm_accuracy"] == summary["rounds"][0]["rm_accuracy"]["overall"] and final["final/round"] == 1
+
+
+# the logger's hooks for one stage and the run's end, in a process that records every host
+# name it looks up (the last atexit function to run is the first registered)
+NO_ACCOUNT_RUN = """
+import atexit, socket, sys
+from pathlib import Path
+looked_up = []
+real = socket.getaddrinfo
+def spy(host, *args, **kwargs):
+    looked_up.append(host)
+    return real(host, *args, **kwargs)
+socket.getaddrinfo = spy
+atexit.register(lambda: print("looked up:", sorted(set(looked_up))))
+from hydra import compose, initialize_config_module
+from llama2rlhf.builtins import loggers
+from llama2rlhf.config import store_configs
+from llama2rlhf.run import RunContext
+store_configs()
+with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    cfg = compose("config")
+ctx = RunContext.open(cfg, Path(sys.argv[1]))
+ctx.current_stage = "sft"
+loggers.on_stage_start(ctx=ctx, stage="sft", round=0)
+loggers.on_stage_end(ctx=ctx, stage="sft", round=0, metrics={"train_loss": 1.5})
+loggers.on_run_end(ctx=ctx, summary={"final": {"rm_accuracy": 0.5}})
+"""
+
+
+def test_default_logger_without_an_account_looks_up_no_host(tmp_path):
+    """The default config logs offline when not logged in, and W&B makes no network call:
+    with only the run offline, its telemetry thread would still probe the W&B server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_API_KEY="")
+    proc = subprocess.run([sys.executable, "-c", NO_ACCOUNT_RUN, str(tmp_path / "run")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "looked up: []"
+    runs = {read_offline_run(f)["config"]["stage"]: read_offline_run(f)
+            for f in (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert runs["sft"]["summary"]["sft/train_loss"] == 1.5 and runs["final"]["summary"]["final/rm_accuracy"] == 0.5

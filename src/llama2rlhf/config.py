@@ -109,6 +109,10 @@ class RewardLossConfig:
     """Selected with ``reward_loss=<name>``; extra fields of a subclass reach the loss as options."""
 
     name: str = MISSING
+    # multiplies the loss's strength -> margin table (Table 27) before training: 0 turns a
+    # margin loss into Bradley-Terry, and margin_large is margin_small at 3; no effect on a
+    # loss without a table (bradley_terry) or on margins the data gives itself
+    margin_scale: float = 1.0
 
 
 @dataclass

@@ -48,7 +48,9 @@ def register_reward_losses(register: Register) -> None:
       ``margins`` table (strength label -> margin) that the reward stage uses to turn each
       pair's annotated strength into its ``margin`` (paper Table 27).
 
-    ``options`` are the extra keys of the selected ``reward_loss`` config node, so a loss
+    Every ``reward_loss`` node has ``margin_scale`` (default 1), which the reward stage
+    multiplies the ``margins`` table by; it is not passed to the loss. ``options`` are the
+    other extra keys of the selected ``reward_loss`` config node, so a loss
     with parameters registers its own structured config in :func:`register_configs` under
     group ``reward_loss`` and reads them as keyword arguments. Selected with
     ``reward_loss=<name>``.
@@ -206,3 +208,13 @@ def on_stage_end(ctx: "RunContext", stage: str, round: int, metrics: dict[str, A
 @hookspec
 def on_round_end(ctx: "RunContext", round: int, summary: dict[str, Any]) -> None:
     """Called after each RLHF round with that round's summary entry."""
+
+
+@hookspec
+def on_run_end(ctx: "RunContext", summary: dict[str, Any]) -> None:
+    """Called once at the end of a pipeline run, after its last stage and round (also when a
+    resumed run had nothing left to do), with the whole ``summary.json`` content.
+    ``summary["final"]`` holds the end-of-run numbers under names that do not depend on the
+    number of rounds (``rm_accuracy``, ``gold_reward``, ``task_accuracy``,
+    ``win_rate_vs_sft``, ``round``; see ``llama2rlhf.evaluation.final``), for loggers and
+    sweeps. Not called when a stage raised."""

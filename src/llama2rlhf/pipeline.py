@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, plugins
+from .evaluation.final import final_metrics
 from .run import RunContext
 
 log = logging.getLogger(__name__)
@@ -116,5 +117,7 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
             distributed.main_process_only(hook.on_round_end, ctx=ctx, round=k, summary=ctx.round_summary())
             ctx.state.mark_done(f"round_{k}")
     ctx.round = 0
+    ctx.summary["final"] = final_metrics(ctx.summary)
     ctx.save_summary()
+    distributed.main_process_only(hook.on_run_end, ctx=ctx, summary=ctx.summary)
     return ctx

@@ -1,4 +1,4 @@
-"""The ``wandb`` logger (``logger=wandb``): one W&B run per stage, grouped per pipeline run.
+"""The ``wandb`` logger (``logger=wandb``, the default): W&B runs of a pipeline run.
 
 Each stage of a pipeline run (``sft``, ``round_2/rejection_sampling`` ...) becomes a W&B
 run with the stage as its ``job_type``, all in one group (the run directory), with the
@@ -6,7 +6,13 @@ resolved Hydra config. While the stage runs, TRL's trainers report through trans
 own W&B integration (``report_to=["wandb"]``) into that run; when it ends, the stage's
 numbers are logged under its key and set as the run's summary, rejection sampling and
 evaluation add sample tables, and with ``logger.log_models=true`` the checkpoints the
-stage produced are logged as model artifacts.
+stage produced are logged as model artifacts. At the end a run of job type ``final`` holds
+the end-of-run numbers as ``final/*`` (``llama2rlhf.evaluation.final``).
+
+Under a W&B sweep agent (``WANDB_SWEEP_ID`` set) or inside a caller's run (``wandb.run``
+exists), a sweep needs one run per process whose summary holds its metric: the pipeline
+then logs into that one run, each stage's numbers and trainer curves under the stage's
+key, and ``final/*`` at the end.
 
 No account is needed: ``logger.mode=auto`` logs online only when the machine is logged in
 (``WANDB_API_KEY`` or ``wandb login``) and offline otherwise, under the run directory's
@@ -15,15 +21,31 @@ No account is needed: ``logger.mode=auto`` logs online only when the machine is 
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from .. import hookimpl
 from ..config import LoggerConfig
 
-_run: Any = None  # the W&B run of the stage that is running
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Session:
+    """The logger's state during one pipeline run."""
+
+    run: Any = None  # the open W&B run: the stage's, or the pipeline's when single
+    single: bool = False  # one run for the whole pipeline (sweep agent, caller's run)
+    owned: bool = True  # this logger started ``run`` and finishes it
+    key: str = ""  # the running stage's key, for its trainers' curves
+    stage_dir: Optional[Path] = None
+
+
+_session = _Session()
 
 
 @dataclass
@@ -93,47 +115,160 @@ def _tables(ctx, stage: str, rows: int) -> dict[str, Any]:
     return tables
 
 
-@hookimpl
-def on_stage_start(ctx, stage: str, round: int) -> None:
-    global _run
-    if not active(ctx.cfg):
-        return
-    import wandb
+def _group(ctx) -> str:
+    return ctx.cfg.logger.group or f"{ctx.run_dir.parent.name}-{ctx.run_dir.name}"
+
+
+def _config(ctx, **extra: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    lc = ctx.cfg.logger
+    return {**OmegaConf.to_container(ctx.cfg, resolve=True), "run_dir": str(ctx.run_dir), **extra}
+
+
+def _init(ctx, **kwargs: Any):
+    import wandb
+
+    mode = resolved_mode(ctx.cfg.logger.mode)
+    if mode == "offline":
+        # the global settings too: with them online, wandb's telemetry thread still probes
+        # the W&B server (a DNS lookup and an HTTPS post) during an offline run
+        wandb.setup(wandb.Settings(mode="offline"))
+    return wandb.init(dir=str(ctx.run_dir), mode=mode, settings=wandb.Settings(silent=True, console="off"), **kwargs)
+
+
+def _under_agent() -> bool:
+    """True when a W&B sweep agent started this process or the caller already has a run."""
+    import wandb
+
+    return bool(os.environ.get("WANDB_SWEEP_ID")) or wandb.run is not None
+
+
+def _open_single_run(ctx) -> None:
+    """One run for the whole pipeline: the caller's, or a new one that attaches to the sweep
+    agent's run (``WANDB_RUN_ID``, ``WANDB_SWEEP_ID`` and the sweep's parameters come from
+    the environment). No project, entity, group or name: under a sweep wandb ignores
+    project and entity (with a warning) and the sweep names and groups its runs."""
+    import wandb
+
+    config = _config(ctx)
+    _session.single = True
+    if wandb.run is not None:
+        _session.run, _session.owned = wandb.run, False
+        # the caller's own config (a sweep's parameters) stays as it is
+        _session.run.config.update({k: v for k, v in config.items() if k not in _session.run.config})
+    else:
+        # the sweep's parameters are locked in the run's config and win over ours
+        _session.run, _session.owned = _init(ctx, config=config, job_type="pipeline"), True
+
+
+def report_to(cfg: Any) -> list[str]:
+    """``report_to`` of a stage's trainer: transformers' W&B integration reports into the
+    stage's run, except when one run spans the pipeline (:func:`trainer_callbacks` then)."""
+    return ["wandb"] if active(cfg) and not _session.single else []
+
+
+def trainer_callbacks(cfg: Any) -> list[Any]:
+    """Callbacks for a stage's trainer: in a pipeline-wide run (a sweep), its curves under
+    the stage's key.
+
+    transformers' ``WandbCallback`` logs every trainer as ``train/*`` against
+    ``train/global_step`` and points every key of the run (``define_metric("*")``) at that
+    step, which restarts with each trainer: in one run across stages the SFT, reward and
+    rejection-sampling curves would share keys and an x-axis that goes back and forth.
+    """
+    if not (active(cfg) and _session.single and _session.run is not None):
+        return []
+    from transformers import TrainerCallback
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    run, key, stage_dir = _session.run, _session.key, _session.stage_dir
+
+    class StageCurves(TrainerCallback):
+        prefix = key
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a stage that trains twice (the reward stage's safety model) keys the second
+            # trainer by its folder: reward/safety/train/loss
+            sub = Path(args.output_dir).parent
+            if stage_dir is not None and sub.is_relative_to(stage_dir) and sub != stage_dir:
+                self.prefix = f"{key}/{sub.relative_to(stage_dir).as_posix()}"
+            if state.is_world_process_zero:
+                run.define_metric(f"{self.prefix}/train/global_step")
+                for kind in ("train", "eval"):
+                    run.define_metric(f"{self.prefix}/{kind}/*", step_metric=f"{self.prefix}/train/global_step")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                run.log({**{f"{self.prefix}/{k}": v for k, v in rewrite_logs(logs).items()},
+                         f"{self.prefix}/train/global_step": state.global_step})
+
+    return [StageCurves()]
+
+
+@hookimpl
+def on_stage_start(ctx, stage: str, round: int) -> None:
+    if not active(ctx.cfg):
+        return
     key = ctx.stage_key(ctx.current_stage or stage)
-    _run = wandb.init(
-        project=lc.project, entity=lc.entity, group=lc.group or f"{ctx.run_dir.parent.name}-{ctx.run_dir.name}",
-        job_type=stage, name=key, config=OmegaConf.to_container(ctx.cfg, resolve=True),
-        dir=str(ctx.run_dir), mode=resolved_mode(lc.mode), reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
-    _run.config.update({"stage": key, "round": round}, allow_val_change=True)
+    _session.key, _session.stage_dir = key, ctx.stage_dir()
+    if _session.run is None and (_session.single or _under_agent()):
+        _open_single_run(ctx)
+    if _session.single:
+        return
+    lc = ctx.cfg.logger
+    _session.run = _init(ctx, project=lc.project, entity=lc.entity, group=_group(ctx), job_type=stage, name=key,
+                         config=_config(ctx, stage=key, round=round), reinit="finish_previous")
 
 
 @hookimpl
 def on_stage_end(ctx, stage: str, round: int, metrics: dict[str, Any]) -> None:
-    global _run
-    if not active(ctx.cfg) or _run is None:
+    run = _session.run
+    if not active(ctx.cfg) or run is None:
         return
     import wandb
 
     key = ctx.stage_key(ctx.current_stage or stage)
     flat = flatten(metrics, key)
     tables = {f"{key}/{name}": t for name, t in _tables(ctx, stage, ctx.cfg.logger.table_rows).items()}
-    _run.log({**flat, **tables})
-    _run.summary.update(flat)
+    run.log({**flat, **tables})
+    run.summary.update(flat)
     if ctx.cfg.logger.log_models:
         stage_dir = str(ctx.stage_dir())
         for name, path in ctx.state.artifacts.items():
             if path.startswith(stage_dir) and os.path.isdir(path):
-                art = wandb.Artifact(f"{_run.group}-{key}-{name}".replace("/", "-"), type="model",
+                art = wandb.Artifact(f"{_group(ctx)}-{key}-{name}".replace("/", "-"), type="model",
                                      metadata={"stage": key, "artifact": name})
                 art.add_dir(path)
-                _run.log_artifact(art)
-    _run.finish()
-    _run = None
+                run.log_artifact(art)
+    if not _session.single:
+        run.finish()
+        _session.run = None
+
+
+@hookimpl
+def on_run_end(ctx, summary: dict[str, Any]) -> None:
+    """``final/*`` into the pipeline's run (a sweep's metric), or a run of its own in the
+    pipeline's group, job type ``final``."""
+    global _session
+    if not active(ctx.cfg):
+        return
+    if _session.run is None:  # a resumed run with nothing left to do, or per-stage runs
+        if _session.single or _under_agent():
+            _open_single_run(ctx)
+        else:
+            lc = ctx.cfg.logger
+            _session.run = _init(ctx, project=lc.project, entity=lc.entity, group=_group(ctx), job_type="final",
+                                 name="final", config=_config(ctx, stage="final", round=ctx.round),
+                                 reinit="finish_previous")
+    run = _session.run
+    final = flatten(summary.get("final", {}), "final")
+    run.log(final)
+    run.summary.update(final)
+    if _session.owned:
+        run.finish()
+    if resolved_mode(ctx.cfg.logger.mode) == "offline":
+        log.info("W&B runs saved offline; upload them with: wandb sync %s", ctx.run_dir / "wandb" / "offline-run-*")
+    _session = _Session()
 
 
 @hookimpl(trylast=True)

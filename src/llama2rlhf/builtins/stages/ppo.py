@@ -26,6 +26,7 @@ from ... import distributed
 from ...combined_reward import CombinedReward, is_safety_prompt
 from ...models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
 from ...round_prompts import round_prompts
+from ..loggers import trainer_callbacks
 from .training_args import build_args
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         return PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
                           reward_model=combined_reward_model(reward, queries, flags), train_dataset=dataset,
                           value_model=value, eval_dataset=dataset.select(range(min(8, len(dataset)))),
-                          peft_config=lora, callbacks=[callback])
+                          peft_config=lora, callbacks=[callback, *trainer_callbacks(cfg)])
     from ...trl_rewards import reward_function
 
     dataset = Dataset.from_dict({"prompt": [p.messages for p in prompts],
@@ -198,7 +199,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
     args = build_args(Config, pcfg, cfg, out_dir / "trainer", **common)
     return Trainer(model=load_causal_lm(start, cfg), reward_funcs=[reward_function(reward)], args=args,
                    train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg, "CAUSAL_LM"),
-                   callbacks=[callback])
+                   callbacks=[callback, *trainer_callbacks(cfg)])
 
 
 def _online_rl_stage(kind: str):

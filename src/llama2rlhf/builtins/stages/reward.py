@@ -21,20 +21,24 @@ from ... import RewardLoss, distributed, plugins
 from ...data.formats import load_preferences
 from ...data.sources import where
 from ...models import load_reward_model, load_tokenizer, peft_config, save_trained_model
+from ..loggers import trainer_callbacks
 from .training_args import build_args
 
 log = logging.getLogger(__name__)
 
 
 def selected_loss(cfg: Any) -> tuple[str, Any, dict[str, Any]]:
-    """(name, loss, options) for ``cfg.reward_loss``."""
+    """(name, loss, options) for ``cfg.reward_loss``; ``margin_scale`` is the reward stage's,
+    not an option of the loss."""
     options = OmegaConf.to_container(cfg.reward_loss, resolve=True)
     name = options.pop("name")
+    options.pop("margin_scale", None)
     return name, plugins.get("reward_losses", name).obj, options
 
 
-def with_margins(rows: list[dict], loss: Any, source: str) -> list[dict]:
-    """Add each row's ``margin`` from its ``strength`` when the loss has a margin table.
+def with_margins(rows: list[dict], loss: Any, source: str, scale: float = 1.0) -> list[dict]:
+    """Add each row's ``margin`` from its ``strength`` when the loss has a margin table,
+    times ``scale`` (``reward_loss.margin_scale``).
 
     A ``margin`` column already in the data wins: the user set it on purpose.
     """
@@ -46,7 +50,7 @@ def with_margins(rows: list[dict], loss: Any, source: str) -> list[dict]:
         if row["strength"] not in margins:
             raise ValueError(f"{source}: row {i + 1}: field 'strength': {row['strength']!r} has no margin in the "
                              f"loss's table ({', '.join(margins)})")
-        out.append({**row, "margin": float(margins[row["strength"]])})
+        out.append({**row, "margin": scale * float(margins[row["strength"]])})
     return out
 
 
@@ -87,7 +91,7 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     from trl import RewardConfig
 
     name, loss, options = selected_loss(cfg)
-    rows = with_margins(list(rows), loss, source)
+    rows = with_margins(list(rows), loss, source, scale=cfg.reward_loss.margin_scale)
     keep = ("prompt", "chosen", "rejected", "margin")
     if len({("margin" in r) for r in rows}) > 1:
         raise ValueError(f"{source}: some comparisons have a margin and some do not; give all or none")
@@ -101,6 +105,7 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config(cfg, "SEQ_CLS"), reward_loss=loss, loss_options=options,
+        callbacks=trainer_callbacks(cfg),
     )
     result = trainer.train()
     model_dir = out_dir / "model"

@@ -16,6 +16,7 @@ from ... import distributed
 from ...data.formats import load_sft
 from ...data.sources import where
 from ...models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
+from ..loggers import trainer_callbacks
 from .training_args import build_args
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg, "CAUSAL_LM"),
+        callbacks=trainer_callbacks(cfg),
     )
     result = trainer.train()
     model_dir = out_dir / "model"

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from ...distributed import uses_cpu
 from ...models import use_bf16
+from ..loggers import report_to
 
 # TrainConfig fields that are ours, not TrainingArguments fields
 _OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss",
@@ -28,7 +29,8 @@ def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: 
         data_seed=cfg.seed,
         save_strategy="no",  # the stage saves the final model itself, in one place
         # logger=wandb: transformers' own W&B integration reports into the stage's run
-        report_to=["wandb"] if cfg.logger.name == "wandb" else [],
+        # (a sweep's pipeline-wide run takes the trainer's curves from trainer_callbacks)
+        report_to=report_to(cfg),
         # said outright on a machine without a GPU too: under accelerate launch a trainer
         # that is not told would train each process on its own (llama2rlhf.distributed)
         use_cpu=uses_cpu(cfg),
