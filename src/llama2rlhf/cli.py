@@ -2,7 +2,9 @@
 
 ``llama2rlhf [overrides...]`` runs the pipeline (Hydra composes ``conf/`` shipped inside
 the package, so it works from any directory). ``llama2rlhf plugins`` lists the installed
-plugins and what each registers. torch and trl are imported only once a stage runs.
+plugins and what each registers. torch and trl are imported only once a stage runs. A run
+ends by writing ``report.md``; ``llama2rlhf-report RUN_DIR`` (``evaluation/report.py``)
+rebuilds it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from .config import store_configs
+    from .evaluation.report import REPORT
     from .progress import gatt_table, progress_table
 
     store_configs()
@@ -50,6 +53,7 @@ def _hydra_main() -> None:
         if gatt_table(ctx.summary):
             print(gatt_table(ctx.summary))
         print(f"summary: {ctx.run_dir / 'summary.json'}")
+        print(f"report: {ctx.run_dir / REPORT}")
 
     app()
 

@@ -104,4 +104,8 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
             ctx.state.mark_done(f"round_{k}")
     ctx.round = 0
     ctx.save_summary()
+    # rewritten on every run, a resumed one too, so it always matches summary.json
+    from .evaluation.report import write_report
+
+    write_report(run_dir, ctx.summary, cfg)
     return ctx
