@@ -85,7 +85,7 @@ def plot_progress(path: Path, models: Sequence[str], gold_reward: Sequence[float
     right.set_ylabel("win rate against SFT (%, ties count half)")
     right.set_title("Win rate against SFT by two judges (cf. paper Fig. 11)")
     for ax in (left, right):
-        ax.set_xticks(x, models)
+        ax.set_xticks(x, [f"{m}\n(the reference)" if ax is right and m == "SFT" else m for m in models])
         ax.set_xlim(-0.4, len(models) - 0.6)
         ax.set_xlabel("model (SFT, then each RLHF round)")
         ax.grid(alpha=0.3)
