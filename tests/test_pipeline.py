@@ -61,8 +61,11 @@ ROUND_STAGES = ["collect", "reward", "rejection_sampling", "ppo", "rejection_sam
 def test_run_writes_state_summary_and_checkpoints(default_run):
     run, proc = default_run
     assert f"summary: {run / 'summary.json'}" in proc.stdout
-    # it ends with the evolution table: SFT, then the round's PPO model and its final one
-    assert [line.split()[0] for line in proc.stdout.splitlines()[-5:-1]] == ["model", "SFT", "RLHF-V1-PPO", "RLHF-V1"]
+    # it ends with the evolution table: SFT, then the round's PPO model and its final one,
+    # then where the summary and the report are
+    assert [line.split()[0] for line in proc.stdout.splitlines()[-6:-2]] == ["model", "SFT", "RLHF-V1-PPO", "RLHF-V1"]
+    assert proc.stdout.splitlines()[-1] == f"report: {run / 'report.md'}"
+    assert (run / "plots" / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = json.loads((run / "state.json").read_text())
     assert state["done"] == ["base", "sft", "collect", "reward"] + [f"round_1/{s}" for s in ROUND_STAGES] + [
         "round_1"]
@@ -140,11 +143,15 @@ def test_default_logger_writes_offline_wandb_runs_and_final_numbers(default_run)
 def test_rerun_skips_finished_stages(default_run, tmp_path):
     run, _ = default_run
     before = (run / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
+    (run / "report.md").unlink()
     proc = subprocess.run([CLI, f"hydra.run.dir={run}", *TINY, *DEFAULT_ONE_ROUND], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stage sft already done" in proc.stderr + proc.stdout
     assert (run / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == before
+    # a resumed run writes its report again
+    assert proc.stdout.splitlines()[-1] == f"report: {run / 'report.md'}"
+    assert "](plots/ppo.png)" in (run / "report.md").read_text()
 
 
 def test_plugin_reward_loss_selected_from_the_command_line(tmp_path):
@@ -280,7 +287,13 @@ def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
     for key in ("baseline_adherence_by_turn", "adherence_by_turn"):
         assert list(gatt[key]) == ["1", "2", "3"] and all(0.0 <= v <= 1.0 for v in gatt[key].values())
     assert rounds[1]["gatt_adherence_by_turn"] == gatt["adherence_by_turn"]
-    assert (run / "gatt_adherence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the run ends with its report, plots beside it; no PPO in these rounds, so a note instead
+    assert proc.stdout.splitlines()[-1] == f"report: {run / 'report.md'}"
+    report = (run / "report.md").read_text()
+    for name in ("progress", "rm_accuracy", "best_of_n", "gatt_adherence"):
+        assert f"](plots/{name}.png)" in report
+        assert (run / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "_No round ran PPO" in report and not (run / "plots" / "ppo.png").exists()
 
 
 def test_sigkill_mid_round_then_resume_loses_and_duplicates_nothing(tmp_path):

@@ -4,7 +4,8 @@
 the package, so it works from any directory). ``llama2rlhf plugins`` lists the installed
 plugins and what each registers; ``llama2rlhf accelerate-config NAME`` prints the path of
 a shipped accelerate config, for ``accelerate launch --config_file``. torch and trl are
-imported only once a stage runs.
+imported only once a stage runs. A run ends by writing ``report.md``;
+``llama2rlhf-report RUN_DIR`` (``evaluation/report.py``) rebuilds it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from .config import store_configs
+    from .evaluation.report import REPORT
     from .progress import gatt_table, progress_table
 
     store_configs()
@@ -60,6 +62,7 @@ def _hydra_main() -> None:
         if gatt_table(ctx.summary):
             print(gatt_table(ctx.summary))
         print(f"summary: {ctx.run_dir / 'summary.json'}")
+        print(f"report: {ctx.run_dir / REPORT}")
 
     app()
 

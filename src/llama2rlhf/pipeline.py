@@ -119,5 +119,9 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     ctx.round = 0
     ctx.summary["final"] = final_metrics(ctx.summary)
     ctx.save_summary()
+    # rewritten on every run, a resumed one too, so it always matches summary.json
+    from .evaluation.report import write_report
+
+    distributed.main_process_only(write_report, run_dir, ctx.summary, cfg)
     distributed.main_process_only(hook.on_run_end, ctx=ctx, summary=ctx.summary)
     return ctx

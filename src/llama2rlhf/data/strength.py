@@ -36,6 +36,8 @@ PAPER_HELPFULNESS_RM_ACCURACY: dict[str, float] = {
     "slightly_better": 0.609,
     "negligibly_better": 0.547,
 }
+# Its accuracy over all pairs of that test set (Table 8's "Avg" column, also in Table 7).
+PAPER_HELPFULNESS_RM_ACCURACY_OVERALL = 0.632
 
 
 def check_strength(label: str) -> str:

@@ -49,13 +49,11 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
 def gatt_metrics(ctx) -> dict[str, Any]:
     """This round's adherence by turn, once GAtt has started, in the last round (every
     round with ``eval.gatt_every_round``); also sets ``summary["gatt"]``
-    (baseline against the latest policy) and draws ``gatt_adherence.png``."""
+    (baseline against the latest policy), which the run report plots."""
     if ctx.world is None or ctx.cfg.eval.gatt_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
         return {}
     if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.eval.gatt_every_round:
         return {}
-    from .plots import plot_adherence
-
     baseline = model_adherence(ctx, ctx.state.artifacts["gatt_baseline"], ctx.run_dir / "gatt" / "baseline_adherence.json")
     now = model_adherence(ctx, ctx.artifact("policy"), ctx.stage_dir() / "gatt_adherence.json")
     start = max(1, ctx.cfg.gatt.start_round)
@@ -70,6 +68,4 @@ def gatt_metrics(ctx) -> dict[str, Any]:
         "baseline_adherence_by_turn": baseline,
         "adherence_by_turn": now,
     }
-    plot_adherence(ctx.run_dir / "gatt_adherence.png",
-                   {f"{baseline_name}, before GAtt": baseline, f"RLHF-V{ctx.round}, with GAtt from round {start}": now})
     return {"gatt_adherence_by_turn": now}

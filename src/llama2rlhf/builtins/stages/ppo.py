@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 # PPOStageConfig fields that are ours, or another trainer's
 _NOT_PPO = {"n_prompts", "max_new_tokens", "num_generations", "max_kl", "checkpoint_steps"}
-# the metric names of each trainer: (KL, reward, losses)
-_WATCH = {
+# the metric names each trainer logs: (KL, reward, losses); the run report plots them too
+TRAINER_METRICS = {
     "ppo": ("objective/kl", "objective/scores", ("loss/policy_avg", "loss/value_avg")),
     "rloo": ("kl", "reward", ("loss",)),
     "grpo": ("kl", "reward", ("loss",)),
@@ -50,7 +50,7 @@ class GuardTripped(RuntimeError):
 def _guard_callback(kind: str, max_kl: float, checkpoint_steps: int, save_good):
     from transformers import TrainerCallback
 
-    kl_key, reward_key, loss_keys = _WATCH[kind]
+    kl_key, reward_key, loss_keys = TRAINER_METRICS[kind]
 
     class Guard(TrainerCallback):
         """Stops training on runaway KL or NaN; saves the policy every ``checkpoint_steps`` healthy steps."""
@@ -251,7 +251,7 @@ def _online_rl_stage(kind: str):
             "kl": kl,
             "reward_before": before["reward"], "reward_after": after["reward"],
             "steps": guard.history[-1]["step"] if guard.history else 0,
-            "train_kl_last": guard.history[-1].get(_WATCH[kind][0]) if guard.history else None,
+            "train_kl_last": guard.history[-1].get(TRAINER_METRICS[kind][0]) if guard.history else None,
             "history": guard.history,
         }
         if "gold_reward" in before:
