@@ -75,7 +75,7 @@ def test_auto_mode_is_online_only_when_logged_in(tmp_path, monkeypatch):
 
 def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(tmp_path):
     env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_DIR": ""}
-    proc = run_cli(tmp_path, "logger=wandb", "logger.log_models=true", "pipeline.rounds=1",
+    proc = run_cli(tmp_path, "logger=wandb", "pipeline.rounds=1",
                    "pipeline.stages=[sft,reward]", "pipeline.ppo_rounds=[]", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {}
@@ -91,7 +91,7 @@ def test_pipeline_logs_each_stage_offline_with_config_metrics_tables_and_models(
     assert sft["summary"]["sft/train_loss"] > 0 and 0 <= sft["summary"]["sft/task_accuracy"] <= 1
     # TRL's trainer reported into the same run through transformers' W&B integration
     assert any("train/loss" in h for h in sft["history"])
-    # logger.log_models: the checkpoints the stage produced, as model artifacts
+    # logger.log_models (on by default for the toy model): the checkpoints the stage produced, as model artifacts
     assert sorted(sft["artifacts"]) == [(f"{tmp_path.name}-run-sft-policy", "model"),
                                         (f"{tmp_path.name}-run-sft-sft", "model")]
     rs = runs["round_1/rejection_sampling"]
@@ -149,3 +149,15 @@ def test_default_logger_without_an_account_looks_up_no_host(tmp_path):
     runs = {read_offline_run(f)["config"]["stage"]: read_offline_run(f)
             for f in (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")}
     assert runs["sft"]["summary"]["sft/train_loss"] == 1.5 and runs["final"]["summary"]["final/rm_accuracy"] == 0.5
+
+
+def test_model_artifacts_default_on_for_the_toy_model_only():
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.builtins.loggers import logs_models
+
+    def cfg(kind, log_models):
+        return OmegaConf.create({"model": {"kind": kind}, "logger": {"name": "wandb", "log_models": log_models}})
+
+    assert logs_models(cfg("toy", None)) and not logs_models(cfg("hf", None))
+    assert logs_models(cfg("hf", True)) and not logs_models(cfg("toy", False))

@@ -5,7 +5,7 @@ run with the stage as its ``job_type``, all in one group (the run directory), wi
 resolved Hydra config. While the stage runs, TRL's trainers report through transformers'
 own W&B integration (``report_to=["wandb"]``) into that run; when it ends, the stage's
 numbers are logged under its key and set as the run's summary, rejection sampling and
-evaluation add sample tables, and with ``logger.log_models=true`` the checkpoints the
+evaluation add sample tables, and with ``logger.log_models`` (on for the toy model) the checkpoints the
 stage produced are logged as model artifacts. At the end a run of job type ``final`` holds
 the end-of-run numbers as ``final/*`` (``llama2rlhf.evaluation.final``).
 
@@ -57,12 +57,19 @@ class WandbLoggerConfig(LoggerConfig):
     group: Optional[str] = None
     # auto: online when logged in, else offline; or online / offline / disabled
     mode: str = "auto"
-    log_models: bool = False
+    # the checkpoints each stage produced as model artifacts; null (auto): the toy model's
+    # (a few MB each), not a real model's (gigabytes per stage: set true to upload them)
+    log_models: Optional[bool] = None
     table_rows: int = 64
 
 
 def active(cfg: Any) -> bool:
     return cfg.logger.name == "wandb"
+
+
+def logs_models(cfg: Any) -> bool:
+    wanted = cfg.logger.log_models
+    return cfg.model.kind == "toy" if wanted is None else bool(wanted)
 
 
 def resolved_mode(mode: str) -> str:
@@ -232,7 +239,7 @@ def on_stage_end(ctx, stage: str, round: int, metrics: dict[str, Any]) -> None:
     tables = {f"{key}/{name}": t for name, t in _tables(ctx, stage, ctx.cfg.logger.table_rows).items()}
     run.log({**flat, **tables})
     run.summary.update(flat)
-    if ctx.cfg.logger.log_models:
+    if logs_models(ctx.cfg):
         stage_dir = str(ctx.stage_dir())
         for name, path in ctx.state.artifacts.items():
             if path.startswith(stage_dir) and os.path.isdir(path):
