@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/python -m pip install -e ".[dev]" $(foreach p,$(PLUGINS),-e $(p))
+	# W&B's sweep-config validator (wandb[sweeps]) for the sweep tests: its metadata pins
+	# numpy<2, which the rest of the stack has left behind, yet it runs on numpy 2; so it
+	# comes without its dependencies, which the dev extras carry
+	$(BIN)/python -m pip install --no-deps "sweeps==0.3.0"
 	touch $(STAMP)
 
 run: setup

@@ -2,10 +2,10 @@
 
 A real sweep needs the W&B server: it validates the sweep file against its JSON schema
 (``wandb sweep``) and hands each agent a parameter set. Offline we check what wandb 0.31
-itself does on this machine: its loader (``load_sweep_config``), then a structural check
-of our own, because the schema validator is the separate ``sweeps`` package
-(``wandb[sweeps]``, used only by ``wandb sweep --controller``), which is not installed;
-every parameter value must compose with Hydra; the agent's macro expansion of
+itself does on this machine: its loader (``load_sweep_config``), then W&B's own JSON-schema
+validator, ``sweeps.schema_violations_from_proposed_config`` (the ``sweeps`` package of
+``wandb[sweeps]``, which ``wandb sweep --controller`` runs; the Makefile installs it), and a
+few checks of our own; every parameter value must compose with Hydra; the agent's macro expansion of
 ``command`` turns a parameter set into a command line, which runs the tiny pipeline and
 must leave the sweep's metric in the offline run's summary. The agent's own run (one per
 process, ``WANDB_SWEEP_ID`` set) is faked with the environment the agent gives its
@@ -88,7 +88,10 @@ def fixed_overrides(config: dict) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_sweep_file_loads_with_wandb_and_is_well_formed(name):
+    from sweeps import schema_violations_from_proposed_config
+
     config = load(name)
+    assert schema_violations_from_proposed_config(config) == []
     assert config["method"] in METHODS
     assert config["metric"]["goal"] == "maximize"
     # a stable name, whatever the number of rounds
@@ -106,6 +109,16 @@ def test_sweep_file_loads_with_wandb_and_is_well_formed(name):
         else:
             assert spec["values"], f"{name}: {key}: no values"
     assert set(PARAMS[name]) == set(config["parameters"])
+
+
+def test_the_schema_validator_catches_a_broken_sweep():
+    from sweeps import schema_violations_from_proposed_config
+
+    config = load("reward_model.yaml")
+    config["parameters"]["reward_model.learning_rate"] = {"distribution": "log_uniform_values", "mni": 1e-4}
+    config["method"] = "bayesian"
+    violations = " ".join(schema_violations_from_proposed_config(config))
+    assert "bayesian" in violations and "reward_model.learning_rate" in violations
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
