@@ -129,3 +129,9 @@ def on_round_end(ctx, round: int, summary: dict[str, Any]) -> None:
                     options.watch, options.min_delta, check["rounds_without_improvement"], check["best"])
     write(ctx, {"event": "round_end", "round": round, "watch": options.watch, **check,
                 "summary": numbers(summary)})
+
+
+def on_run_end(ctx, summary: dict[str, Any]) -> None:
+    # the end-of-run numbers (``summary["final"]``), whatever the number of rounds
+    if active(ctx.cfg):
+        write(ctx, {"event": "run_end", "final": numbers(summary.get("final", {}))})

@@ -13,7 +13,7 @@ things kept in the modules named after their kind:
 * ``register_stages``: ``example_length_report`` (:mod:`.stages`)
 * ``register_annotators``: ``example_shorter`` (:mod:`.annotators`)
 * ``register_configs``: a typed node for each of them, and ``logger=example_events``
-* ``on_stage_start``, ``on_stage_end``, ``on_round_end``: the ``example_events`` observer
+* ``on_stage_start``, ``on_stage_end``, ``on_round_end``, ``on_run_end``: the ``example_events`` observer
   (:mod:`.loggers`)
 
 Rules worth copying:
@@ -120,3 +120,8 @@ def on_stage_end(ctx, stage, round, metrics):
 @hookimpl
 def on_round_end(ctx, round, summary):
     loggers.on_round_end(ctx, round, summary)
+
+
+@hookimpl
+def on_run_end(ctx, summary):
+    loggers.on_run_end(ctx, summary)

@@ -67,6 +67,12 @@ def test_rounds_are_checked_against_the_earlier_ones_read_back_from_the_file(mak
     assert [e for e in events(ctx) if e["event"] == "round_end"][-1]["rounds_without_improvement"] == 2
 
 
+def test_run_end_logs_the_final_numbers(make_ctx):
+    ctx = make_ctx(logger=ON)
+    plugin.on_run_end(ctx, {"final": {"gold_reward": 0.9, "round": 3, "note": "x"}, "rounds": []})
+    assert events(ctx) == [{"event": "run_end", "final": {"gold_reward": 0.9, "round": 3}, "time": events(ctx)[0]["time"]}]
+
+
 def test_a_missing_metric_is_named(make_ctx, caplog):
     ctx = make_ctx(logger={**ON, "watch": "win_rate_vs_sft"})
     plugin.on_round_end(ctx, 1, {"gold_reward": 0.5})
