@@ -143,10 +143,11 @@ def plot_best_of_n(path: Path, runs: Sequence[tuple[str, Mapping[str, Sequence[f
 
     cols = min(3, len(runs))
     rows = math.ceil(len(runs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 4.6 * cols), 3.8 * rows), squeeze=False)
     temps = sorted({float(t) for _, curves, _ in runs for t in curves})
-    cmap = plt.get_cmap("coolwarm")
-    colour = {t: cmap(0.5 if len(temps) == 1 else i / (len(temps) - 1)) for i, t in enumerate(temps)}
+    # cold to hot, leaving out plasma's pale yellow end, which vanishes on white
+    cmap = plt.get_cmap("plasma")
+    colour = {t: cmap(0.4 if len(temps) == 1 else 0.8 * i / (len(temps) - 1)) for i, t in enumerate(temps)}
     for ax, (title, curves, chosen) in zip(axes.flat, runs, strict=False):
         for key in sorted(curves, key=float):
             t, curve = float(key), list(curves[key])
