@@ -22,7 +22,7 @@ TINY = [
     # PPO: two iterations of 8 rollouts, a checkpoint after each
     "ppo.n_prompts=16", "ppo.per_device_train_batch_size=8", "ppo.gradient_accumulation_steps=1",
     "ppo.num_mini_batches=1", "ppo.max_new_tokens=10", "ppo.checkpoint_steps=1",
-    # Ghost Attention (from round 2 in the toy pipeline): four dialogues of up to three turns,
+    # Ghost Attention: four dialogues of up to three turns,
     # unfiltered (a tiny model breaks every instruction), evaluated over three turns
     "gatt.n_dialogues=4", "gatt.max_turns=3", "gatt.max_new_tokens=10", "gatt.filter=false",
     "eval.gatt_dialogues=4", "eval.gatt_turns=3",
@@ -61,9 +61,13 @@ ROUND_STAGES = ["collect", "reward", "rejection_sampling", "ppo", "rejection_sam
 def test_run_writes_state_summary_and_checkpoints(default_run):
     run, proc = default_run
     assert f"summary: {run / 'summary.json'}" in proc.stdout
-    # it ends with the evolution table: SFT, then the round's PPO model and its final one,
-    # then where the summary and the report are
-    assert [line.split()[0] for line in proc.stdout.splitlines()[-6:-2]] == ["model", "SFT", "RLHF-V1-PPO", "RLHF-V1"]
+    # it ends with the evolution table (SFT, then the round's PPO model and its final one),
+    # the GAtt table (GAtt starts in round 1 in the toy pipeline: SFT is its baseline), then
+    # where the summary and the report are
+    tail = proc.stdout.splitlines()[-9:-2]
+    assert [line.split()[0] for line in tail[:4]] == ["model", "SFT", "RLHF-V1-PPO", "RLHF-V1"]
+    assert tail[4].split() == ["GAtt", "adherence", "turn", "1", "turn", "2"]  # of the table's turns, 3 ran
+    assert tail[5].startswith("SFT (before GAtt)") and tail[6].startswith("RLHF-V1 ")
     assert proc.stdout.splitlines()[-1] == f"report: {run / 'report.md'}"
     assert (run / "plots" / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = json.loads((run / "state.json").read_text())
@@ -234,7 +238,8 @@ def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
 
 
 # rounds without PPO (PPO is in the default run's tests)
-ROUNDS_TINY = ["pipeline.rounds=2", "pipeline.stages=[sft,reward]", "pipeline.ppo_rounds=[]"]
+# GAtt from round 2 here (the toy pipeline starts it in round 1), so that round 1 runs without it
+ROUNDS_TINY = ["pipeline.rounds=2", "pipeline.stages=[sft,reward]", "pipeline.ppo_rounds=[]", "gatt.start_round=2"]
 
 
 def test_rounds_collect_retrain_reject_and_evaluate(tmp_path):
