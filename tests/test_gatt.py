@@ -253,3 +253,48 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     assert stats["n_examples"] == 12 and stats["ended_by_filter"] == len(sampler.prompts[4]) > 0
     assert all(len(batch) for batch in sampler.prompts)
     assert stats["middle_turns_dropped"] > 0
+
+
+class QueuedSampler:
+    """Each prompt's samples come from its own stream, in order, however they are drawn;
+    counts the samples drawn."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.drawn: dict[str, int] = {}
+        self.calls: list[tuple[int, int]] = []
+
+    def sample(self, prompts, n, temperature, max_new_tokens, desc=""):
+        self.calls.append((len(prompts), n))
+        out = []
+        for p in prompts:
+            key = p[-1]["content"]
+            start = self.drawn.get(key, 0)
+            self.drawn[key] = start + n
+            out.append([Sample(self.stream(key, j), 3, True) for j in range(start, start + n)])
+        return out
+
+
+def test_first_draw_keeps_the_same_replies_as_drawing_all_at_once_for_fewer_samples():
+    ins = Instruction("Answer in capitals.", "Answer in capitals.", ("language:capitals",))
+
+    def stream(user, j):
+        # at turn 1 dialogue a follows from sample 1, b from sample 5 (second draw), c never
+        first_ok = {"Answer in capitals. a1": 1, "Answer in capitals. b1": 5}.get(user, 0)
+        if user == "Answer in capitals. c1":
+            first_ok = 99
+        tag = user[-2:]
+        return f"THE ANSWER IS {tag.upper()} {j}." if j >= first_ok else f"the answer is {tag} {j}."
+
+    def pick(d, t, texts):
+        return next((x for x in texts if ToyConstraints().check(ins, x)), None)
+
+    shown = [[user_message(ins, u) for u in us] for us in (["a1", "a2"], ["b1", "b2"], ["c1", "c2"])]
+    at_once, split = QueuedSampler(stream), QueuedSampler(stream)
+    expected = converse(at_once, [[], [], []], shown, 0.5, 8, lambda m: (m, 0), n=8, pick=pick)
+    got = converse(split, [[], [], []], shown, 0.5, 8, lambda m: (m, 0), n=8, pick=pick, first_draw=4)
+    assert got == expected == [
+        ["THE ANSWER IS A1 1.", "THE ANSWER IS A2 0."], ["THE ANSWER IS B1 5.", "THE ANSWER IS B2 0."], []]
+    # turn 1: 4 each, then 4 more for b and c only; turn 2: 4 each for a and b, all of which follow
+    assert split.calls == [(3, 4), (2, 4), (2, 4)]
+    assert sum(split.drawn.values()) == 3 * 4 + 2 * 4 + 2 * 4 < sum(at_once.drawn.values()) == 3 * 8 + 2 * 8

@@ -86,6 +86,12 @@ class SFTStageConfig(TrainConfig):
 
     per_device_train_batch_size: int = 64
     assistant_only_loss: bool = True
+    # TRL's padding-free batches: the examples of a batch are concatenated, with position
+    # ids restarting at each, instead of padded to the longest. Attention stays within each
+    # example with flash attention and with transformers' sdpa, which reads the packing from
+    # the position ids (at toy size: the same loss, 17 % less time for batches that were
+    # 2.2x padding). Examples over max_length are dropped rather than truncated.
+    padding_free: bool = False
 
 
 @dataclass
@@ -261,6 +267,10 @@ class GattConfig:
     # instruction, and end the dialogue when none does
     filter: bool = True
     samples_per_turn: int = 4
+    # with filter: draw this many replies per turn first, and the rest of samples_per_turn
+    # only for the dialogues none of them followed; the kept reply is the same rule (the
+    # first that follows, of up to samples_per_turn), for fewer samples. 0: all at once
+    first_draw: int = 0
     temperature: float = 0.7
     max_new_tokens: int = 128
     # dialogues longer than this (tokens) lose whole middle turns, never the system prompt

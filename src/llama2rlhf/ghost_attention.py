@@ -147,6 +147,7 @@ def converse(
     n: int = 1,
     pick: Callable[[int, int, list[str]], str | None] = lambda d, t, texts: texts[0],
     desc: str = "dialogues",
+    first_draw: int = 0,
 ) -> list[list[str]]:
     """Let the policy answer each dialogue's user turns one after another.
 
@@ -156,6 +157,12 @@ def converse(
     ``pick(d, t, texts)`` chooses the reply of dialogue ``d`` at turn ``t`` (from 1) among
     them, or returns None to end the dialogue before that turn. A dialogue also ends after
     its last turn. Returns the replies of each dialogue.
+
+    With ``0 < first_draw < n``, ``first_draw`` samples are drawn per prompt first and the
+    other ``n - first_draw`` only for the dialogues ``pick`` found no reply among them;
+    ``pick`` then sees all ``n`` in draw order. For a ``pick`` that keeps the first
+    acceptable sample, the reply follows the same rule as drawing ``n`` at once, for fewer
+    samples where most first draws hold an acceptable one.
     """
     replies: list[list[str]] = [[] for _ in openings]
     active = list(range(len(openings)))
@@ -172,11 +179,18 @@ def converse(
             msgs, k = fit(msgs)
             dropped += k
             prompts.append(msgs)
-        samples = sampler.sample(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 desc=f"{desc}, turn {turn}")
+        first = first_draw if 0 < first_draw < n else n
+        texts = [[s.text for s in ss] for ss in sampler.sample(
+            prompts, n=first, temperature=temperature, max_new_tokens=max_new_tokens, desc=f"{desc}, turn {turn}")]
+        picked = [pick(d, turn, ts) for d, ts in zip(active, texts, strict=True)]
+        again = [i for i, r in enumerate(picked) if r is None]
+        if first < n and again:
+            more = sampler.sample([prompts[i] for i in again], n=n - first, temperature=temperature,
+                                  max_new_tokens=max_new_tokens, desc=f"{desc}, turn {turn}, second draw")
+            for i, ss in zip(again, more, strict=True):
+                picked[i] = pick(active[i], turn, texts[i] + [s.text for s in ss])
         still = []
-        for d, ss in zip(active, samples, strict=True):
-            reply = pick(d, turn, [s.text for s in ss])
+        for d, reply in zip(active, picked, strict=True):
             if reply is None:
                 continue
             replies[d].append(reply)

@@ -88,7 +88,8 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     fit_row = token_fitter(tokenizer, min(g.max_length, ctx.cfg.rs.train.max_length))
     shown = [[user_message(i, u) for u in us] for i, us in zip(instructions, turns, strict=True)]
     replies = converse(sampler, [[] for _ in instructions], shown, g.temperature, g.max_new_tokens, fit,
-                       n=g.samples_per_turn if g.filter else 1, pick=pick, desc=f"GAtt dialogues (round {ctx.round})")
+                       n=g.samples_per_turn if g.filter else 1, pick=pick, desc=f"GAtt dialogues (round {ctx.round})",
+                       first_draw=g.first_draw if g.filter else 0)
     examples, dropped = [], 0
     broken = sum(len(rs) < len(us) for us, rs in zip(turns, replies, strict=True))
     for ins, us, rs in zip(instructions, turns, replies, strict=True):

@@ -22,6 +22,15 @@ from .training_args import build_args
 log = logging.getLogger(__name__)
 
 
+def drop_longer_than(dataset: Any, max_length: int) -> Any:
+    """``dataset`` (tokenized by TRL) without the examples over ``max_length`` tokens, logged."""
+    kept = dataset.filter(lambda ex: len(ex["input_ids"]) <= max_length)
+    if len(kept) < len(dataset):
+        log.warning("SFT: dropped %d of %d examples longer than max_length=%d tokens (padding_free)",
+                    len(dataset) - len(kept), len(dataset), max_length)
+    return kept
+
+
 def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path) -> dict[str, Any]:
     """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``.
 
@@ -38,7 +47,9 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         cfg,
         out_dir / "trainer",
         assistant_only_loss=stage_cfg.assistant_only_loss,
-        max_length=stage_cfg.max_length,
+        # TRL refuses max_length with padding_free and no packing: the length is enforced below
+        max_length=None if stage_cfg.padding_free else stage_cfg.max_length,
+        padding_free=stage_cfg.padding_free,
         packing=False,
         dataset_num_proc=None,
     )
@@ -50,6 +61,8 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         peft_config=peft_config(cfg, "CAUSAL_LM"),
         callbacks=trainer_callbacks(cfg),
     )
+    if stage_cfg.padding_free:
+        trainer.train_dataset = drop_longer_than(trainer.train_dataset, stage_cfg.max_length)
     result = trainer.train()
     model_dir = out_dir / "model"
     # LoRA adapters are merged so every later stage loads a plain checkpoint
