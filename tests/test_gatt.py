@@ -212,6 +212,7 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     cfg = OmegaConf.structured(Config)
     cfg.gatt.update(start_round=2, n_dialogues=12, min_turns=2, max_turns=6, toy_kinds=["language"],
                     shorten=0.0, filter=True, max_length=4096)
+    cfg.checker.name = "source"  # the toy world's own checks
     cfg.rs.train.max_length = 60
     tokenizer.save_pretrained(tmp_path / "policy")
     ctx = RunContext.open(cfg, tmp_path / "run", world)
@@ -298,3 +299,58 @@ def test_first_draw_keeps_the_same_replies_as_drawing_all_at_once_for_fewer_samp
     # turn 1: 4 each, then 4 more for b and c only; turn 2: 4 each for a and b, all of which follow
     assert split.calls == [(3, 4), (2, 4), (2, 4)]
     assert sum(split.drawn.values()) == 3 * 4 + 2 * 4 + 2 * 4 < sum(at_once.drawn.values()) == 3 * 8 + 2 * 8
+
+
+def _checker_plugin(make_check):
+    from llama2rlhf import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_checkers(self, register):
+            register("custom", make_check)
+
+    return Plugin()
+
+
+def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, tokenizer, world, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf import sampling
+    from llama2rlhf.builtins.augmenters import gatt, load_checker
+    from llama2rlhf.config import Config
+    from llama2rlhf.run import RunContext
+
+    seen = []
+
+    def make_check(cfg):
+        def check(instruction, reply):
+            seen.append((instruction.keys, reply))
+            return "7" in reply  # only the eighth sample of each turn passes
+        return check
+
+    fresh.get_plugin_manager().register(_checker_plugin(make_check), name="custom_plugin")
+    cfg = OmegaConf.structured(Config)
+    cfg.gatt.update(start_round=1, n_dialogues=3, min_turns=2, max_turns=2, toy_kinds=["language"], shorten=0.0,
+                    samples_per_turn=8, first_draw=4)
+    cfg.checker.name = "custom"
+    tokenizer.save_pretrained(tmp_path / "policy")
+    ctx = RunContext.open(cfg, tmp_path / "run", world)
+    ctx.state.artifacts["policy"] = str(tmp_path / "policy")
+    ctx.current_stage = "rejection_sampling"
+    ctx.round = 1
+    monkeypatch.setattr(sampling, "load_sampler", lambda cfg, path: QueuedSampler(lambda user, j: f"reply {j}"))
+    rows = gatt([], ctx)
+    # two turns, each kept at the eighth sample, the second draw's last: what the plugin allowed
+    assert [r["completion"][0]["content"] for r in rows] == ["reply 7"] * 3
+    assert [m["content"] for m in rows[0]["prompt"] if m["role"] == "assistant"] == ["reply 7"]
+    assert {keys for keys, _ in seen} <= {("language:capitals",), ("language:lower case",)}
+
+    def make_broken(cfg):
+        def check(instruction, reply):
+            raise KeyError("no judge")
+        return check
+
+    fresh.reset()
+    fresh.get_plugin_manager().register(_checker_plugin(make_broken), name="broken_plugin")
+    with pytest.raises(fresh.PluginError, match=r"checker 'custom' of plugin 'broken_plugin'.*KeyError: 'no judge'"):
+        load_checker(cfg)(Instruction("Answer in capitals.", "Answer in capitals.", ("language:capitals",)), "x")

@@ -63,7 +63,7 @@ def test_plugins_command_lists_builtins_and_the_example_plugin(tmp_path):
     assert example["distribution"] == "llama2rlhf-example"
     assert example["module"] == "llama2rlhf_example.plugin"
     assert example["registers"] == {
-        "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"],
+        "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"], "checkers": ["example_mentions"],
         "reward_combiners": ["example_cautious"], "reward_losses": ["example_hinge"],
         "samplers": ["example_distinct"], "selectors": ["example_threshold"], "stages": ["example_length_report"]}
     assert set(listed["reward_combiners"]["registers"]["reward_combiners"]) == {"llama2", "single"}

@@ -151,6 +151,14 @@ class AugmenterConfig:
 
 
 @dataclass
+class CheckerConfig:
+    """Selected with ``checker=<name>``: what tells whether a reply follows a GAtt
+    instruction, for ``gatt.filter`` (``source``: the constraint source itself)."""
+
+    name: str = MISSING
+
+
+@dataclass
 class SelectorConfig:
     """Selected with ``selector=<name>``: which scored samples become RS training data."""
 
@@ -310,6 +318,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     augmenter: AugmenterConfig = field(default_factory=AugmenterConfig)
+    checker: CheckerConfig = field(default_factory=CheckerConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     rs: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
@@ -331,6 +340,7 @@ PLUGIN_GROUPS = {
     "sampler": "samplers",
     "selector": "selectors",
     "augmenter": "augmenters",
+    "checker": "checkers",
     "annotator": "annotators",
 }
 GROUP_SCHEMAS = {
@@ -339,6 +349,7 @@ GROUP_SCHEMAS = {
     "sampler": SamplerConfig,
     "selector": SelectorConfig,
     "augmenter": AugmenterConfig,
+    "checker": CheckerConfig,
     "annotator": AnnotatorConfig,
 }
 

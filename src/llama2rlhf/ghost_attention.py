@@ -37,7 +37,7 @@ class Instruction:
 
     text: str  # in front of every user turn while sampling; the system prompt in evaluation
     short: str  # the paper's less verbose form, for half of the training system prompts
-    keys: tuple[str, ...] = ()  # the toy world's constraint keys; empty where nothing checks it
+    keys: tuple[str, ...] = ()  # its parts as "kind:value" (the toy world's constraint keys)
 
 
 class ConstraintSource(Protocol):
@@ -73,8 +73,8 @@ class ListConstraints:
     """Instructions for real data from configurable lists, in the paper's three kinds.
 
     Each instruction combines one to ``max_constraints`` kinds (paper 3.3: "we also randomly
-    combine the above constraints"); no checker can verify free text, so ``check`` says
-    None and the ``filter`` option has nothing to drop.
+    combine the above constraints"); no rule verifies free text, so ``check`` says None
+    and ``gatt.filter`` drops nothing unless a checker plugin (``checker=<name>``) judges.
     """
 
     KINDS = {
@@ -82,6 +82,7 @@ class ListConstraints:
         "languages": ("Always answer in {}.", "Language: {}."),
         "hobbies": ("You enjoy {}; let it show in every answer.", "Hobby: {}."),
     }
+    KEY_KINDS = {"figures": "persona", "languages": "language", "hobbies": "hobby"}  # Instruction.keys
 
     def __init__(self, figures: Sequence[str], languages: Sequence[str], hobbies: Sequence[str], max_constraints: int = 2):
         self.pools = {k: list(v) for k, v in (("figures", figures), ("languages", languages), ("hobbies", hobbies)) if v}
@@ -93,7 +94,8 @@ class ListConstraints:
         kinds = sorted(rng.sample(sorted(self.pools), rng.randint(1, min(self.max_constraints, len(self.pools)))))
         picks = [(k, rng.choice(self.pools[k])) for k in kinds]
         return Instruction(" ".join(self.KINDS[k][0].format(v) for k, v in picks),
-                           " ".join(self.KINDS[k][1].format(v) for k, v in picks))
+                           " ".join(self.KINDS[k][1].format(v) for k, v in picks),
+                           tuple(f"{self.KEY_KINDS[k]}:{v}" for k, v in picks))
 
     def check(self, instruction: Instruction, reply: str) -> bool | None:
         return None

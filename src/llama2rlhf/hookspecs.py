@@ -106,6 +106,25 @@ def register_augmenters(register: Register) -> None:
 
 
 @hookspec
+def register_checkers(register: Register) -> None:
+    """Register checkers of Ghost Attention's instructions (paper 3.3).
+
+    Call ``register(name, make_check)`` with ``make_check(cfg) -> check`` and
+    ``check(instruction, reply: str) -> bool | None``: True where the reply follows the
+    instruction, False where it breaks it, None where it cannot tell (the reply is kept).
+    ``instruction`` is a ``llama2rlhf.ghost_attention.Instruction``: ``text`` as the user
+    or system prompt states it, ``short`` the paper's short form, ``keys`` its parts as
+    ``"kind:value"`` strings (``"language:capitals"``, ``"persona:Napoleon"``,
+    ``"hobby:chess"``). With ``gatt.filter`` the ``gatt`` augmenter keeps, at each turn, the
+    first of ``gatt.samples_per_turn`` replies the checker does not reject, and ends the
+    dialogue where it rejects them all. Selected with ``checker=<name>``; the built-in
+    ``source`` asks the constraint source (the toy world checks its constraints;
+    ``gatt.constraints=list`` cannot check free text, so every reply is kept): a checker
+    plugin is how real-data instructions get filtered, by rules or by a judge model.
+    """
+
+
+@hookspec
 def register_stages(register: Register) -> None:
     """Register pipeline stages (sft, reward, rejection_sampling, ppo, ...).
 

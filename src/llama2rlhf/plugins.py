@@ -31,6 +31,7 @@ TRACE_ENV = "LLAMA2RLHF_TRACE_HOOKS"
 BUILTIN_PLUGINS = {
     "annotators": "llama2rlhf.builtins.annotators",
     "augmenters": "llama2rlhf.builtins.augmenters",
+    "checkers": "llama2rlhf.builtins.checkers",
     "loggers": "llama2rlhf.builtins.loggers",
     "reward_combiners": "llama2rlhf.builtins.reward_combiners",
     "reward_losses": "llama2rlhf.builtins.reward_losses",
@@ -45,6 +46,7 @@ KINDS = {
     "samplers": ("register_samplers", "sampler"),
     "selectors": ("register_selectors", "selector"),
     "augmenters": ("register_augmenters", "augmenter"),
+    "checkers": ("register_checkers", "checker"),
     "stages": ("register_stages", None),
     "reward_combiners": ("register_reward_combiners", "reward"),
     "annotators": ("register_annotators", "annotator"),

@@ -10,6 +10,7 @@ things kept in the modules named after their kind:
 * ``register_samplers``: ``example_distinct`` (:mod:`.samplers`)
 * ``register_selectors``: ``example_threshold`` (:mod:`.selectors`)
 * ``register_augmenters``: ``example_system_prompt`` (:mod:`.augmenters`)
+* ``register_checkers``: ``example_mentions`` (:mod:`.checkers`)
 * ``register_stages``: ``example_length_report`` (:mod:`.stages`)
 * ``register_annotators``: ``example_shorter`` (:mod:`.annotators`)
 * ``register_configs``: a typed node for each of them, and ``logger=example_events``
@@ -32,7 +33,7 @@ from __future__ import annotations
 from llama2rlhf import RewardCombiner, RewardLoss, hookimpl
 from llama2rlhf.data.strength import MARGINS_SMALL
 
-from . import annotators, augmenters, loggers, reward_combiners, reward_losses, samplers, selectors, stages
+from . import annotators, augmenters, checkers, loggers, reward_combiners, reward_losses, samplers, selectors, stages
 
 # the names earlier versions of this module defined, for code that imports them from here
 from .reward_combiners import cautious_combine
@@ -76,6 +77,12 @@ def register_selectors(register):
 def register_augmenters(register):
     """``augmenter=example_system_prompt``: ``augment(rows, ctx) -> rows``."""
     register(augmenters.NAME, augmenters.system_prompt_augment)
+
+
+@hookimpl
+def register_checkers(register):
+    """``checker=example_mentions``: a factory ``(cfg) -> check(instruction, reply)``."""
+    register(checkers.NAME, checkers.make_mentions_checker)
 
 
 @hookimpl

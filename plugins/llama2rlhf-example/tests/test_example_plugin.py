@@ -118,7 +118,7 @@ def test_registry_lists_it_under_the_plugin_and_distribution(fresh_plugins):
     assert described["example"]["module"] == "llama2rlhf_example.plugin"
     # one thing of every kind, and every hook
     assert described["example"]["registers"] == {
-        "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"],
+        "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"], "checkers": ["example_mentions"],
         "reward_combiners": ["example_cautious"], "reward_losses": ["example_hinge"],
         "samplers": ["example_distinct"], "selectors": ["example_threshold"], "stages": ["example_length_report"]}
     from llama2rlhf import hookspecs

@@ -41,6 +41,26 @@ def token_fitter(tokenizer, max_length: int):
     return lambda messages: fit_dialogue(messages, n_tokens, max_length)
 
 
+def load_checker(cfg: Any):
+    """The selected checker (``checker=<name>``) as ``check(instruction, reply)``; a
+    third-party checker that fails is named in the error."""
+    from .. import plugins
+
+    item = plugins.get("checkers", cfg.checker.name)
+    check = item.obj(cfg)
+    if item.distribution == "llama2rlhf":
+        return check
+
+    def named(instruction, reply: str) -> bool | None:
+        try:
+            return check(instruction, reply)
+        except Exception as exc:
+            raise plugins.PluginError(f"checker {item.name!r} of plugin {item.plugin!r} ({item.distribution}) failed "
+                                      f"on instruction {instruction.text!r}: {type(exc).__name__}: {exc}") from exc
+
+    return named
+
+
 def user_turns(ctx, n: int) -> list[str]:
     """``n`` user messages from the round's prompt pool, for dialogues."""
     from ..round_prompts import round_prompts
@@ -74,11 +94,13 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
         turns.append(pool[start:start + n])
         start += n
 
+    check = load_checker(ctx.cfg) if g.filter else None
+
     def pick(d: int, t: int, texts: list[str]) -> str | None:
         # the first sample that does not break the instruction; none: the dialogue ends
-        if not g.filter:
+        if check is None:
             return texts[0]
-        return next((x for x in texts if source.check(instructions[d], x) is not False), None)
+        return next((x for x in texts if check(instructions[d], x) is not False), None)
 
     sampler = load_sampler(ctx.cfg, policy)
     tokenizer = load_tokenizer(policy, trust_remote_code=ctx.cfg.model.trust_remote_code)
