@@ -1,4 +1,4 @@
-"""``checker=example_mentions``: the rule, its selection through Hydra, and GAtt using it."""
+"""``checker=example_mentions``: the rule, the keys it reads, and its selection by name."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_list_instructions_carry_the_keys_it_reads():
         assert mentions(ins, " ".join(["ok", *wanted])) is (True if wanted else None)
 
 
-def test_gatt_filters_with_the_selected_checker(fresh_plugins, monkeypatch):
+def test_checker_name_selects_it_and_the_source_checker_cannot_check_list_instructions(fresh_plugins):
     from omegaconf import OmegaConf
 
     from llama2rlhf.builtins.augmenters import load_checker
