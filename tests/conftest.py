@@ -36,3 +36,17 @@ def fresh(monkeypatch):
     plugins.reset()
     yield plugins
     plugins.reset()
+
+
+@pytest.fixture
+def register_one(fresh):
+    """``register_one(hook, name, thing, plugin=...)``: a plugin whose ``hook`` registers
+    ``thing`` as ``name``, added to the fresh plugin manager."""
+    from llama2rlhf import hookimpl
+
+    def add(hook: str, name: str, thing, plugin: str = "custom_plugin") -> None:
+        impl = hookimpl(lambda self, register: register(name, thing))
+        impl.__name__ = hook
+        fresh.get_plugin_manager().register(type("Plugin", (), {hook: impl})(), name=plugin)
+
+    return add

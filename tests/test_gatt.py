@@ -16,6 +16,7 @@ from llama2rlhf.ghost_attention import (
     training_example,
     user_message,
 )
+from llama2rlhf.plugins import PluginError
 from llama2rlhf.sampling import Sample
 
 NEWTON_CHESS = Instruction("Act as Newton. You love chess.", "Act as Newton. You love chess.",
@@ -301,18 +302,8 @@ def test_first_draw_keeps_the_same_replies_as_drawing_all_at_once_for_fewer_samp
     assert sum(split.drawn.values()) == 3 * 4 + 2 * 4 + 2 * 4 < sum(at_once.drawn.values()) == 3 * 8 + 2 * 8
 
 
-def _checker_plugin(make_check):
-    from llama2rlhf import hookimpl
-
-    class Plugin:
-        @hookimpl
-        def register_checkers(self, register):
-            register("custom", make_check)
-
-    return Plugin()
-
-
-def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, tokenizer, world, tmp_path, monkeypatch):
+def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, register_one, tokenizer, world, tmp_path,
+                                                                         monkeypatch):
     from omegaconf import OmegaConf
 
     from llama2rlhf import sampling
@@ -328,7 +319,7 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, to
             return "7" in reply  # only the eighth sample of each turn passes
         return check
 
-    fresh.get_plugin_manager().register(_checker_plugin(make_check), name="custom_plugin")
+    register_one("register_checkers", "custom", make_check)
     cfg = OmegaConf.structured(Config)
     cfg.gatt.update(start_round=1, n_dialogues=3, min_turns=2, max_turns=2, toy_kinds=["language"], shorten=0.0,
                     samples_per_turn=8, first_draw=4)
@@ -351,6 +342,23 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, to
         return check
 
     fresh.reset()
-    fresh.get_plugin_manager().register(_checker_plugin(make_broken), name="broken_plugin")
+    register_one("register_checkers", "custom", make_broken, plugin="broken_plugin")
     with pytest.raises(fresh.PluginError, match=r"checker 'custom' of plugin 'broken_plugin'.*KeyError: 'no judge'"):
         load_checker(cfg)(Instruction("Answer in capitals.", "Answer in capitals.", ("language:capitals",)), "x")
+
+
+def test_a_failing_third_party_augmenter_is_named(register_one, world, tmp_path):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.builtins.stages.rejection_sampling import augment
+    from llama2rlhf.config import Config
+    from llama2rlhf.run import RunContext
+
+    def broken(rows, ctx):
+        raise ValueError("no dialogues")
+
+    register_one("register_augmenters", "custom", broken, plugin="broken_plugin")
+    cfg = OmegaConf.structured(Config)
+    cfg.augmenter.name = "custom"
+    with pytest.raises(PluginError, match=r"augmenter 'custom' of plugin 'broken_plugin'.*ValueError: no dialogues"):
+        augment(RunContext.open(cfg, tmp_path / "run", world), [])

@@ -62,18 +62,7 @@ def test_candidate_round_trips_through_json():
 # --- how the rejection-sampling stage calls the selected selector -----------------------
 
 
-def _selector_plugin(fn):
-    from llama2rlhf import hookimpl
-
-    class Plugin:
-        @hookimpl
-        def register_selectors(self, register):
-            register("custom", fn)
-
-    return Plugin()
-
-
-def test_stage_passes_the_selector_node_extra_keys_as_options(fresh):
+def test_stage_passes_the_selector_node_extra_keys_as_options(register_one):
     from omegaconf import OmegaConf
 
     from llama2rlhf.builtins.stages.rejection_sampling import select as stage_select
@@ -84,7 +73,7 @@ def test_stage_passes_the_selector_node_extra_keys_as_options(fresh):
         seen["threshold"] = threshold
         return [c for c in candidates if c.score > threshold]
 
-    fresh.get_plugin_manager().register(_selector_plugin(above), name="custom_plugin")
+    register_one("register_selectors", "custom", above)
     cfg = OmegaConf.create({"selector": {"name": "custom", "threshold": 0.0}})
     assert [c.completion for c in stage_select(cfg, THIS_ROUND, [])] == ["a", "b"]
     assert seen == {"threshold": 0.0}
@@ -93,7 +82,7 @@ def test_stage_passes_the_selector_node_extra_keys_as_options(fresh):
     assert [c.completion for c in stage_select(builtin, THIS_ROUND, [])] == ["b", "d"]
 
 
-def test_a_failing_third_party_selector_is_named(fresh):
+def test_a_failing_third_party_selector_is_named(register_one):
     from omegaconf import OmegaConf
 
     from llama2rlhf.builtins.stages.rejection_sampling import select as stage_select
@@ -101,6 +90,6 @@ def test_a_failing_third_party_selector_is_named(fresh):
     def broken(candidates, history):
         raise ValueError("no scores")
 
-    fresh.get_plugin_manager().register(_selector_plugin(broken), name="broken_plugin")
+    register_one("register_selectors", "custom", broken, plugin="broken_plugin")
     with pytest.raises(plugins.PluginError, match=r"selector 'custom' of plugin 'broken_plugin'.*ValueError: no scores"):
         stage_select(OmegaConf.create({"selector": {"name": "custom"}}), THIS_ROUND, [])

@@ -44,13 +44,8 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     distributed.main_process_only(hook.on_stage_start, ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
     started = time.perf_counter()
-    try:
+    with stage.blame("stage"):
         metrics = stage.obj(ctx) or {}
-    except Exception as exc:
-        if stage.distribution != "llama2rlhf":
-            raise plugins.PluginError(f"stage {name!r} of plugin {stage.plugin!r} ({stage.distribution}) failed: "
-                                      f"{type(exc).__name__}: {exc}") from exc
-        raise
     seconds = time.perf_counter() - started
     # what the main process did alone (sampling, scoring, evaluation) is in its metrics and
     # state only: every process carries on from those

@@ -15,8 +15,9 @@ import importlib
 import importlib.metadata
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import pluggy
 
@@ -65,6 +66,21 @@ class Registered:
     obj: Any
     plugin: str
     distribution: str | None
+
+    @contextmanager
+    def blame(self, what: str) -> Iterator[None]:
+        """Re-raise a third-party plugin's failure inside the block as a PluginError that
+        names it (``what`` says which kind, e.g. "selector"); the built-ins' own errors pass
+        through unchanged."""
+        try:
+            yield
+        except PluginError:
+            raise
+        except Exception as exc:
+            if self.distribution == "llama2rlhf":
+                raise
+            raise PluginError(f"{what} {self.name!r} of plugin {self.plugin!r} ({self.distribution}) failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 _pm: pluggy.PluginManager | None = None

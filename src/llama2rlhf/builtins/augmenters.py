@@ -48,17 +48,12 @@ def load_checker(cfg: Any):
 
     item = plugins.get("checkers", cfg.checker.name)
     check = item.obj(cfg)
-    if item.distribution == "llama2rlhf":
-        return check
 
-    def named(instruction, reply: str) -> bool | None:
-        try:
+    def blamed(instruction, reply: str) -> bool | None:
+        with item.blame("checker"):
             return check(instruction, reply)
-        except Exception as exc:
-            raise plugins.PluginError(f"checker {item.name!r} of plugin {item.plugin!r} ({item.distribution}) failed "
-                                      f"on instruction {instruction.text!r}: {type(exc).__name__}: {exc}") from exc
 
-    return named
+    return check if item.distribution == "llama2rlhf" else blamed
 
 
 def user_turns(ctx, n: int) -> list[str]:

@@ -71,13 +71,8 @@ def augment(ctx, rows: list[dict]) -> list[dict]:
     """The selected augmenter (``augmenter=<name>``, Ghost Attention by default) over the
     fine-tuning rows; a third-party augmenter that fails is named in the error."""
     item = plugins.get("augmenters", ctx.cfg.augmenter.name)
-    try:
+    with item.blame("augmenter"):
         out = item.obj(rows, ctx)
-    except Exception as exc:
-        if item.distribution == "llama2rlhf":
-            raise
-        raise plugins.PluginError(f"augmenter {item.name!r} of plugin {item.plugin!r} ({item.distribution}) failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc
     return unify_sft_formats(list(out))
 
 
@@ -89,13 +84,8 @@ def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[C
 
     options = OmegaConf.to_container(cfg.selector, resolve=True)
     item = plugins.get("selectors", options.pop("name"))
-    try:
+    with item.blame("selector"):
         return list(item.obj(candidates, history, **options))
-    except Exception as exc:
-        if item.distribution == "llama2rlhf":
-            raise
-        raise plugins.PluginError(f"selector {item.name!r} of plugin {item.plugin!r} ({item.distribution}) failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
