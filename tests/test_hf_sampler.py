@@ -217,3 +217,49 @@ def test_inverse_cdf_sampling_draws_from_the_tempered_softmax(temperature):
     want = torch.softmax(logits / temperature, -1)
     assert freq[4] == 0  # a token with probability 0 is never drawn
     assert torch.allclose(freq, want, atol=0.01), (freq, want)
+
+
+# --- decoding into reserved cache slots (llama2rlhf.kv_cache.reserved_cache) ---
+
+@pytest.mark.parametrize("share", [True, False])
+def test_reserved_cache_gives_the_dynamic_caches_replies(tokenizer, peaked_llama, share):
+    from llama2rlhf.builtins.samplers import HFSampler
+
+    reserved = HFSampler(peaked_llama, tokenizer, show_progress=False, share_prefill=share)
+    dynamic = HFSampler(peaked_llama, tokenizer, show_progress=False, share_prefill=share, reserve_cache=False)
+    assert reserved.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=12) == \
+        dynamic.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)
+    torch.manual_seed(3)
+    a = reserved.sample(PROMPTS, n=3, temperature=1.0, max_new_tokens=12)
+    torch.manual_seed(3)
+    assert a == dynamic.sample(PROMPTS, n=3, temperature=1.0, max_new_tokens=12)
+
+
+def test_reserved_cache_decodes_in_place(tokenizer, peaked_llama):
+    """After the prefill (and the repeat for n samples) the buffer is allocated once; every
+    new token is written into it, never a concatenated copy."""
+    from llama2rlhf.kv_cache import reserved_cache
+
+    input_ids, attention = _padded(tokenizer, PROMPTS)
+    cache = reserved_cache(reserve=9)
+    with torch.inference_mode():
+        peaked_llama(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(2)
+        buffers, lengths = [], []
+
+        def record(*args):  # returns None: a forward hook's return value would replace the output
+            buffers.append(cache.layers[0]._buffers[0].data_ptr())
+            lengths.append(cache.get_seq_length())
+
+        hook = peaked_llama.register_forward_hook(record)
+        try:
+            peaked_llama.generate(input_ids=input_ids.repeat_interleave(2, 0),
+                                  attention_mask=attention.repeat_interleave(2, 0), cache=cache,
+                                  max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)
+        finally:
+            hook.remove()
+    width = input_ids.shape[1]
+    assert lengths == list(range(width, width + 8))  # the last prompt token, then 7 new ones
+    assert len(set(buffers)) == 1  # one buffer for all 8 steps
+    assert cache.layers[0]._buffers[0].shape[-2] == width + 9  # the repeat's length plus the reserve

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .. import hookimpl
-from ..kv_cache import cache_kwarg, forward_params
+from ..kv_cache import cache_kwarg, forward_params, reserved_cache
 from ..sampling import Messages, Sample
 
 
@@ -35,6 +35,7 @@ class HFSampler:
         device=None,
         show_progress: bool = True,
         share_prefill: bool = True,
+        reserve_cache: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -42,6 +43,9 @@ class HFSampler:
         self.device = device or next(model.parameters()).device
         self.show_progress = show_progress
         self.share_prefill = share_prefill
+        # decode into preallocated key/value slots rather than a cache that grows by copying
+        # (llama2rlhf.kv_cache.reserved_cache); False: transformers' DynamicCache
+        self.reserve_cache = reserve_cache
         self._cache_kwarg = cache_kwarg(model)
         self._logits_to_keep = "logits_to_keep" in forward_params(model)
 
@@ -72,11 +76,18 @@ class HFSampler:
         """The name the model takes its KV cache under, or None when the prefill cannot be shared."""
         return self._cache_kwarg
 
+    def _new_cache(self, max_new_tokens: int) -> dict[str, Any]:
+        """``generate``'s cache argument: one with room for the new tokens (``reserved_cache``),
+        where the model takes a ``Cache`` by a known name; else nothing (its own default)."""
+        name = self._cache_kwarg
+        return {name: reserved_cache(max_new_tokens + 1)} if name and self.reserve_cache else {}
+
     def _plain_generate(self, input_ids, attention, n: int, **gen_kwargs):
         # the rows repeated here rather than by num_return_sequences, which greedy decoding
         # refuses and inverse_cdf_sampling's draws go through
         return self.model.generate(input_ids=input_ids.repeat_interleave(n, dim=0),
-                                   attention_mask=attention.repeat_interleave(n, dim=0), **gen_kwargs)
+                                   attention_mask=attention.repeat_interleave(n, dim=0),
+                                   **self._new_cache(gen_kwargs["max_new_tokens"]), **gen_kwargs)
 
     def generate(self, input_ids, attention, n: int, **gen_kwargs):
         """``generate`` for one left-padded batch of prompts, ``n`` rows per prompt, grouped by prompt.
@@ -101,6 +112,7 @@ class HFSampler:
         )
         if self._logits_to_keep:
             forward_kwargs["logits_to_keep"] = 1  # the logits are not used; skip the full-vocabulary head
+        forward_kwargs.update(self._new_cache(gen_kwargs["max_new_tokens"]))
         out = self.model(**forward_kwargs)
         cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         if not hasattr(cache, "batch_repeat_interleave"):  # not a Cache object after all: plain path from now on
