@@ -76,18 +76,19 @@ class HFSampler:
         """The name the model takes its KV cache under, or None when the prefill cannot be shared."""
         return self._cache_kwarg
 
-    def _new_cache(self, max_new_tokens: int) -> dict[str, Any]:
-        """``generate``'s cache argument: one with room for the new tokens (``reserved_cache``),
-        where the model takes a ``Cache`` by a known name; else nothing (its own default)."""
+    def _new_cache(self, max_new_tokens: int | None) -> dict[str, Any]:
+        """``generate``'s cache argument: one with room for the prompt's last token and the new
+        ones (``reserved_cache``), where the model takes a ``Cache`` by a known name; else
+        nothing (``generate``'s own default)."""
         name = self._cache_kwarg
-        return {name: reserved_cache(max_new_tokens + 1)} if name and self.reserve_cache else {}
+        return {name: reserved_cache((max_new_tokens or 0) + 1)} if name and self.reserve_cache else {}
 
     def _plain_generate(self, input_ids, attention, n: int, **gen_kwargs):
         # the rows repeated here rather than by num_return_sequences, which greedy decoding
         # refuses and inverse_cdf_sampling's draws go through
         return self.model.generate(input_ids=input_ids.repeat_interleave(n, dim=0),
                                    attention_mask=attention.repeat_interleave(n, dim=0),
-                                   **self._new_cache(gen_kwargs["max_new_tokens"]), **gen_kwargs)
+                                   **self._new_cache(gen_kwargs.get("max_new_tokens")), **gen_kwargs)
 
     def generate(self, input_ids, attention, n: int, **gen_kwargs):
         """``generate`` for one left-padded batch of prompts, ``n`` rows per prompt, grouped by prompt.
@@ -112,7 +113,7 @@ class HFSampler:
         )
         if self._logits_to_keep:
             forward_kwargs["logits_to_keep"] = 1  # the logits are not used; skip the full-vocabulary head
-        forward_kwargs.update(self._new_cache(gen_kwargs["max_new_tokens"]))
+        forward_kwargs.update(self._new_cache(gen_kwargs.get("max_new_tokens")))
         out = self.model(**forward_kwargs)
         cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         if not hasattr(cache, "batch_repeat_interleave"):  # not a Cache object after all: plain path from now on
