@@ -214,3 +214,24 @@ def test_safety_lookup_takes_the_longest_query_a_row_starts_with():
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]])
     # [5, 6, 7] (safety) beats its prefix [5, 6]; [5, 6] alone is not; an unknown query is not
     assert lookup(rows, mask).tolist() == [True, False, True, False]
+
+
+def test_ppo_value_model_starts_in_the_whitened_rewards_units(saved_rms, tokenizer):
+    """PPO's critic starts as the helpfulness RM with its head rescaled: at the last token it
+    predicts the whitened reward that PPO is fed wherever the combiner passes the helpfulness
+    score through, so its first returns are not several standard deviations off."""
+    from transformers import AutoModelForSequenceClassification
+    from trl.experimental.utils import get_reward
+
+    from llama2rlhf.builtins.stages.ppo import value_model_in_reward_units
+
+    raw, _ = _by_hand(saved_rms, tokenizer)
+    stats = {"mean": 0.7, "std": 3.0}
+    query_responses, context_length, _ = _query_responses(tokenizer)
+    value = AutoModelForSequenceClassification.from_pretrained(saved_rms["helpfulness"]).eval()
+    assert value_model_in_reward_units(value, None).score.bias is None  # no whitening: left as it is
+    value = value_model_in_reward_units(value, stats)
+    _, scores, _ = get_reward(value, query_responses, tokenizer.pad_token_id, context_length)
+    assert scores.tolist() == pytest.approx([(h - 0.7) / 3.0 for h in raw["helpfulness"]], abs=1e-4)
+    helpful_only = CombinedReward(_cfg(), {"helpfulness": saved_rms["helpfulness"]}, stats)
+    assert scores.tolist() == pytest.approx(helpful_only.score_conversations(CONVS, SAFETY), abs=1e-4)
