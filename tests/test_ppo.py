@@ -72,6 +72,7 @@ class LowTokenReward:
     """The combined-reward interface (``CombinedReward``) over ``_LowTokenCounter``."""
 
     combiner_name = "low_tokens"
+    whitening = None  # its rewards are used as they come
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -112,6 +113,18 @@ def test_ppo_raises_an_easy_reward_and_changes_the_weights(tiny_run, tmp_path, l
     assert len(scores) == 6
     assert sum(scores[-2:]) / 2 > sum(scores[:2]) / 2 + 0.5, scores
     assert metrics["kl"] > 0.01  # the exact per-token KL of a policy that moved
+    # held-out task accuracy per family before and after: weighted by the families' shares of
+    # the held-out prompts, it is the task accuracy
+    from collections import Counter
+
+    from llama2rlhf.evaluation.heldout import heldout_prompts
+
+    counts = Counter(p.family for p in heldout_prompts(ctx))
+    for when in ("before", "after"):
+        by_family = metrics[f"accuracy_by_family_{when}"]
+        assert set(by_family) == set(counts)
+        weighted = sum(by_family[f] * n for f, n in counts.items()) / sum(counts.values())
+        assert weighted == pytest.approx(metrics[f"task_accuracy_{when}"])
     assert ctx.state.artifacts["policy"] == str(ctx.run_dir / "round_1" / "ppo" / "model")
     before, after = _weights(start), _weights(ctx.state.artifacts["policy"])
     assert before.keys() == after.keys()

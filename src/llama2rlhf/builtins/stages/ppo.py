@@ -120,7 +120,8 @@ def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list)
     out = {"reward": sum(scores) / len(scores)}
     if ctx.world is not None:
         gold = gold_metrics(ctx.world, [p for _, _, p in prompts], replies)
-        out.update(gold_reward=gold["gold_reward"], task_accuracy=gold["task_accuracy"])
+        out.update(gold_reward=gold["gold_reward"], task_accuracy=gold["task_accuracy"],
+                   accuracy_by_family=gold["accuracy_by_family"])
     return out
 
 
@@ -281,7 +282,10 @@ def _online_rl_stage(kind: str):
         }
         if "gold_reward" in before:
             metrics.update(gold_reward_before=before["gold_reward"], gold_reward_after=after["gold_reward"],
-                           task_accuracy_before=before["task_accuracy"], task_accuracy_after=after["task_accuracy"])
+                           task_accuracy_before=before["task_accuracy"], task_accuracy_after=after["task_accuracy"],
+                           # where PPO gained and where it exploited the reward model's blind spots
+                           accuracy_by_family_before=before["accuracy_by_family"],
+                           accuracy_by_family_after=after["accuracy_by_family"])
         if stopped:
             metrics["stopped"] = stopped
         return metrics
