@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sampling import compare  # noqa: E402
+from sampling import compare, load_policy  # noqa: E402
 
 
 def dialogues(world, n: int, turns: int) -> list[list[dict]]:
@@ -53,36 +53,23 @@ def main() -> None:
     args = ap.parse_args()
 
     world = ToyWorld()
-    if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model)
-    else:
-        from llama2rlhf.toyworld.model import build_tiny_llama
-        from llama2rlhf.toyworld.tokenizer import build_tokenizer
-
-        tokenizer = build_tokenizer(world)
-        model = build_tiny_llama(tokenizer)
-    model.eval()
+    model, tokenizer = load_policy(args.model, world)
     dynamic = HFSampler(model, tokenizer, show_progress=False, reserve_cache=False)
     reserved = HFSampler(model, tokenizer, show_progress=False)
     print(f"{args.dialogues} dialogues x K={args.k}, max_new_tokens={args.max_new_tokens}, "
           f"torch threads={torch.get_num_threads()}, medians of {args.repeats} alternating runs after a warm-up")
+    def seeded(sampler, prompts):
+        torch.manual_seed(0)  # the same draws on both sides: their samples must match
+        return sampler.sample(prompts, args.k, 1.0, args.max_new_tokens)
+
     ratio = None
     for turns in args.turns:
         prompts = dialogues(world, args.dialogues, turns)
         tokens = sum(len(x) for x in reserved.encode(prompts)) / len(prompts)
         for s in (dynamic, reserved):
             s.sample(prompts[:2], args.k, 1.0, args.max_new_tokens)
-        seed = [0]
-
-        def run(sampler):
-            torch.manual_seed(seed[0])
-            return sampler.sample(prompts, args.k, 1.0, args.max_new_tokens)
-
-        d_rate, r_rate, ratio, res = compare(lambda: run(dynamic), lambda: run(reserved), args.repeats,
-                                             args.dialogues * args.k)
+        d_rate, r_rate, ratio, res = compare(lambda p=prompts: seeded(dynamic, p), lambda p=prompts: seeded(reserved, p),
+                                             args.repeats, args.dialogues * args.k)
         same = res["hand"] == res["ours"]
         print(f"{turns:3d} turns ({tokens:5.0f} prompt tokens)   DynamicCache {d_rate:8.1f} samples/s   "
               f"reserved slots {r_rate:8.1f} samples/s   ratio {ratio:.2f}x   same samples: {same}")

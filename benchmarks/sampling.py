@@ -67,6 +67,19 @@ def compare(hand, ours, repeats: int, n: int):
     return statistics.median(rates["hand"]), statistics.median(rates["ours"]), statistics.median(ratios), results
 
 
+def load_policy(path: str | None, world):
+    """(model in eval mode, tokenizer): a saved policy, or the toy tokenizer and a tiny random Llama."""
+    if path:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    from llama2rlhf.toyworld.model import build_tiny_llama
+    from llama2rlhf.toyworld.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(world)
+    return build_tiny_llama(tokenizer).eval(), tokenizer
+
+
 def main() -> None:
     import torch
     from transformers import LlamaForSequenceClassification
@@ -85,18 +98,7 @@ def main() -> None:
     args = ap.parse_args()
 
     world = ToyWorld()
-    if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model)
-    else:
-        from llama2rlhf.toyworld.model import build_tiny_llama
-        from llama2rlhf.toyworld.tokenizer import build_tokenizer
-
-        tokenizer = build_tokenizer(world)
-        model = build_tiny_llama(tokenizer)
-    model.eval()
+    model, tokenizer = load_policy(args.model, world)
     torch.manual_seed(0)
     rm = LlamaForSequenceClassification(model.config.__class__(**{**model.config.to_dict(), "num_labels": 1})).eval()
     prompts = [p.messages() for p in world.prompts("heldout", args.prompts, purpose="benchmark")]
