@@ -159,7 +159,7 @@ def value_model_in_reward_units(value, whitening: dict[str, float] | None):
     statistics, which is the combined reward itself wherever the combiner passes the
     helpfulness score through (``llama2`` on a safe reply). The raw head's scores sat
     several standard deviations from the returns, and the critic spent PPO's first
-    iterations unlearning that (toy run: value loss 7.5 falling to 0.3 over 32 iterations)
+    iterations unlearning that (toy run: value loss 7.5 falling to 0.25 over 32 iterations)
     while the policy followed advantages from a miscalibrated baseline. Without whitening
     the head is left as it is."""
     import torch
