@@ -202,7 +202,7 @@ def test_a_failing_combiner_is_named_with_its_plugin(saved_rms, monkeypatch):
     monkeypatch.setitem(plugins._registries["reward_combiners"], "broken",
                         Registered("broken", RewardCombiner(broken), "my_plugin", "my-dist"))
     reward = CombinedReward(_cfg(name="broken"), saved_rms)
-    with pytest.raises(PluginError, match="reward combiner 'broken' of plugin 'my_plugin' failed: KeyError"):
+    with pytest.raises(PluginError, match=r"reward combiner 'broken' of plugin 'my_plugin' \(my-dist\) failed: KeyError"):
         reward.score_conversations(CONVS, SAFETY)
 
 

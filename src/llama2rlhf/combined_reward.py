@@ -99,12 +99,8 @@ class CombinedReward:
         """The combiner's output for raw ``scores`` (tensors), whitened unless ``whiten`` is False."""
         import torch
 
-        try:
+        with plugins.get("reward_combiners", self.combiner_name).blame("reward combiner"):
             combined = self.combiner(scores, is_safety, **self.options)
-        except Exception as exc:
-            plugin = plugins.get("reward_combiners", self.combiner_name).plugin
-            raise plugins.PluginError(f"reward combiner {self.combiner_name!r} of plugin {plugin!r} failed: "
-                                      f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(combined, torch.Tensor):
             raise plugins.PluginError(f"reward combiner {self.combiner_name!r} returned {type(combined).__name__}, "
                                       "not a tensor")

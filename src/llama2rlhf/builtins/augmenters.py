@@ -53,6 +53,8 @@ def load_checker(cfg: Any):
         with item.blame("checker"):
             return check(instruction, reply)
 
+    # called once per sampled reply: the built-ins' errors pass through blame anyway, so
+    # they skip its wrapper
     return check if item.distribution == "llama2rlhf" else blamed
 
 
