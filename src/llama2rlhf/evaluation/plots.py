@@ -226,10 +226,11 @@ def plot_ppo(path: Path, runs: Sequence[Mapping[str, Any]]) -> Path:
                            color=colour, edgecolor="dimgrey", label=when)
         gold_ax.bar_label(bars, fmt="%.3f", fontsize=8)
     gold_ax.set_xticks(gx, [g[2] for g in groups], fontsize=8)
-    gold_ax.set_ylim(0, 1.05)
+    # room above the bars' labels for the legend, which covered them at the top right
+    gold_ax.set_ylim(0, 1.2)
     gold_ax.set_ylabel("gold reward (0-1) / task accuracy (fraction)")
     for ax in (rm_ax, gold_ax) if runs_with_gold else (rm_ax,):
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **({"loc": "upper center", "ncol": 2} if ax is gold_ax else {}))
     fig.suptitle("PPO: KL and reward per step, held-out reward before and after")
     return _save(fig, path)
