@@ -3,7 +3,7 @@
 grows by concatenation, same model, prompts, K and token limits, one process.
 
     python benchmarks/kv_cache.py [--dialogues 48] [--k 4] [--max-new-tokens 32] [--repeats 5]
-                                  [--turns 1 5 10 20] [--model RUN_DIR/sft/model]
+                                  [--turns 1 5 10 20] [--model RUN_DIR/sft/model] [--device cuda]
 
 The prompts are Ghost Attention's (paper 3.3): toy-world dialogues of ``--turns`` turns
 whose reply is sampled next, ``--k`` samples each (GAtt's first draw). Timing as in
@@ -50,14 +50,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--turns", type=int, nargs="+", default=[1, 5, 10, 20])
     ap.add_argument("--model", default=None, help="a saved policy (default: a tiny random Llama)")
+    ap.add_argument("--device", default="cpu", help="where both sides run (cpu, cuda, cuda:1 ...)")
     args = ap.parse_args()
 
     world = ToyWorld()
-    model, tokenizer = load_policy(args.model, world)
+    model, tokenizer = load_policy(args.model, world, args.device)
     dynamic = HFSampler(model, tokenizer, show_progress=False, reserve_cache=False)
     reserved = HFSampler(model, tokenizer, show_progress=False)
     print(f"{args.dialogues} dialogues x K={args.k}, max_new_tokens={args.max_new_tokens}, "
-          f"torch threads={torch.get_num_threads()}, medians of {args.repeats} alternating runs after a warm-up")
+          f"device {args.device}, torch threads={torch.get_num_threads()}, medians of {args.repeats} alternating runs after a warm-up")
     def seeded(sampler, prompts):
         torch.manual_seed(0)  # the same draws on both sides: their samples must match
         return sampler.sample(prompts, args.k, 1.0, args.max_new_tokens)

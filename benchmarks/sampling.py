@@ -2,7 +2,7 @@
 loops a user would write by hand, same model, prompts, K and token limits, one process.
 
     python benchmarks/sampling.py [--prompts 64] [--k 8] [--max-new-tokens 32] [--repeats 7]
-                                  [--model RUN_DIR/sft/model]
+                                  [--model RUN_DIR/sft/model] [--device cuda]
 
 Without ``--model`` it builds the toy tokenizer and a tiny Llama (random weights: every
 sample runs to the token limit, the fair worst case for both sides).
@@ -30,7 +30,7 @@ def hand_sampling(model, tokenizer, prompts, k, max_new_tokens):
     out = []
     for messages in prompts:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                            return_tensors="pt")
+                                            return_tensors="pt").to(model.device)
         with torch.inference_mode():
             seqs = model.generate(**ids, do_sample=True, temperature=1.0, top_k=0, num_return_sequences=k,
                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
@@ -44,7 +44,7 @@ def hand_scoring(rm, tokenizer, conversations):
 
     scores = []
     for conv in conversations:
-        ids = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True, return_tensors="pt")
+        ids = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True, return_tensors="pt").to(rm.device)
         with torch.inference_mode():
             scores.append(float(rm(**ids).logits[0, 0]))
     return scores
@@ -67,17 +67,18 @@ def compare(hand, ours, repeats: int, n: int):
     return statistics.median(rates["hand"]), statistics.median(rates["ours"]), statistics.median(ratios), results
 
 
-def load_policy(path: str | None, world):
-    """(model in eval mode, tokenizer): a saved policy, or the toy tokenizer and a tiny random Llama."""
+def load_policy(path: str | None, world, device: str = "cpu"):
+    """(model in eval mode on ``device``, tokenizer): a saved policy, or the toy tokenizer and a
+    tiny random Llama."""
     if path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
     from llama2rlhf.toyworld.model import build_tiny_llama
     from llama2rlhf.toyworld.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(world)
-    return build_tiny_llama(tokenizer).eval(), tokenizer
+    return build_tiny_llama(tokenizer).to(device).eval(), tokenizer
 
 
 def main() -> None:
@@ -95,16 +96,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7, help="timed runs of each side; medians are reported")
     ap.add_argument("--warmup-prompts", type=int, default=2, help="prompts in the untimed warm-up call of each side")
     ap.add_argument("--model", default=None, help="a saved policy (default: a tiny random Llama)")
+    ap.add_argument("--device", default="cpu", help="where both sides run (cpu, cuda, cuda:1 ...)")
     args = ap.parse_args()
 
     world = ToyWorld()
-    model, tokenizer = load_policy(args.model, world)
+    model, tokenizer = load_policy(args.model, world, args.device)
     torch.manual_seed(0)
-    rm = LlamaForSequenceClassification(model.config.__class__(**{**model.config.to_dict(), "num_labels": 1})).eval()
+    rm_config = model.config.__class__(**{**model.config.to_dict(), "num_labels": 1})
+    rm = LlamaForSequenceClassification(rm_config).to(args.device).eval()
     prompts = [p.messages() for p in world.prompts("heldout", args.prompts, purpose="benchmark")]
     n = args.prompts * args.k
     print(f"{args.prompts} prompts x K={args.k}, max_new_tokens={args.max_new_tokens}, "
-          f"torch threads={torch.get_num_threads()}, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
+          f"device {args.device}, torch threads={torch.get_num_threads()}, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
           f"medians of {args.repeats} alternating runs after a warm-up")
 
     sampler = HFSampler(model, tokenizer, show_progress=False)

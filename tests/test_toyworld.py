@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -35,6 +36,23 @@ def test_prompt_mix_has_all_families_and_unsafe_share():
     fams = Counter(p.family for p in ToyWorld().prompts("train", 3000))
     assert set(fams) == {"add", "upper", "reverse", "next", "count", "capital", "unsafe"}
     assert 0.07 < fams["unsafe"] / 3000 < 0.13
+
+
+def test_families_restrict_every_prompt_pool():
+    w = ToyWorld(families=["capital", "next"])
+    for split, purpose in (("train", "sft"), ("train", "pairs"), ("heldout", "eval")):
+        fams = Counter(p.family for p in w.prompts(split, 500, purpose=purpose))
+        assert set(fams) == {"capital", "next", "unsafe"}
+    rows = w.sft_rows(200)
+    assert not any("+" in m["content"] or "Reverse" in m["content"] for r in rows for m in r["messages"])
+    # the full list, in FAMILIES' order, is the default world, prompt for prompt
+    assert ToyWorld(families=list(ToyWorld().spec.families)).prompts("train", 300) == ToyWorld().prompts("train", 300)
+
+
+@pytest.mark.parametrize("families", [["capital", "division"], []])
+def test_unknown_or_no_family_is_refused(families):
+    with pytest.raises(ValueError, match=r"toyworld.families must name some of \['add', 'capital'.*got " + re.escape(str(families))):
+        ToyWorld(families=families)
 
 
 def test_demonstration_error_rate_matches_config():

@@ -70,6 +70,8 @@ class WorldSpec:
     max_dialogue_turns: int = 4
     # which constraints the demonstrations carry (persona, language, hobby)
     constraint_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])
+    # the safe task families every prompt pool draws from (``tasks.FAMILIES``)
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
 
 
 class ToyWorld:
@@ -79,6 +81,9 @@ class ToyWorld:
             raise ValueError(f"demo_error_rate must be in [0, 1/3], got {self.spec.demo_error_rate}")
         if not 0.0 <= self.spec.demo_signoff_rate <= 1.0:
             raise ValueError(f"demo_signoff_rate must be in [0, 1], got {self.spec.demo_signoff_rate}")
+        unknown = sorted(set(self.spec.families) - set(FAMILIES))
+        if unknown or not self.spec.families:
+            raise ValueError(f"toyworld.families must name some of {sorted(FAMILIES)}, got {list(self.spec.families)}")
         self.annotator = SimulatedAnnotator(noise=self.spec.annotator_noise)
 
     # -- randomness ---------------------------------------------------------------------
@@ -100,7 +105,7 @@ class ToyWorld:
             if len(out) == n:
                 break
             unsafe = families is None and rng.random() < self.spec.unsafe_fraction
-            p = make_unsafe_prompt(rng) if unsafe else make_safe_prompt(rng, families)
+            p = make_unsafe_prompt(rng) if unsafe else make_safe_prompt(rng, families or tuple(self.spec.families))
             if self.split_of(p) == split:
                 out.append(p)
         if len(out) < n:
