@@ -98,9 +98,12 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
                                           "negligibly_better")) == acc["counts"]["overall"] == 40
     assert summary["reward"]["reward_loss"] == "margin_small"
     # the safety RM has its own bucket accuracies, on the held-out safety comparisons only
+    from omegaconf import OmegaConf
+
     from llama2rlhf.toyworld import ToyWorld
 
-    n_safety = sum(r["safety"] for r in ToyWorld().seed_comparisons(40, "heldout"))
+    world = ToyWorld(**OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").toyworld))
+    n_safety = sum(r["safety"] for r in world.seed_comparisons(40, "heldout"))
     assert 0 < summary["reward"]["safety"]["rm_accuracy"]["counts"]["overall"] == n_safety < 40
     whitening = summary["reward"]["whitening"]
     assert whitening["combiner"] == "llama2" and whitening["n"] == 80 and whitening["std"] > 0
