@@ -45,8 +45,6 @@ def test_families_restrict_every_prompt_pool():
         assert set(fams) == {"capital", "next", "unsafe"}
     rows = w.sft_rows(200)
     assert not any("+" in m["content"] or "Reverse" in m["content"] for r in rows for m in r["messages"])
-    # the full list, in FAMILIES' order, is the default world, prompt for prompt
-    assert ToyWorld(families=list(ToyWorld().spec.families)).prompts("train", 300) == ToyWorld().prompts("train", 300)
 
 
 @pytest.mark.parametrize("families", [["capital", "division"], []])
