@@ -100,12 +100,13 @@ class ToyWorld:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         rng = self.rng(f"{purpose}:{split}")
+        pool = families or tuple(self.spec.families)
         out: list[Prompt] = []
         for _ in range(n * 200):
             if len(out) == n:
                 break
             unsafe = families is None and rng.random() < self.spec.unsafe_fraction
-            p = make_unsafe_prompt(rng) if unsafe else make_safe_prompt(rng, families or tuple(self.spec.families))
+            p = make_unsafe_prompt(rng) if unsafe else make_safe_prompt(rng, pool)
             if self.split_of(p) == split:
                 out.append(p)
         if len(out) < n:
