@@ -40,6 +40,11 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
 
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(init_path, cfg)
+    if stage_cfg.padding_free:
+        from ...packed_attention import use_for_padding_free
+
+        # transformers' sdpa would attend across the whole padding-free row, masking most of it
+        use_for_padding_free(model)
     dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
     args = build_args(
         SFTConfig,
