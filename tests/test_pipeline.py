@@ -117,9 +117,10 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     # PPO on the RS model, measured before and after on the held-out prompts
     ppo = summary["rounds"][0]["ppo"]
     assert ppo["trainer"] == "ppo" and ppo["steps"] == 2 and "stopped" not in ppo
-    for key in ("kl", "reward_before", "reward_after", "gold_reward_before", "gold_reward_after"):
+    for key in ("kl", "reward_before", "reward_after", "gold_reward_before", "gold_reward_after",
+                "greedy_gold_reward_before", "greedy_gold_reward_after"):
         assert isinstance(ppo[key], float), key
-    assert 0.0 <= ppo["gold_reward_before"] <= 1.0 and 0.0 <= ppo["gold_reward_after"] <= 1.0
+        assert key == "kl" or key.startswith("reward") or 0.0 <= ppo[key] <= 1.0, key
     assert [h["step"] for h in ppo["history"]] == [1, 2]
     # then rejection sampling again, from the PPO model
     assert summary["rounds"][0]["rs_after_ppo"]["n_kept"] == 16

@@ -13,7 +13,9 @@ def test_table_lists_sft_then_each_round():
              "win_rate_vs_sft_rm": 0.66, "rs": {"temperature": 0.45}},
             {"round": 2, "task_accuracy": 0.9, "gold_reward": 0.95, "win_rate_vs_sft": 0.8,
              "win_rate_vs_sft_rm": 0.7, "rs": {"temperature": 0.5},
-             "ppo": {"task_accuracy_after": 0.88, "gold_reward_after": 0.93, "kl": 1.5}},
+             # the PPO row is greedy, as the others; the sampled numbers stay in summary.json
+             "ppo": {"greedy_task_accuracy_after": 0.88, "greedy_gold_reward_after": 0.93,
+                     "task_accuracy_after": 0.61, "gold_reward_after": 0.64, "kl": 1.5}},
             {"round": 3, "collect": {"n_pairs": 3}},  # killed before its evaluation: not listed
         ],
     }

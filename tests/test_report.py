@@ -38,7 +38,9 @@ def make_summary(with_ppo: bool = True) -> dict:
         round2["ppo"] = {
             "trainer": "ppo", "kl": 0.0123, "reward_before": 0.41, "reward_after": 0.57, "steps": 3,
             "gold_reward_before": 0.70, "gold_reward_after": 0.72, "task_accuracy_before": 0.78,
-            "task_accuracy_after": 0.79,
+            "task_accuracy_after": 0.79, "eval_samples": 4, "eval_temperature": 0.7,
+            "greedy_gold_reward_before": 0.75, "greedy_gold_reward_after": 0.76,
+            "greedy_task_accuracy_before": 0.8, "greedy_task_accuracy_after": 0.81,
             "history": [{"step": s, "objective/kl": 0.01 * s, "objective/scores": 0.2 + 0.1 * s, "loss/policy_avg": 0.0,
                          "loss/value_avg": 0.5} for s in (1, 2, 3)]}
         round2["rs_after_ppo"] = rs(0.6)
@@ -94,7 +96,7 @@ def test_report_has_the_tables_and_links_every_plot(tmp_path):
     assert list(rows) == ["SFT", "RLHF-V1", "RLHF-V2-PPO", "RLHF-V2"]
     assert rows["SFT"] == ["0.715", "0.612", "-", "-", "-"]
     assert rows["RLHF-V1"] == ["0.752", "0.654", "0.581", "0.602", "0.600"]
-    assert rows["RLHF-V2-PPO"] == ["0.790", "0.720", "-", "-", "-"]
+    assert rows["RLHF-V2-PPO"] == ["0.810", "0.760", "-", "-", "-"]  # greedy, as the other rows
     assert rows["RLHF-V2"] == ["0.805", "0.731", "0.643", "0.713", "1.000"]
     # RM accuracy per bucket in %, each reward model, then the paper's row
     # then the GAtt table: before GAtt against the last round, turn by turn

@@ -247,6 +247,9 @@ class PPOStageConfig(TrainConfig):
     # every checkpoint_steps PPO iterations
     max_kl: float = 20.0
     checkpoint_steps: int = 10
+    # held-out replies per prompt, sampled at ``temperature`` from the model before and after,
+    # for the reward and gold numbers in summary.json (greedy ones are reported beside them)
+    eval_samples: int = 4
 
 
 @dataclass

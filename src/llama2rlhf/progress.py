@@ -20,10 +20,11 @@ def progress_table(summary: dict[str, Any]) -> str:
         rows.append(["SFT", sft["task_accuracy"], sft.get("gold_reward"), None, None, None])
     for r in summary.get("rounds", []):
         ppo = r.get("ppo", {})
-        if "task_accuracy_after" in ppo:
-            # the PPO model of the round, before rejection sampling made the round's final one
-            rows.append([f"RLHF-V{r['round']}-PPO", ppo["task_accuracy_after"], ppo.get("gold_reward_after"), None,
-                         None, None])
+        if "greedy_task_accuracy_after" in ppo:
+            # the PPO model of the round, before rejection sampling made the round's final one;
+            # greedy, as every other row
+            rows.append([f"RLHF-V{r['round']}-PPO", ppo["greedy_task_accuracy_after"],
+                         ppo.get("greedy_gold_reward_after"), None, None, None])
         if "win_rate_vs_sft" in r or "task_accuracy" in r:
             rows.append([f"RLHF-V{r['round']}", r.get("task_accuracy"), r.get("gold_reward"), r.get("win_rate_vs_sft"),
                          r.get("win_rate_vs_sft_rm"), r.get("rs", {}).get("temperature")])

@@ -173,8 +173,9 @@ def plot_ppo(path: Path, runs: Sequence[Mapping[str, Any]]) -> Path:
     """PPO (or RLOO / GRPO) per round: KL and reward per training step, then the held-out
     reward and gold numbers before and after. Each run is a dict with ``label``, ``history``
     (TRL's logged rows with ``step``), ``kl_key``, ``reward_key``, ``before`` and ``after``
-    (``reward``, ``gold_reward``, ``task_accuracy``), ``kl`` (sampled KL after, nats) and
-    ``stopped_step`` (where a guard stopped training, or None)."""
+    (``reward``, ``gold_reward``, ``task_accuracy``), ``replies`` (which replies those were
+    measured on), ``kl`` (sampled KL after, nats) and ``stopped_step`` (where a guard stopped
+    training, or None)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -208,9 +209,10 @@ def plot_ppo(path: Path, runs: Sequence[Mapping[str, Any]]) -> Path:
     rm_ax.set_xlim(-0.8, len(runs) - 0.2)  # one run: bars of a sensible width
     rm_ax.axhline(0, color="black", linewidth=0.8)
     rm_ax.set_title("Held-out reward, before and after")
-    rm_ax.set_ylabel("mean reward of greedy replies\n(combined reward-model score)")
+    replies = "; ".join(sorted({run.get("replies", "greedy replies") for run in runs}))
+    rm_ax.set_ylabel(f"mean reward of {replies}\n(combined reward-model score)", fontsize=8)
 
-    gold_ax.set_title("Held-out gold numbers, before and after")
+    gold_ax.set_title(f"Held-out gold numbers, before and after\n({replies})", fontsize=10)
     if not any("gold_reward" in run["before"] for run in runs):
         gold_ax.text(0.5, 0.5, "no gold oracle in this run (real data)", ha="center", va="center",
                      transform=gold_ax.transAxes)

@@ -239,6 +239,8 @@ def _draw_ppo(summary: dict[str, Any], path: Path) -> str | None:
         runs.append({
             "label": f"{_round_label(r)} {trainer.upper()}", "history": history, "kl_key": kl_key,
             "reward_key": reward_key, "kl": ppo.get("kl"), "stopped_step": (ppo.get("stopped") or {}).get("step"),
+            "replies": (f"{ppo['eval_samples']} replies per prompt sampled at T={ppo['eval_temperature']:g}"
+                        if "eval_samples" in ppo else "greedy replies"),
             **{when: {m: ppo[f"{m}_{when}"] for m in ("reward", "gold_reward", "task_accuracy") if f"{m}_{when}" in ppo}
                for when in ("before", "after")},
         })
@@ -274,7 +276,8 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any], Path], str | None]]
      "may move from round to round (paper Fig. 8).", _draw_best_of_n),
     ("ppo.png", "PPO: KL and reward per step",
      "The reward should rise while the KL to the reference stays small, and the held-out reward and gold "
-     "numbers should be higher after PPO than before.", _draw_ppo),
+     "numbers of the policy's samples should be higher after PPO than before (its greedy numbers are in "
+     "summary.json, `greedy_*`).", _draw_ppo),
     ("gatt_adherence.png", "Ghost Attention: adherence per dialogue turn",
      "With GAtt the line should stay high over later turns, where the model before GAtt forgets the "
      "instruction after the first.", _draw_gatt),

@@ -32,7 +32,7 @@ from .training_args import build_args
 log = logging.getLogger(__name__)
 
 # PPOStageConfig fields that are ours, or another trainer's
-_NOT_PPO = {"n_prompts", "max_new_tokens", "num_generations", "max_kl", "checkpoint_steps"}
+_NOT_PPO = {"n_prompts", "max_new_tokens", "num_generations", "max_kl", "checkpoint_steps", "eval_samples"}
 # the metric names each trainer logs: (KL, reward, losses); the run report plots them too
 TRAINER_METRICS = {
     "ppo": ("objective/kl", "objective/scores", ("loss/policy_avg", "loss/value_avg")),
@@ -109,19 +109,39 @@ def _eval_prompts(ctx) -> list:
     return [(p.messages, is_safety_prompt(p.meta), None) for p in items]
 
 
-def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list) -> dict[str, float]:
-    """Mean combined reward and, in the toy world, gold reward and task accuracy of greedy replies."""
+def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list) -> dict[str, Any]:
+    """The policy on the held-out prompts, read two ways.
+
+    ``sampled``: ``ppo.eval_samples`` replies per prompt at ``ppo.temperature``, the
+    distribution PPO trains (TRL's PPO samples its rollouts at that temperature and scores
+    their log-probabilities with the logits divided by it), so their mean reward is the
+    objective PPO raises, measured on prompts it never saw. The same seed before and after,
+    so both models draw with the same random numbers.
+    ``greedy``: one greedy reply per prompt, as every round's evaluation reads a model.
+
+    Each holds the mean combined reward and, in the toy world, the gold reward, task accuracy
+    and accuracy per family."""
+    import torch
+
     from ...evaluation.policy import gold_metrics, greedy_replies
     from ...sampling import load_sampler
 
-    messages = [m for m, _, _ in prompts]
-    replies = greedy_replies(load_sampler(ctx.cfg, model_path), messages, ctx.cfg.eval.max_new_tokens)
-    scores = reward.score(messages, replies, [f for _, f, _ in prompts])
-    out = {"reward": sum(scores) / len(scores)}
-    if ctx.world is not None:
-        gold = gold_metrics(ctx.world, [p for _, _, p in prompts], replies)
-        out.update(gold_reward=gold["gold_reward"], task_accuracy=gold["task_accuracy"],
-                   accuracy_by_family=gold["accuracy_by_family"])
+    pcfg = ctx.cfg.ppo
+    messages, flags = [m for m, _, _ in prompts], [f for _, f, _ in prompts]
+    sampler = load_sampler(ctx.cfg, model_path)
+    greedy = greedy_replies(sampler, messages, ctx.cfg.eval.max_new_tokens)
+    torch.manual_seed(ctx.cfg.seed * 1000 + 800 + ctx.round)
+    sampled = sampler.sample(messages, n=pcfg.eval_samples, temperature=pcfg.temperature,
+                             max_new_tokens=pcfg.max_new_tokens, desc=f"evaluating (T={pcfg.temperature:g})")
+    out: dict[str, Any] = {}
+    for name, replies, repeat in (("greedy", greedy, 1), ("sampled", [s.text for ss in sampled for s in ss],
+                                                           pcfg.eval_samples)):
+        expand = lambda xs, n=repeat: [x for x in xs for _ in range(n)]  # noqa: E731 - a prompt per reply
+        scores = reward.score(expand(messages), replies, expand(flags))
+        out[name] = {"reward": sum(scores) / len(scores)}
+        if ctx.world is not None:
+            gold = gold_metrics(ctx.world, expand([p for _, _, p in prompts]), replies)
+            out[name].update({k: gold[k] for k in ("gold_reward", "task_accuracy", "accuracy_by_family")})
     return out
 
 
@@ -275,17 +295,17 @@ def _online_rl_stage(kind: str):
         metrics: dict[str, Any] = {
             "trainer": kind,
             "kl": kl,
-            "reward_before": before["reward"], "reward_after": after["reward"],
             "steps": guard.history[-1]["step"] if guard.history else 0,
             "train_kl_last": guard.history[-1].get(TRAINER_METRICS[kind][0]) if guard.history else None,
-            "history": guard.history,
+            # the unprefixed numbers are the sampled ones (evaluate_policy), what PPO optimises
+            "eval_temperature": pcfg.temperature,
+            "eval_samples": pcfg.eval_samples,
         }
-        if "gold_reward" in before:
-            metrics.update(gold_reward_before=before["gold_reward"], gold_reward_after=after["gold_reward"],
-                           task_accuracy_before=before["task_accuracy"], task_accuracy_after=after["task_accuracy"],
-                           # where PPO gained and where it exploited the reward model's blind spots
-                           accuracy_by_family_before=before["accuracy_by_family"],
-                           accuracy_by_family_after=after["accuracy_by_family"])
+        for name, prefix in (("sampled", ""), ("greedy", "greedy_")):
+            for key in before[name]:
+                metrics[f"{prefix}{key}_before"] = before[name][key]
+                metrics[f"{prefix}{key}_after"] = after[name][key]
+        metrics["history"] = guard.history
         if stopped:
             metrics["stopped"] = stopped
         return metrics
