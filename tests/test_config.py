@@ -66,6 +66,14 @@ def test_default_config_from_any_directory(tmp_path):
     # SFT, comparisons of the SFT policy's samples, the first reward model, then RLHF-V1..V3
     assert cfg["pipeline"]["stages"] == ["sft", "collect", "reward"]
     assert cfg["pipeline"]["rounds"] == 3
+    # PPO in the last round, between its two rejection samplings (paper 3.2.3)
+    from types import SimpleNamespace
+
+    from llama2rlhf.pipeline import round_plan
+
+    plan = round_plan(SimpleNamespace(pipeline=SimpleNamespace(**cfg["pipeline"])), 3)
+    assert [name for _, name in plan] == ["collect", "reward", "rejection_sampling", "ppo",
+                                          "rejection_sampling_after_ppo", "evaluate"]
     assert cfg["selector"] == {"name": "best_over_history"}
     # W&B by default, offline unless the machine is logged in (tests/test_wandb_logger.py)
     assert cfg["logger"]["name"] == "wandb" and cfg["logger"]["mode"] == "auto"

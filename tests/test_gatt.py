@@ -255,6 +255,14 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     assert stats["n_examples"] == 12 and stats["ended_by_filter"] == len(sampler.prompts[4]) > 0
     assert all(len(batch) for batch in sampler.prompts)
     assert stats["middle_turns_dropped"] > 0
+    # rejection sampling again in the round (after PPO) takes the round's dialogues again,
+    # sampling nothing; gatt.once_per_round=false samples afresh
+    calls = len(sampler.prompts)
+    ctx.current_stage = "rejection_sampling_after_ppo"
+    assert gatt(given, ctx) == rows and len(sampler.prompts) == calls
+    cfg.gatt.once_per_round = False
+    assert len(gatt(given, ctx)) == 13 and len(sampler.prompts) > calls
+    assert (tmp_path / "run" / "round_2" / "rejection_sampling_after_ppo" / "gatt" / "examples.jsonl").is_file()
 
 
 class QueuedSampler:

@@ -286,6 +286,10 @@ class GattConfig:
     max_new_tokens: int = 128
     # dialogues longer than this (tokens) lose whole middle turns, never the system prompt
     max_length: int = 4096
+    # the round's dialogues are sampled once: the rejection sampling after PPO (RLHF-V5's)
+    # fine-tunes a model that already learned them through the RS model, and takes them
+    # again instead of sampling as many more from the PPO model. false: sample afresh
+    once_per_round: bool = True
 
 
 @dataclass

@@ -76,6 +76,12 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     g = ctx.cfg.gatt
     if ctx.round < g.start_round:
         return rows
+    earlier = ctx.run_dir / ctx.stage_key("rejection_sampling") / "gatt" / "examples.jsonl"
+    if g.once_per_round and ctx.current_stage != "rejection_sampling" and earlier.exists():
+        examples = [json.loads(line) for line in earlier.read_text(encoding="utf-8").splitlines()]
+        log.info("GAtt round %d: %d examples sampled earlier in the round (gatt.once_per_round)",
+                 ctx.round, len(examples))
+        return rows + examples
     if not 1 <= g.min_turns <= g.max_turns:
         raise ValueError(f"gatt: need 1 <= min_turns <= max_turns, got {g.min_turns} and {g.max_turns}")
     policy = ctx.artifact("policy")
