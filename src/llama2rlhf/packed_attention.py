@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 NAME = "sdpa_packed"
-group_size = 8
 
 
 def example_lengths(position_ids: Any) -> list[int] | None:
