@@ -19,9 +19,21 @@ from typing import Any
 NAME = "sdpa_packed"
 
 
+# the last position ids read and their lengths: every layer of a forward passes the same
+# tensor, and reading it (``tolist``) waits for the device, so it is read once per forward
+_last: list[Any] = [None, None]
+
+
 def example_lengths(position_ids: Any) -> list[int] | None:
     """The lengths of the examples laid end to end in a one-row batch, read from where the
     position ids start again at 0; None where the row holds a single example."""
+    if _last[0] is position_ids:
+        return _last[1]
+    _last[:] = [position_ids, _example_lengths(position_ids)]
+    return _last[1]
+
+
+def _example_lengths(position_ids: Any) -> list[int] | None:
     row = position_ids[0]
     starts = (row == 0).nonzero().flatten().tolist()
     if len(starts) < 2 or starts[0] != 0:
