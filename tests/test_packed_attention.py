@@ -64,3 +64,38 @@ def test_other_attention_implementations_are_left_alone():
     model = _llama(4)
     model.set_attn_implementation("eager")
     assert not use_for_padding_free(model) and model.config._attn_implementation == "eager"
+
+
+def test_examples_of_similar_length_share_a_padded_call():
+    from llama2rlhf.packed_attention import Layout
+
+    layout = Layout([5, 9, 1, 7], torch.device("cpu"))
+    # longest first; 9 and 7 share a call (2 slots of padding for 16 tokens), 5 and 1 do not join it
+    assert [g.shape for g in layout.gather] == [(2, 9), (1, 5), (1, 1)]
+    assert layout.gather[0].tolist() == [list(range(5, 14)), [15, 16, 17, 18, 19, 20, 21, 21, 21]]
+    assert layout.gather[1].tolist() == [[0, 1, 2, 3, 4]] and layout.gather[2].tolist() == [[14]]
+    assert layout.valid[0].tolist() == list(range(9)) + list(range(9, 16))
+    # the groups' real tokens, end to end, go back to their places in the row
+    placed = torch.cat([g.flatten()[v] for g, v in zip(layout.gather, layout.valid, strict=True)])
+    assert placed[layout.restore].tolist() == list(range(22))
+
+
+def test_no_mask_is_built_for_a_packed_row_but_padded_batches_keep_theirs():
+    from llama2rlhf.packed_attention import packed_mask
+
+    assert packed_mask(batch_size=1, q_length=8, kv_length=8) is None
+    padded = packed_mask(batch_size=2, q_length=4, kv_length=4, attention_mask=torch.tensor([[0, 1, 1, 1], [1] * 4]),
+                         allow_is_causal_skip=False)
+    assert padded.shape == (2, 1, 4, 4) and not padded[0, 0, :, 0].any()
+    cached = packed_mask(batch_size=1, q_length=1, kv_length=5, q_offset=4, allow_is_causal_skip=False)
+    assert cached is not None and cached.shape == (1, 1, 1, 5)
+
+
+def test_sliding_window_models_keep_sdpa():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
+    config._attn_implementation = "sdpa"
+    model = MistralForCausalLM(config)
+    assert not use_for_padding_free(model) and model.config._attn_implementation == "sdpa"

@@ -36,9 +36,7 @@ def cache_kwarg(model: Any) -> str | None:
     if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
         return None
     # any non-full layer (sliding, linear, chunked) has cache semantics these paths were not checked against
-    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
-        return None
-    if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
+    if not full_attention_only(config):
         return None
     supports = getattr(base, "_supports_default_dynamic_cache", None)
     if supports is not None and not supports():
@@ -47,6 +45,15 @@ def cache_kwarg(model: Any) -> str | None:
     if "position_ids" not in params:
         return None
     return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def full_attention_only(config: Any) -> bool:
+    """Whether every attention layer of the model sees its whole context: no sliding window,
+    no linear, chunked or other layer types."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
+    return all(t == "full_attention" for t in (getattr(text, "layer_types", None) or []))
 
 
 def reserved_cache(reserve: int):
