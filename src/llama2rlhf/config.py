@@ -108,6 +108,10 @@ class RewardStageConfig(TrainConfig):
     # comparisons so far; "sft" retrains from init_from for num_train_epochs
     round_init_from: str = "previous"
     round_epochs: float = 1.0
+    # each batch's chosen and rejected sequences end to end in one row instead of padded to
+    # the longest (llama2rlhf.packed_preferences): the same rewards and gradients, no work
+    # on padding; needs a classifier whose head is `score` (transformers' decoders)
+    padding_free: bool = False
 
 
 @dataclass
@@ -128,6 +132,9 @@ class SamplerConfig:
     name: str = MISSING
     # prompts x samples x (prompt + new tokens) per generate call; bounds memory
     batch_tokens: int = 65536
+    # hf: memory for the keys and values of dialogues sampled turn by turn (GAtt), so that
+    # each turn prefills only its new tokens (llama2rlhf.dialogue_cache); 0 turns it off
+    dialogue_cache_mb: float = 2048.0
 
 
 @dataclass

@@ -67,10 +67,18 @@ def _trainer_class():
             self.loss_options = loss_options or {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+            from ...packed_preferences import packed_rewards
+
             mode = "train" if self.model.training else "eval"
             margin = inputs.pop("margin", None)
-            inputs["use_cache"] = False
-            outputs = model(**inputs)
+            ends = inputs.pop("sequence_ends", None)  # a padding-free batch (llama2rlhf.packed_preferences)
+            if ends is None:
+                inputs["use_cache"] = False
+                outputs = model(**inputs)
+            else:
+                outputs = SequenceClassifierOutputWithPast(logits=packed_rewards(model, inputs, ends).unsqueeze(-1))
             r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
             loss = self.reward_loss(r_chosen, r_rejected, margin, **self.loss_options)
             if self.args.center_rewards_coefficient is not None:
@@ -99,11 +107,19 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_reward_model(init_path, cfg, tokenizer)
     stage_cfg = cfg.reward_model
+    collator = None
+    if stage_cfg.padding_free:
+        from ...packed_attention import use_for_padding_free
+        from ...packed_preferences import collate
+
+        # transformers' sdpa would attend across the whole padding-free row, masking most of it
+        use_for_padding_free(model)
+        collator = collate
     overrides = {"num_train_epochs": epochs} if epochs is not None else {}
     args = build_args(RewardConfig, stage_cfg, cfg, out_dir / "trainer", max_length=stage_cfg.max_length,
                       per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, **overrides)
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
         peft_config=peft_config(cfg, "SEQ_CLS"), reward_loss=loss, loss_options=options,
         callbacks=trainer_callbacks(cfg),
     )
