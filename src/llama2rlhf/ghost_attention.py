@@ -21,6 +21,7 @@ to ``eval.gatt_turns`` turns (:func:`adherence_by_turn`; the paper's Table 30).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -166,6 +167,18 @@ def converse(
     acceptable sample, the reply follows the same rule as drawing ``n`` at once, for fewer
     samples where most first draws hold an acceptable one.
     """
+    # a sampler that can keep each dialogue's keys and values from turn to turn (the hf
+    # sampler's keep_prefixes) prefills only the new turn, not the whole dialogue again
+    keep = getattr(sampler, "keep_prefixes", None)
+    with keep() if keep is not None else contextlib.nullcontext():
+        replies, dropped = _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n, pick, desc,
+                                     first_draw)
+    if dropped:
+        log.info("%s: dropped %d middle turns in all to fit the context length (system prompt kept)", desc, dropped)
+    return replies
+
+
+def _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n, pick, desc, first_draw):
     replies: list[list[str]] = [[] for _ in openings]
     active = list(range(len(openings)))
     dropped = 0
@@ -199,9 +212,7 @@ def converse(
             if len(replies[d]) < len(user_turns[d]):
                 still.append(d)
         active = still
-    if dropped:
-        log.info("%s: dropped %d middle turns in all to fit the context length (system prompt kept)", desc, dropped)
-    return replies
+    return replies, dropped
 
 
 def adherence_by_turn(

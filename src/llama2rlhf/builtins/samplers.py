@@ -19,6 +19,7 @@ encoder-decoders) and batches with a one-token prompt take the plain path.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 from .. import hookimpl
@@ -36,6 +37,7 @@ class HFSampler:
         show_progress: bool = True,
         share_prefill: bool = True,
         reserve_cache: bool = True,
+        dialogue_cache_mb: float = 2048,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -47,6 +49,8 @@ class HFSampler:
         # (llama2rlhf.kv_cache.reserved_cache); False: transformers' DynamicCache
         self.reserve_cache = reserve_cache
         self._cache_kwarg = cache_kwarg(model)
+        self.dialogue_cache_mb = dialogue_cache_mb
+        self._store = None  # a PrefixStore inside keep_prefixes()
         self._logits_to_keep = "logits_to_keep" in forward_params(model)
 
     def encode(self, prompts: Sequence[Messages]) -> list[list[int]]:
@@ -71,6 +75,24 @@ class HFSampler:
         if cur:
             out.append(cur)
         return out
+
+    @contextlib.contextmanager
+    def keep_prefixes(self):
+        """Within it, each prompt's prefilled keys and values are kept (up to
+        ``dialogue_cache_mb``), and a later prompt that begins with the same tokens prefills
+        only the rest (``llama2rlhf.dialogue_cache``): for dialogues sampled turn by turn
+        (GAtt, paper 3.3). Yields the store (its ``hits``, ``hit_tokens`` and ``misses`` say
+        what it saved), or None where the model cannot take a cache or the budget is 0."""
+        from ..dialogue_cache import PrefixStore
+
+        if not self.cache_kwarg() or self.dialogue_cache_mb <= 0:
+            yield None
+            return
+        self._store = PrefixStore(int(self.dialogue_cache_mb * 2**20))
+        try:
+            yield self._store
+        finally:
+            self._store = None
 
     def cache_kwarg(self) -> str | None:
         """The name the model takes its KV cache under, or None when the prefill cannot be shared."""
@@ -131,6 +153,76 @@ class HFSampler:
             **gen_kwargs,
         )
 
+    def _generate_from_store(self, seqs: list[list[int]], n: int, **gen_kwargs):
+        """``generate`` for one batch of prompts given as token ids, each continuing from the
+        longest stored prefix of its tokens but the last; stores what it prefilled. Returns
+        (``generate``'s output, the width its new tokens start at).
+
+        A row is laid out as [padding][the stored prefix][padding][the tokens after it][the
+        last token]: the stored keys and values go into the cache right-aligned before the
+        middle padding, one forward runs the tokens after them, and ``generate`` runs the
+        last token, as in :meth:`generate`. The attention mask covers both paddings and the
+        position ids count only real tokens, so every row sees what an unpadded prefill of
+        its whole prompt would.
+        """
+        import torch
+
+        from ..dialogue_cache import Prefix
+
+        store, name, pad = self._store, self._cache_kwarg, self.tokenizer.pad_token_id
+        found = [store.longest(s[:-1]) for s in seqs]
+        have = [p for p, _ in found]
+        rest = [s[p:-1] for s, p in zip(seqs, have, strict=True)]
+        width_p, width_n = max(have), max(len(r) for r in rest)
+        width = width_p + width_n + 1
+        b = len(seqs)
+        input_ids = torch.full((b, width), pad, dtype=torch.long)
+        attention = torch.zeros((b, width), dtype=torch.long)
+        for row, (s, p, r) in enumerate(zip(seqs, have, rest, strict=True)):
+            input_ids[row, width_p - p:width_p] = torch.tensor(s[:p], dtype=torch.long)
+            input_ids[row, width - 1 - len(r):] = torch.tensor(r + s[-1:], dtype=torch.long)
+            attention[row, width_p - p:width_p] = 1
+            attention[row, width - 1 - len(r):] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        cache = reserved_cache(width_n + (gen_kwargs.get("max_new_tokens") or 0) + 1) if self.reserve_cache else None
+        if cache is None:
+            from transformers.cache_utils import DynamicCache
+
+            cache = DynamicCache()
+        if width_p:
+            like = next(e for _, e in found if e is not None)
+            for layer in range(len(like.keys)):
+                kv = []
+                for part in ("keys", "values"):
+                    t = getattr(like, part)[layer]
+                    full = t.new_zeros((b, t.shape[0], width_p, t.shape[2]))
+                    for row, (p, e) in enumerate(found):
+                        if e is not None:
+                            full[row, :, width_p - p:] = getattr(e, part)[layer]
+                    kv.append(full)
+                cache.update(kv[0], kv[1], layer)
+        prefix_mask = attention[:, :-1]
+        if width_n:
+            positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)[:, width_p:]
+            forward_kwargs: dict[str, Any] = dict(input_ids=input_ids[:, width_p:-1], attention_mask=prefix_mask,
+                                                  position_ids=positions, use_cache=True, **{name: cache})
+            if self._logits_to_keep:
+                forward_kwargs["logits_to_keep"] = 1
+            out = self.model(**forward_kwargs)
+            cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        layers = getattr(cache, "layers", None)
+        if layers is not None:
+            for row, s in enumerate(seqs):
+                kept = prefix_mask[row].nonzero().flatten()
+                store.put(s[:-1], Prefix([layer.keys[row].index_select(1, kept) for layer in layers],
+                                         [layer.values[row].index_select(1, kept) for layer in layers]))
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        out = self.model.generate(input_ids=input_ids.repeat_interleave(n, dim=0),
+                                  attention_mask=attention.repeat_interleave(n, dim=0),
+                                  num_return_sequences=1, **{name: cache}, **gen_kwargs)
+        return out, width
+
     def sample(
         self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int, desc: str = "sampling"
     ) -> list[list[Sample]]:
@@ -150,12 +242,6 @@ class HFSampler:
         bar = tqdm(total=len(ids) * n, desc=desc, unit="sample", disable=not self.show_progress, leave=False)
         try:
             for batch in self.batches([len(x) for x in ids], n, max_new_tokens):
-                width = max(len(ids[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                    attention[row, width - len(ids[i]) :] = 1
                 gen_kwargs: dict[str, Any] = dict(
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tok.pad_token_id,
@@ -170,7 +256,16 @@ class HFSampler:
                 else:
                     gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 with torch.inference_mode():
-                    out = self.generate(input_ids, attention, n, **gen_kwargs)
+                    if self._store is not None and self.cache_kwarg() and min(len(ids[i]) for i in batch) > 1:
+                        out, width = self._generate_from_store([ids[i] for i in batch], n, **gen_kwargs)
+                    else:
+                        width = max(len(ids[i]) for i in batch)
+                        input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+                        attention = torch.zeros((len(batch), width), dtype=torch.long)
+                        for row, i in enumerate(batch):
+                            input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
+                            attention[row, width - len(ids[i]) :] = 1
+                        out = self.generate(input_ids, attention, n, **gen_kwargs)
                 new = out[:, width:].tolist()
                 for row, i in enumerate(batch):
                     samples = []
@@ -184,6 +279,8 @@ class HFSampler:
         finally:
             bar.close()
             self.model.train(was_training)
+            if self._store is not None:
+                self._store.end_call()
         return results  # type: ignore[return-value]
 
 
@@ -212,8 +309,9 @@ def inverse_cdf_sampling(temperature: float):
 
 
 def make_hf_sampler(model, tokenizer, cfg: Any = None) -> HFSampler:
-    batch_tokens = getattr(getattr(cfg, "sampler", None), "batch_tokens", 65536) if cfg is not None else 65536
-    return HFSampler(model, tokenizer, batch_tokens=batch_tokens)
+    options = getattr(cfg, "sampler", None) if cfg is not None else None
+    return HFSampler(model, tokenizer, batch_tokens=getattr(options, "batch_tokens", 65536),
+                     dialogue_cache_mb=getattr(options, "dialogue_cache_mb", 2048))
 
 
 @hookimpl(trylast=True)
