@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llama2rlhf.builtins.samplers import HFSampler
-from llama2rlhf.dialogue_cache import Prefix, PrefixStore
+from llama2rlhf.dialogue_cache import Batch, Prefix, PrefixStore, gather
 from llama2rlhf.ghost_attention import converse, fit_dialogue
 
 
@@ -116,14 +116,18 @@ def test_a_prompt_drawn_again_prefills_nothing(tokenizer, peaked_llama):
     assert shapes and all(s == (len(prompts) * 3, 1) for s in shapes)
 
 
-def _entry(tokens: int) -> Prefix:
-    return Prefix([torch.zeros(2, tokens, 4)], [torch.zeros(2, tokens, 4)])  # 64 bytes a token
+def _batch(rows: int, tokens: int) -> Batch:
+    return Batch([torch.arange(rows * 2 * tokens * 4.0).view(rows, 2, tokens, 4)], [torch.zeros(rows, 2, tokens, 4)])
 
 
 def test_store_finds_the_longest_prefix_keeps_to_its_budget_and_forgets_what_two_calls_left_unused():
-    store = PrefixStore(budget_bytes=64 * 10)
-    assert store.put([1, 2], _entry(2)) and store.put([1, 2, 3, 4], _entry(4)) and store.put([7, 8], _entry(2))
-    assert not store.put([9, 9, 9], _entry(3))  # 11 tokens would pass the budget: not stored
+    first = _batch(2, 6)
+    store = PrefixStore(budget_bytes=2 * first.nbytes)  # two batches of 2 rows x 6 slots
+    assert store.put(first, [([1, 2], 0, ((4, 6),)), ([1, 2, 3, 4], 1, ((0, 1), (3, 6)))])
+    assert store.put(_batch(2, 6), [([7, 8], 0, ((4, 6),))])
+    assert store.nbytes == 2 * first.nbytes
+    assert not store.put(_batch(1, 1), [([9], 0, ((0, 1),))])  # past the budget: not stored
+    assert [9] not in store
     assert store.longest([1, 2, 3, 4, 5])[0] == 4
     assert store.longest([1, 2, 3, 9])[0] == 2
     assert store.longest([1, 2, 3, 4])[0] == 4  # a whole prompt drawn again
@@ -133,6 +137,17 @@ def test_store_finds_the_longest_prefix_keeps_to_its_budget_and_forgets_what_two
     store.end_call()  # [7, 8] read; [1, 2] and [1, 2, 3, 4] last used a call before
     assert len(store) == 3
     store.end_call()
-    assert len(store) == 1 and store.nbytes == 64 * 2
+    assert len(store) == 1 and store.nbytes == first.nbytes  # the first batch went with its last entry
     store.end_call()
-    assert len(store) == 0 and store.nbytes == 0 and store.put([9, 9, 9], _entry(3))
+    assert len(store) == 0 and store.nbytes == 0
+
+
+def test_gather_right_aligns_each_rows_spans_in_one_batch():
+    b = _batch(2, 6)
+    entry = Prefix(b, 1, ((0, 1), (3, 6)))  # slots 0 and 3-5 of row 1
+    keys, values = gather([(4, entry), (0, None), (2, Prefix(b, 0, ((4, 6),)))], width=5)
+    assert keys[0].shape == values[0].shape == (3, 2, 5, 4)
+    assert torch.equal(keys[0][0, :, 1:], b.keys[0][1][:, [0, 3, 4, 5]])
+    assert not keys[0][0, :, :1].any() and not keys[0][1].any()
+    assert torch.equal(keys[0][2, :, 3:], b.keys[0][0][:, 4:6])
+    assert gather([(0, None)], width=3) is None

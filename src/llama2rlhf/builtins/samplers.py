@@ -167,7 +167,7 @@ class HFSampler:
         """
         import torch
 
-        from ..dialogue_cache import Prefix
+        from ..dialogue_cache import Batch, gather
 
         store, name, pad = self._store, self._cache_kwarg, self.tokenizer.pad_token_id
         found = [store.longest(s[:-1]) for s in seqs]
@@ -189,18 +189,10 @@ class HFSampler:
             from transformers.cache_utils import DynamicCache
 
             cache = DynamicCache()
-        if width_p:
-            like = next(e for _, e in found if e is not None)
-            for layer in range(len(like.keys)):
-                kv = []
-                for part in ("keys", "values"):
-                    t = getattr(like, part)[layer]
-                    full = t.new_zeros((b, t.shape[0], width_p, t.shape[2]))
-                    for row, (p, e) in enumerate(found):
-                        if e is not None:
-                            full[row, :, width_p - p:] = getattr(e, part)[layer]
-                    kv.append(full)
-                cache.update(kv[0], kv[1], layer)
+        stored = gather(found, width_p)
+        if stored is not None:
+            for layer, (k, v) in enumerate(zip(*stored, strict=True)):
+                cache.update(k, v, layer)
         prefix_mask = attention[:, :-1]
         if width_n:
             positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)[:, width_p:]
@@ -211,11 +203,15 @@ class HFSampler:
             out = self.model(**forward_kwargs)
             cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
         layers = getattr(cache, "layers", None)
-        if layers is not None:
-            for row, s in enumerate(seqs):
-                kept = prefix_mask[row].nonzero().flatten()
-                store.put(s[:-1], Prefix([layer.keys[row].index_select(1, kept) for layer in layers],
-                                         [layer.values[row].index_select(1, kept) for layer in layers]))
+        if layers is not None and any(s[:-1] not in store for s in seqs):
+            # the prompts' part of the cache, copied out of the slots decoding is about to fill
+            kept = Batch([layer.keys[:, :, :width - 1].clone() for layer in layers],
+                         [layer.values[:, :, :width - 1].clone() for layer in layers])
+            rows = []
+            for row, (s, p, r) in enumerate(zip(seqs, have, rest, strict=True)):
+                spans = ((width_p - p, width_p), (width - 1 - len(r), width - 1))  # the stored part, the new part
+                rows.append((s[:-1], row, tuple((a, z) for a, z in spans if z > a)))
+            store.put(kept, rows)
         if n > 1:
             cache.batch_repeat_interleave(n)
         out = self.model.generate(input_ids=input_ids.repeat_interleave(n, dim=0),
