@@ -21,6 +21,7 @@ from ... import RewardLoss, distributed, plugins
 from ...data.formats import load_preferences
 from ...data.sources import where
 from ...models import load_reward_model, load_tokenizer, peft_config, save_trained_model
+from ...pair_tokens import tokenize_pairs
 from ..loggers import trainer_callbacks
 from .training_args import build_args
 
@@ -103,8 +104,9 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     keep = ("prompt", "chosen", "rejected", "margin")
     if len({("margin" in r) for r in rows}) > 1:
         raise ValueError(f"{source}: some comparisons have a margin and some do not; give all or none")
-    dataset = Dataset.from_list([{k: r[k] for k in keep if k in r} for r in rows])
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
+    # token ids kept from earlier rounds' stages, so TRL does not render every comparison again
+    dataset = Dataset.from_list(tokenize_pairs(rows, tokenizer) or [{k: r[k] for k in keep if k in r} for r in rows])
     model = load_reward_model(init_path, cfg, tokenizer)
     stage_cfg = cfg.reward_model
     collator = None
