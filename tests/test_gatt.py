@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -370,3 +371,61 @@ def test_a_failing_third_party_augmenter_is_named(register_one, world, tmp_path)
     cfg.augmenter.name = "custom"
     with pytest.raises(PluginError, match=r"augmenter 'custom' of plugin 'broken_plugin'.*ValueError: no dialogues"):
         augment(RunContext.open(cfg, tmp_path / "run", world), [])
+
+
+@pytest.mark.parametrize("rank", [True, False])
+def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instruction(tokenizer, world, tmp_path,
+                                                                                      monkeypatch, rank):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf import combined_reward, sampling
+    from llama2rlhf.builtins.augmenters import gatt
+    from llama2rlhf.config import Config
+    from llama2rlhf.run import RunContext
+
+    cfg = OmegaConf.structured(Config)
+    cfg.gatt.update(start_round=1, n_dialogues=6, min_turns=2, max_turns=4, toy_kinds=["language"], shorten=0.0,
+                    filter=True, samples_per_turn=4, rank_last_turn=rank)
+    cfg.checker.name = "source"
+    tokenizer.save_pretrained(tmp_path / "policy")
+    ctx = RunContext.open(cfg, tmp_path / "run", world)
+    ctx.state.artifacts.update(policy=str(tmp_path / "policy"), reward=str(tmp_path / "rm"))
+    ctx.round, ctx.current_stage = 1, "rejection_sampling"
+
+    def reply(prompt, j):
+        # sample 0 breaks the instruction; 1 follows it with a wrong answer, 3 with the right one
+        text = ["The answer is X.", "The answer is wrong.", "The answer is bad.", "The answer is right."][j]
+        if j == 0:
+            return text
+        return text.upper() if prompt[-1]["content"].startswith("Answer in capitals.") else text.lower()
+
+    scored = []
+
+    class Reward:
+        def score(self, prompts, completions, is_safety, desc=None):
+            scored.append((prompts, completions, is_safety))
+            return [1.0 if "right" in c.lower() else -float(len(c)) for c in completions]
+
+    monkeypatch.setattr(sampling, "load_sampler", lambda cfg, path: ScriptedSampler(reply))
+    monkeypatch.setattr(combined_reward.CombinedReward, "for_run", classmethod(lambda cls, ctx: Reward()))
+    rows = gatt([], ctx)
+    assert len(rows) == 6
+    for row in rows:
+        earlier = [m["content"].lower() for m in row["prompt"] if m["role"] == "assistant"]
+        assert earlier and all(r == "the answer is wrong." for r in earlier)  # the first that follows it
+        assert row["completion"][0]["content"].lower() == ("the answer is right." if rank else "the answer is wrong.")
+    stats = json.loads((tmp_path / "run" / "round_1" / "rejection_sampling" / "gatt" / "stats.json").read_text())
+    assert stats["last_reply_reranked"] == (6 if rank else 0)
+    if rank:
+        # one call for the round: each dialogue's three candidates, for its last user turn as the model saw it
+        (prompts, completions, flags), = scored
+        from llama2rlhf.combined_reward import is_safety_prompt
+        from llama2rlhf.round_prompts import round_prompts
+
+        safety = {p.messages[-1]["content"]: is_safety_prompt(p.meta) for p in round_prompts(ctx, "gatt:1", 24)}
+        assert len(completions) == 18
+        assert all(len(p) == 1 and p[0]["content"].startswith("Answer in ") for p in prompts)
+        # the combined reward hears which turns are safety prompts (the llama2 rule scores those by safety)
+        assert flags == [safety[p[0]["content"].split(". ", 1)[1]] for p in prompts]
+    else:
+        assert not scored

@@ -289,6 +289,10 @@ class GattConfig:
     # only for the dialogues none of them followed; the kept reply is the same rule (the
     # first that follows, of up to samples_per_turn), for fewer samples. 0: all at once
     first_draw: int = 0
+    # of the last turn's samples that follow the instruction, keep the one the round's
+    # reward scores best rather than the first (the last reply is what the example teaches;
+    # following the instruction does not make it right). Needs the round's reward models
+    rank_last_turn: bool = True
     temperature: float = 0.7
     max_new_tokens: int = 128
     # dialogues longer than this (tokens) lose whole middle turns, never the system prompt

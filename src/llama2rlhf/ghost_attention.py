@@ -170,9 +170,12 @@ def converse(
     # a sampler that can keep each dialogue's keys and values from turn to turn (the hf
     # sampler's keep_prefixes) prefills only the new turn, not the whole dialogue again
     keep = getattr(sampler, "keep_prefixes", None)
-    with keep() if keep is not None else contextlib.nullcontext():
+    with keep() if keep is not None else contextlib.nullcontext() as store:
         replies, dropped = _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n, pick, desc,
                                      first_draw)
+    if getattr(store, "hits", 0):
+        log.info("%s: %d prompts continued from their dialogue's cached keys and values (%d tokens not run again)",
+                 desc, store.hits, store.hit_tokens)
     if dropped:
         log.info("%s: dropped %d middle turns in all to fit the context length (system prompt kept)", desc, dropped)
     return replies

@@ -65,6 +65,12 @@ def register_samplers(register: Register) -> None:
     with ``sample(prompts, n, temperature, max_new_tokens) -> list[list[Sample]]``: for each
     prompt (in order) ``n`` completions with their token counts. Selected with
     ``sampler=<name>``.
+
+    Optionally the object has ``keep_prefixes()``, a context manager: Ghost Attention
+    samples its dialogues turn by turn inside it (each prompt the one before plus a reply
+    and a user turn), so a sampler can keep what it computed for a prompt and run only
+    the new tokens of the next (the ``hf`` sampler does). It yields an object with
+    ``hits`` and ``hit_tokens`` counts, or None.
     """
 
 

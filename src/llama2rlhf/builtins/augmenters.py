@@ -58,14 +58,47 @@ def load_checker(cfg: Any):
     return check if item.distribution == "llama2rlhf" else blamed
 
 
-def user_turns(ctx, n: int) -> list[str]:
-    """``n`` user messages from the round's prompt pool, for dialogues."""
+def user_turns(ctx, n: int) -> list[tuple[str, bool]]:
+    """``n`` user messages from the round's prompt pool, for dialogues, each with whether it
+    is a safety prompt."""
+    from ..combined_reward import is_safety_prompt
     from ..round_prompts import round_prompts
 
-    pool = [p.messages[-1]["content"] for p in round_prompts(ctx, f"gatt:{ctx.round}", n)]
+    pool = [(p.messages[-1]["content"], is_safety_prompt(p.meta)) for p in round_prompts(ctx, f"gatt:{ctx.round}", n)]
     if not pool:
         raise ValueError("GAtt needs user turns, and the round's prompt pool is empty")
     return [pool[i % len(pool)] for i in range(n)]  # a small pool repeats across dialogues
+
+
+def best_last_replies(ctx, shown: list[list[str]], safety: list[list[bool]], replies: list[list[str]],
+                      candidates: dict[int, list[str]]) -> int:
+    """Replace the last reply of each dialogue in ``candidates`` by the one of its
+    candidates (the samples that follow the instruction) that the round's reward scores
+    best, for the last user turn as the model saw it; returns how many changed.
+
+    The last reply is the one a GAtt example teaches (paper 3.3), and following the
+    instruction says nothing of being right: the first sample in style was often a wrong
+    answer, which the fine-tuning then taught (in the toy run, the capital of one land given
+    for every question of a dialogue). This is rejection sampling (paper 3.2.3) within the
+    dialogue. Without a reward model yet, the first candidate stays."""
+    from ..combined_reward import MODEL_ARTIFACTS, CombinedReward
+
+    if not candidates or not any(a in ctx.state.artifacts for a in MODEL_ARTIFACTS.values()):
+        return 0
+    reward = CombinedReward.for_run(ctx)
+    flat = [(d, text) for d, texts in sorted(candidates.items()) for text in texts]
+    scores = reward.score([[{"role": "user", "content": shown[d][len(replies[d]) - 1]}] for d, _ in flat],
+                          [text for _, text in flat], [safety[d][len(replies[d]) - 1] for d, _ in flat],
+                          desc=f"GAtt last replies (round {ctx.round})")
+    best: dict[int, tuple[float, str]] = {}
+    for (d, text), score in zip(flat, scores, strict=True):
+        if d not in best or score > best[d][0]:
+            best[d] = (score, text)
+    changed = 0
+    for d, (_, text) in best.items():
+        changed += replies[d][-1] != text
+        replies[d][-1] = text
+    return changed
 
 
 def gatt(rows: list[dict], ctx) -> list[dict]:
@@ -92,18 +125,21 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     instructions = [source.sample(rng) for _ in range(g.n_dialogues)]
     lengths = [rng.randint(g.min_turns, g.max_turns) for _ in instructions]
     pool = user_turns(ctx, sum(lengths))
-    turns, start = [], 0
+    turns, safety, start = [], [], 0
     for n in lengths:
-        turns.append(pool[start:start + n])
+        turns.append([text for text, _ in pool[start:start + n]])
+        safety.append([flag for _, flag in pool[start:start + n]])
         start += n
 
     check = load_checker(ctx.cfg) if g.filter else None
+    last_turn: dict[int, list[str]] = {}  # dialogue -> its last turn's samples that follow the instruction
 
     def pick(d: int, t: int, texts: list[str]) -> str | None:
         # the first sample that does not break the instruction; none: the dialogue ends
-        if check is None:
-            return texts[0]
-        return next((x for x in texts if check(instructions[d], x) is not False), None)
+        ok = texts if check is None else [x for x in texts if check(instructions[d], x) is not False]
+        if ok and t == len(turns[d]) and g.rank_last_turn:
+            last_turn[d] = ok
+        return ok[0] if ok else None
 
     sampler = load_sampler(ctx.cfg, policy)
     tokenizer = load_tokenizer(policy, trust_remote_code=ctx.cfg.model.trust_remote_code)
@@ -115,6 +151,7 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     replies = converse(sampler, [[] for _ in instructions], shown, g.temperature, g.max_new_tokens, fit,
                        n=g.samples_per_turn if g.filter else 1, pick=pick, desc=f"GAtt dialogues (round {ctx.round})",
                        first_draw=g.first_draw if g.filter else 0)
+    reranked = best_last_replies(ctx, shown, safety, replies, last_turn)
     examples, dropped = [], 0
     broken = sum(len(rs) < len(us) for us, rs in zip(turns, replies, strict=True))
     for ins, us, rs in zip(instructions, turns, replies, strict=True):
@@ -134,7 +171,8 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
             f.write(json.dumps(ex) + "\n")
     turns_kept = [(len(ex["prompt"]) - 1) // 2 + 1 for ex in examples]
     stats = {"round": ctx.round, "n_dialogues": len(instructions), "n_examples": len(examples),
-             "ended_by_filter": broken, "middle_turns_dropped": dropped, "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
+             "ended_by_filter": broken, "last_reply_reranked": reranked, "middle_turns_dropped": dropped,
+             "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
              "baseline_model": ctx.state.artifacts["gatt_baseline"]}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     log.info("GAtt round %d: %d examples from %d dialogues (%d ended where no sample followed the instruction), "
