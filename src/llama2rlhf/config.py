@@ -132,9 +132,6 @@ class SamplerConfig:
     name: str = MISSING
     # prompts x samples x (prompt + new tokens) per generate call; bounds memory
     batch_tokens: int = 65536
-    # hf: memory for the keys and values of dialogues sampled turn by turn (GAtt), so that
-    # each turn prefills only its new tokens (llama2rlhf.dialogue_cache); 0 turns it off
-    dialogue_cache_mb: float = 2048.0
 
 
 @dataclass

@@ -20,9 +20,11 @@ encoder-decoders) and batches with a one-token prompt take the plain path.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import hookimpl
+from ..config import SamplerConfig
 from ..kv_cache import cache_kwarg, forward_params, reserved_cache
 from ..sampling import Messages, Sample
 
@@ -304,6 +306,17 @@ def inverse_cdf_sampling(temperature: float):
     return InverseCDFSampling()
 
 
+@dataclass
+class HFSamplerConfig(SamplerConfig):
+    """``sampler=hf``: transformers' ``generate``, batched by prompt length under a token
+    budget, one prefill per prompt for its K samples."""
+
+    name: str = "hf"
+    # memory for the keys and values of dialogues sampled turn by turn (GAtt), so that each
+    # turn prefills only its new tokens (HFSampler.keep_prefixes); 0 turns it off
+    dialogue_cache_mb: float = 2048.0
+
+
 def make_hf_sampler(model, tokenizer, cfg: Any = None) -> HFSampler:
     options = getattr(cfg, "sampler", None) if cfg is not None else None
     return HFSampler(model, tokenizer, batch_tokens=getattr(options, "batch_tokens", 65536),
@@ -313,3 +326,8 @@ def make_hf_sampler(model, tokenizer, cfg: Any = None) -> HFSampler:
 @hookimpl(trylast=True)
 def register_samplers(register):
     register("hf", make_hf_sampler)
+
+
+@hookimpl(trylast=True)
+def register_configs(config_store):
+    config_store.store(group="sampler", name="hf", node=HFSamplerConfig)
