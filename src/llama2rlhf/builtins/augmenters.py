@@ -135,7 +135,8 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     last_turn: dict[int, list[str]] = {}  # dialogue -> its last turn's samples that follow the instruction
 
     def pick(d: int, t: int, texts: list[str]) -> str | None:
-        # the first sample that does not break the instruction; none: the dialogue ends
+        # the first sample that does not break the instruction (at the last turn all of them
+        # are kept for best_last_replies to rank); none: the dialogue ends
         ok = texts if check is None else [x for x in texts if check(instructions[d], x) is not False]
         if ok and t == len(turns[d]) and g.rank_last_turn:
             last_turn[d] = ok
