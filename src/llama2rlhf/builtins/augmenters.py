@@ -134,13 +134,19 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     check = load_checker(ctx.cfg) if g.filter else None
     last_turn: dict[int, list[str]] = {}  # dialogue -> its last turn's samples that follow the instruction
 
+    def follows(d: int, text: str) -> bool:
+        return check is None or check(instructions[d], text) is not False
+
     def pick(d: int, t: int, texts: list[str]) -> str | None:
-        # the first sample that does not break the instruction (at the last turn all of them
-        # are kept for best_last_replies to rank); none: the dialogue ends
-        ok = texts if check is None else [x for x in texts if check(instructions[d], x) is not False]
-        if ok and t == len(turns[d]) and g.rank_last_turn:
-            last_turn[d] = ok
-        return ok[0] if ok else None
+        # the first sample that does not break the instruction; none: the dialogue ends. At
+        # the last turn every such sample is kept for best_last_replies to rank; before it
+        # the checker (maybe a judge model) stops at the first
+        if g.rank_last_turn and t == len(turns[d]):
+            ok = [x for x in texts if follows(d, x)]
+            if ok:
+                last_turn[d] = ok
+            return ok[0] if ok else None
+        return next((x for x in texts if follows(d, x)), None)
 
     sampler = load_sampler(ctx.cfg, policy)
     tokenizer = load_tokenizer(policy, trust_remote_code=ctx.cfg.model.trust_remote_code)

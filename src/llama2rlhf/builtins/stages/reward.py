@@ -57,7 +57,10 @@ def with_margins(rows: list[dict], loss: Any, source: str, scale: float = 1.0) -
 
 def _trainer_class():
     import torch
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
     from trl import RewardTrainer
+
+    from ...packed_preferences import packed_rewards
 
     class PluggableLossRewardTrainer(RewardTrainer):
         """RewardTrainer whose loss is a registered reward loss rather than a fixed formula."""
@@ -68,10 +71,6 @@ def _trainer_class():
             self.loss_options = loss_options or {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            from transformers.modeling_outputs import SequenceClassifierOutputWithPast
-
-            from ...packed_preferences import packed_rewards
-
             mode = "train" if self.model.training else "eval"
             margin = inputs.pop("margin", None)
             ends = inputs.pop("sequence_ends", None)  # a padding-free batch (llama2rlhf.packed_preferences)
