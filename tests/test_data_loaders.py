@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -202,7 +203,11 @@ def test_load_sft_prompt_completion_standard_and_conversational(tmp_path: Path) 
         ({"messages": [user("Hi"), {"role": "assistant", "content": 5}]}, "messages[1].content", "must be a string, got number"),
         ({"messages": [user("Hi"), bot(" \n\t")]}, "messages[1].content", "is empty"),
         ({"messages": [user("Hi"), dict(bot("x"), name="n")]}, "messages[1].name", "unexpected key"),
-        ({"messages": [user("Hi")]}, "messages", "no assistant message"),
+        ({"messages": [user("Hi")]}, "messages[0].role", "must have role 'assistant', got 'user'"),
+        ({"messages": [user("Hi"), bot("a"), bot("b")]}, "messages[2].role", "a second assistant message in a row"),
+        ({"messages": [bot("a")]}, "messages[0].role", "must start with a user message, got 'assistant'"),
+        ({"messages": [user("Hi"), {"role": "system", "content": "s"}, bot("b")]}, "messages[1].role",
+         "a system message can only open the conversation"),
         ({"messages": [user("Hi"), bot("Hello"), user("Bye")]}, "messages[2].role", "must have role 'assistant', got 'user'"),
         ({"messages": [user("Hi"), bot("x")], "prompt": "p"}, "prompt", "both 'messages' and prompt-completion"),
         ({"prompt": "p", "completion": ""}, "completion", "is empty"),
@@ -213,6 +218,7 @@ def test_load_sft_prompt_completion_standard_and_conversational(tmp_path: Path) 
     ],
 )
 def test_load_sft_rejects_bad_rows(tmp_path: Path, row: dict, field: str, reason: str) -> None:
+    # on_bad_row=error: the rows the default skips by rule (empty replies) are errors too
     if "messages" in row or "text" in row:
         good: dict = {"messages": [user("Hi"), bot("Hello")]}
     elif isinstance(row.get("prompt"), list):
@@ -220,7 +226,7 @@ def test_load_sft_rejects_bad_rows(tmp_path: Path, row: dict, field: str, reason
     else:
         good = {"prompt": "a", "completion": "b"}
     path = write_lines(tmp_path / "sft.jsonl", [good, "", row])
-    expect_error(load_sft, path, 3, field, reason)
+    expect_error(functools.partial(load_sft, on_bad_row="error"), path, 3, field, reason)
 
 
 def test_load_sft_rejects_mixed_formats(tmp_path: Path) -> None:
@@ -303,13 +309,17 @@ def test_load_preferences_conversational_implicit_prompt_with_margin(tmp_path: P
     assert ds["rejected"] == [rows[0]["rejected"], rows[1]["rejected"]]
 
 
-def test_load_preferences_standard_text(tmp_path: Path) -> None:
+def test_load_preferences_standard_text_becomes_conversational(tmp_path: Path) -> None:
+    # reward models train on and score the chat-template rendering the policy samples through
     rows = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}]
     ds = load_preferences(write_lines(tmp_path / "s.jsonl", rows))
-    assert ds.to_list() == rows
+    expected = [{"prompt": [user("The sky is")], "chosen": [bot("blue.")], "rejected": [bot("green.")]}]
+    assert ds.to_list() == expected
+    # without 'prompt', the text both replies start with (TRL's extract_prompt)
     ds = load_preferences(write_lines(tmp_path / "s2.jsonl", [{"chosen": "The sky is blue.", "rejected": "The sky is green."}]))
-    assert ds.column_names == ["chosen", "rejected"]
-    assert ds.to_list() == [{"chosen": "The sky is blue.", "rejected": "The sky is green."}]
+    assert ds.to_list() == expected
+    path = write_lines(tmp_path / "s3.jsonl", [{"chosen": "Blue.", "rejected": "Green."}])
+    expect_error(load_preferences, path, 1, "chosen", "share no prompt text")
 
 
 PAIR = {"prompt": [user("q")], "chosen": [bot("a")], "rejected": [bot("b")]}
@@ -336,7 +346,7 @@ def test_load_preferences_rejects_bad_rows(tmp_path: Path, row: dict, field: str
     # A good first row with the same optional columns, so only the bad value can fail.
     first = dict(PAIR, **{k: v for k, v in {"strength": "better", "margin": 1.0}.items() if k in row})
     path = write_lines(tmp_path / "p.jsonl", [first, row])
-    expect_error(load_preferences, path, 2, field, reason)
+    expect_error(functools.partial(load_preferences, on_bad_row="error"), path, 2, field, reason)
 
 
 def test_load_preferences_strength_and_margin_on_one_row(tmp_path: Path) -> None:
@@ -372,13 +382,13 @@ def test_load_preferences_undecodable_bytes(tmp_path: Path) -> None:
 
 def test_load_preferences_blank_lines_count_toward_line_numbers(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "p.jsonl", ["", PAIR, "   ", "", dict(PAIR, chosen=[bot("")])])
-    expect_error(load_preferences, path, 5, "chosen[0].content", "is empty")
+    expect_error(functools.partial(load_preferences, on_bad_row="error"), path, 5, "chosen[0].content", "is empty")
 
 
 def test_load_preferences_hh_prompts_differ(tmp_path: Path) -> None:
     rejected = HH_REJECTED.replace("Keep it calm.", "Make it funny.")
     path = write_lines(tmp_path / "hh.jsonl", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, {"chosen": HH_CHOSEN, "rejected": rejected}])
-    expect_error(load_preferences, path, 2, "rejected", "prompts differ at turn 3", "Make it funny")
+    expect_error(load_preferences, path, 2, "rejected", "prompts differ at message 3", "Make it funny")
 
 
 @pytest.mark.parametrize(
@@ -394,7 +404,7 @@ def test_load_preferences_hh_prompts_differ(tmp_path: Path) -> None:
 )
 def test_load_preferences_rejects_bad_hh_rows(tmp_path: Path, row: dict, field: str, reason: str) -> None:
     path = write_lines(tmp_path / "hh.jsonl", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, row])
-    expect_error(load_preferences, path, 2, field, reason)
+    expect_error(functools.partial(load_preferences, on_bad_row="error"), path, 2, field, reason)
 
 
 def test_load_preferences_rejects_mixed_formats(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_bad_row_of_a_data_set_names_source_split_row_and_field(tmp_path: Path) 
     from datasets import Dataset
 
     rows = hh_rows(3)
-    rows[1]["chosen"] = "\n\nHuman: What?\n\nAssistant: "
+    rows[1]["chosen"] = "\n\nHuman: What?\n\nAssistant: x\n\nHuman: and?"
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(DataError) as err:
         load_sft(tmp_path / "bad")

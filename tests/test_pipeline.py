@@ -186,14 +186,44 @@ def test_files_source_runs_on_trl_jsonl_and_hh_text(tmp_path):
         {"role": "assistant", "content": f"The answer is {i + 1}."},
     ]}) for i in range(40)) + "\n")
     prefs = tmp_path / "hh.jsonl"
-    prefs.write_text("\n".join(json.dumps({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}) for _ in range(40)) + "\n")
+    # as published: line 41's chosen reply is empty (skipped), line 42 has a reply cut in two (joined)
+    quirks = [{"chosen": "\n\nHuman: Hi\n\nAssistant: ", "rejected": "\n\nHuman: Hi\n\nAssistant: Hello."},
+              {"chosen": HH_CHOSEN + "\n\nAssistant: Anything else?", "rejected": HH_REJECTED}]
+    prefs.write_text("\n".join(json.dumps(r) for r in [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}] * 40 + quirks)
+                     + "\n")
     proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={prefs}",
                    "reward_loss=bradley_terry", *SFT_RM)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["sft"]["n_examples"] == 40 and "task_accuracy" not in summary["sft"]  # no gold oracle
-    assert summary["reward"]["n_pairs"] == 36  # 10 % held out
+    assert summary["reward"]["n_pairs"] == 37  # 41 kept, 10 % held out
     assert summary["rm_accuracy"]["counts"]["overall"] == 4
+    assert summary["data"]["rows"]["preferences"] == {"file": str(prefs), "rows": 42, "kept": 41}
+    assert summary["data"]["skipped_rows"] == {"sft": {}, "preferences": {
+        "empty_reply": {"count": 1, "first": [f"{prefs}:41"]}}}
+    assert summary["data"]["repaired_rows"]["preferences"] == {"repeated_turns": {"count": 1, "first": [f"{prefs}:42"]}}
+    assert f"{prefs}: 41 of 42 rows kept; skipped: empty_reply 1" in (tmp_path / "run" / "cli.log").read_text()
+
+
+@pytest.mark.parametrize("layout", ["plain text", "ShareGPT JSON array"])
+def test_reward_stage_trains_and_scores_plain_text_and_sharegpt_pairs(tmp_path, layout):
+    """Both become conversational pairs: the reward model trains on them and the held-out
+    scoring renders them through the same chat template."""
+    pairs = [(f"What is {i} + 1?", f"The answer is {i + 1}.", f"It is {i + 7}, I think.") for i in range(30)]
+    if layout == "plain text":
+        path = tmp_path / "pairs.jsonl"
+        path.write_text("".join(json.dumps({"prompt": q, "chosen": " " + a, "rejected": " " + b}) + "\n"
+                                for q, a, b in pairs))
+    else:
+        path = tmp_path / "pairs.json"
+        path.write_text(json.dumps([{"conversations": [{"from": "human", "value": q}], "chosen": {"from": "gpt", "value": a},
+                                     "rejected": {"from": "gpt", "value": b}} for q, a, b in pairs], indent=2))
+    proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={path}", f"data.preference_path={path}",
+                   "pipeline.stages=[reward]", "pipeline.rounds=0", "reward_model.init_from=base")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reward"]["n_pairs"] == 27
+    assert summary["rm_accuracy"]["counts"]["overall"] == 3 and summary["rm_accuracy"]["overall"] is not None
 
 
 def test_hf_model_from_a_local_folder_with_lora_runs_every_stage(tmp_path):
@@ -232,11 +262,12 @@ def test_hf_model_from_a_local_folder_with_lora_runs_every_stage(tmp_path):
 def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
     sft = tmp_path / "sft.jsonl"
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
-    bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "   "}]}
+    bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hello?"},
+                        {"role": "assistant", "content": "Hello."}]}
     sft.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={sft}", *SFT_RM)
     assert proc.returncode != 0
-    assert f"{sft}:3: field 'messages[1].content'" in proc.stderr
+    assert f"{sft}:3: field 'messages[1].role': a second user message in a row" in proc.stderr
     # the base checkpoint written before the bad file was read is kept
     assert (tmp_path / "run" / "base" / "config.json").is_file()
 

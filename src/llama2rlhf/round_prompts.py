@@ -26,12 +26,15 @@ def round_prompts(ctx, purpose: str, n: int) -> list[RoundPrompt]:
     if ctx.world is not None:
         return [RoundPrompt(prompt_id(p.messages()), p.messages(), {"toy_prompt": p.to_dict()})
                 for p in ctx.world.prompts("train", n, purpose=purpose)]
-    from .data.formats import load_prompts
+    from .data.formats import LoadReport, load_prompts
     from .data.sources import where
 
     if not ctx.cfg.data.prompt_path:
         raise ValueError("RLHF rounds on real data need data.prompt_path (JSONL or a data set with a 'prompt' "
                          "field, or Anthropic hh-rlhf transcripts)")
-    rows = load_prompts(ctx.cfg.data.prompt_path, **where(ctx.cfg.data)).to_list()[:n]
+    report = LoadReport()
+    rows = load_prompts(ctx.cfg.data.prompt_path, on_bad_row=ctx.cfg.data.on_bad_row, report=report,
+                        **where(ctx.cfg.data)).to_list()[:n]
+    ctx.record_data("prompts", report)
     return [RoundPrompt(prompt_id(r["prompt"]), r["prompt"], {k: v for k, v in r.items() if k != "prompt"})
             for r in rows]

@@ -137,6 +137,15 @@ class RunContext:
             (self.state.done, self.state.artifacts, self.state.events, self.summary))
         self.state.done, self.state.artifacts, self.state.events, self.summary = done, artifacts, events, summary
 
+    def record_data(self, use: str, report: Any) -> None:
+        """What loading the ``use`` data (sft, preferences, preference_eval, prompts) took,
+        skipped and repaired (a ``llama2rlhf.data.formats.LoadReport``), in summary.json's
+        ``data`` entry: ``rows``, ``skipped_rows`` and ``repaired_rows``, each by use."""
+        data = self.summary.setdefault("data", {})
+        data.setdefault("rows", {})[use] = {"file": report.file, "rows": report.rows, "kept": report.kept}
+        data.setdefault("skipped_rows", {})[use] = report.skipped
+        data.setdefault("repaired_rows", {})[use] = report.repaired
+
     def artifact(self, name: str) -> str:
         if name not in self.state.artifacts:
             raise KeyError(

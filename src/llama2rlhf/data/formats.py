@@ -1,4 +1,4 @@
-"""Loaders from JSON Lines files to ``datasets.Dataset`` in TRL standard dataset formats.
+"""Loaders from data files to ``datasets.Dataset`` in TRL standard dataset formats.
 
 TRL standard dataset formats (https://huggingface.co/docs/trl/dataset_formats) come
 in two flavours: *standard* (plain strings) and *conversational* (lists of
@@ -7,22 +7,40 @@ loaders here cover the three the Llama 2 recipe trains on:
 
 * SFT: language modeling ``{"messages"}`` or prompt-completion ``{"prompt", "completion"}``;
 * preferences: ``{"chosen", "rejected"}`` with an optional explicit ``"prompt"`` and
-  an optional Llama 2 ``"strength"`` label or numeric ``"margin"``; Anthropic hh-rlhf
-  raw transcripts are recognised and split into explicit-prompt conversational rows;
+  an optional Llama 2 ``"strength"`` label or numeric ``"margin"``;
 * prompts: prompt-only ``{"prompt"}`` for RLHF rollouts.
 
-Every row is validated; the first bad one raises :class:`DataError` with the file,
-the 1-based line and the field. Loading only reads: a failed load writes nothing.
+Two formats other tools publish are read into the same rows: Anthropic hh-rlhf raw
+transcripts (``chosen``/``rejected`` strings of ``"\\n\\nHuman: ..."`` turns) and
+ShareGPT (``conversations`` of ``{"from", "value"}`` turns, with ``chosen``/``rejected``
+replies for preferences), the format LLaMA-Factory and Axolotl write.
+
+Every row is validated, role order included: an optional system message first, then
+user and assistant messages alternating, starting with the user. A bad row raises
+:class:`DataError` with the file, the 1-based line and the field. Published data has
+quirks that are not errors of the file's format; they follow fixed rules, counted in a
+:class:`LoadReport`, and ``on_bad_row="error"`` makes each of them an error instead:
+
+* ``repeated_turns`` (repaired): hh-rlhf turns of one speaker in a row are joined into one
+  message, separated by a blank line;
+* ``empty_reply`` (skipped): a row whose reply to train on or compare is empty, in any
+  format (SFT learns nothing from it; a reward model would compare a reply with nothing);
+* ``empty_turn`` (skipped): an hh-rlhf transcript with an empty earlier turn;
+* ``identical_replies`` (skipped): a preference pair whose two replies are the same.
+
+Plain-text preference pairs become conversational ones (the prompt a user message, each
+reply an assistant message), so reward models train on and score the same chat-template
+rendering the policy samples through. Loading only reads: a failed load writes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from llama2rlhf.data.errors import DataError
-from llama2rlhf.data.hh import HUMAN_TAG, parse_hh, split_hh_messages
+from llama2rlhf.data.hh import HUMAN_TAG, hh_turns, merge_repeated_turns
 from llama2rlhf.data.jsonl import PathLike
 from llama2rlhf.data.sources import open_rows
 from llama2rlhf.data.strength import check_strength
@@ -30,7 +48,13 @@ from llama2rlhf.data.strength import check_strength
 if TYPE_CHECKING:  # datasets costs a second to import; the CLI must start fast
     from datasets import Dataset
 
+log = logging.getLogger(__name__)
+
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
+ON_BAD_ROW: tuple[str, ...] = ("skip", "error")
+# ShareGPT's speakers; tool turns (function_call, observation) have no place in the chat recipe
+SHAREGPT_ROLES: dict[str, str] = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                                  "system": "system"}
 
 Message = dict[str, str]
 
@@ -54,16 +78,76 @@ def _article(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
-class _Row:
-    """One JSON Lines row with its file and line, so every check can say where it failed."""
+class LoadReport:
+    """What a loader did not take as written: rows skipped and rows repaired, by reason,
+    each with its count and the first few ``file:line`` (see the module doc for the rules)."""
 
-    def __init__(self, file: str, line: int, data: dict[str, Any]) -> None:
+    FIRST = 5
+
+    def __init__(self) -> None:
+        self.file = ""
+        self.rows = 0
+        self.kept = 0
+        self.skipped: dict[str, dict[str, Any]] = {}
+        self.repaired: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def _note(table: dict[str, dict[str, Any]], reason: str, where: str) -> None:
+        entry = table.setdefault(reason, {"count": 0, "first": []})
+        entry["count"] += 1
+        if len(entry["first"]) < LoadReport.FIRST:
+            entry["first"].append(where)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "rows": self.rows, "kept": self.kept, "skipped_rows": self.skipped,
+                "repaired_rows": self.repaired}
+
+    def describe(self) -> str:
+        def part(table: dict[str, dict[str, Any]]) -> str:
+            return ", ".join(f"{reason} {e['count']} (first {e['first'][0]})" for reason, e in table.items())
+
+        text = f"{self.file}: {self.kept} of {self.rows} rows kept"
+        if self.skipped:
+            text += f"; skipped: {part(self.skipped)}"
+        if self.repaired:
+            text += f"; repaired: {part(self.repaired)}"
+        return text
+
+
+class _Skip(Exception):
+    """A row left out by rule (recorded in the LoadReport)."""
+
+
+class _Row:
+    """One row with its file and line, so every check can say where it failed."""
+
+    def __init__(self, file: str, line: int, data: dict[str, Any], on_bad_row: str, report: LoadReport) -> None:
         self.file = file
         self.line = line
         self.data = data
+        self.on_bad_row = on_bad_row
+        self.report = report
+        self._noted: set[str] = set()  # a row counts once per reason, whichever fields have it
+        self._sharegpt_fields: dict[str, str] = {}  # field -> "object" or "list", for error paths
 
     def error(self, field: str | None, reason: str) -> DataError:
         return DataError(self.file, self.line, field, reason)
+
+    def _quirk(self, table: dict, reason: str, field: str, message: str, action: str) -> None:
+        if self.on_bad_row == "error":
+            raise self.error(field, f"{message} (data.on_bad_row=skip {action} such rows)")
+        if reason not in self._noted:
+            self._noted.add(reason)
+            LoadReport._note(table, reason, f"{self.file}:{self.line}")
+
+    def skip(self, reason: str, field: str, message: str) -> None:
+        """Leave this row out by the rule ``reason``; an error with ``on_bad_row="error"``."""
+        self._quirk(self.report.skipped, reason, field, message, "skips")
+        raise _Skip
+
+    def repair(self, reason: str, field: str, message: str) -> None:
+        """Note that this row was repaired by the rule ``reason``; an error with ``on_bad_row="error"``."""
+        self._quirk(self.report.repaired, reason, field, message, "repairs")
 
     def require(self, key: str) -> Any:
         if key not in self.data:
@@ -78,8 +162,16 @@ class _Row:
         # Not stripped: in standard formats a completion's leading space is a token.
         return value
 
-    def messages(self, field: str, value: Any, *, last_role: str | None = None) -> list[Message]:
-        """Validate a conversational value; rebuild each message with only role and content."""
+    def reply_text(self, field: str, value: Any) -> str:
+        """A reply's text: an empty one skips the row (``empty_reply``)."""
+        if isinstance(value, str) and not value.strip():
+            self.skip("empty_reply", field, "the reply is empty")
+        return self.text(field, value)
+
+    def messages(self, field: str, value: Any, *, last_role: str | None = None,
+                 reply_last: bool = False) -> list[Message]:
+        """Validate a conversational value; rebuild each message with only role and content.
+        ``reply_last``: the last message is the reply the row is about (empty: ``empty_reply``)."""
         if not isinstance(value, list):
             raise self.error(field, f"must be a list of messages, got {_json_type(value)}")
         if not value:
@@ -101,9 +193,42 @@ class _Row:
             role = message["role"]
             if role not in ROLES:
                 raise self.error(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-            out.append({"role": role, "content": self.text(f"{where}.content", message["content"])})
+            out.append({"role": role, "content": message["content"]})
         if last_role is not None:
             self.ends_with(field, out, last_role)
+        for index, message in enumerate(out):
+            where = f"{field}[{index}].content"
+            if reply_last and index == len(out) - 1 and message["role"] == "assistant":
+                message["content"] = self.reply_text(where, message["content"])
+            else:
+                message["content"] = self.text(where, message["content"])
+        return out
+
+    def sharegpt(self, field: str, value: Any, *, reply_last: bool = False) -> list[Message]:
+        """ShareGPT turns (``{"from", "value"}``, one object or a list) as messages.
+        ``reply_last``: as for :meth:`messages`."""
+        turns = [value] if isinstance(value, dict) else value
+        self._sharegpt_fields[field] = "object" if isinstance(value, dict) else "list"
+        if not isinstance(turns, list):
+            raise self.error(field, f"must be a list of {{'from', 'value'}} turns, got {_json_type(value)}")
+        if not turns:
+            raise self.error(field, "is an empty list of turns")
+        out = []
+        for index, turn in enumerate(turns):
+            where = field if isinstance(value, dict) else f"{field}[{index}]"
+            if not isinstance(turn, dict):
+                raise self.error(where, f"must be a {{'from', 'value'}} object, got {_json_type(turn)}")
+            for key in ("from", "value"):
+                if key not in turn:
+                    raise self.error(f"{where}.{key}", "missing required field")
+            speaker = turn["from"]
+            if speaker not in SHAREGPT_ROLES:
+                raise self.error(f"{where}.from", f"unsupported speaker {speaker!r}; expected one of "
+                                                  f"{', '.join(SHAREGPT_ROLES)} (tool turns are not supported)")
+            role = SHAREGPT_ROLES[speaker]
+            last = reply_last and index == len(turns) - 1 and role == "assistant"
+            text = self.reply_text if last else self.text
+            out.append({"role": role, "content": text(f"{where}.value", turn["value"])})
         return out
 
     def ends_with(self, field: str, messages: list[Message], role: str) -> None:
@@ -113,10 +238,41 @@ class _Row:
                 f"the last message of '{field}' must have role {role!r}, got {messages[-1]['role']!r}",
             )
 
+    def role_order(self, *parts: tuple[str, list[Message]]) -> None:
+        """The conversation that ``parts`` ((field, messages), in order) make: an optional
+        system message first, then user and assistant alternating from the user (what chat
+        templates accept). Errors name the message's role field, ShareGPT's ``from`` for
+        ShareGPT fields (see :meth:`sharegpt`)."""
+        previous: str | None = None
+        position = 0
+        for field, messages in parts:
+            for index, message in enumerate(messages):
+                where, role = self._role_field(field, index), message["role"]
+                if role == "system":
+                    if position:
+                        raise self.error(where, "a system message can only open the conversation, not follow "
+                                                f"its message {position}")
+                elif previous in (None, "system"):
+                    if role != "user":
+                        raise self.error(where, f"the conversation must start with a user message"
+                                                f"{' after the system message' if previous else ''}, got {role!r}")
+                elif role == previous:
+                    raise self.error(where, f"a second {role} message in a row; user and assistant messages "
+                                            "must alternate")
+                previous, position = role, position + 1
+
+    def _role_field(self, field: str, index: int) -> str:
+        shape = self._sharegpt_fields.get(field)
+        if shape is None:
+            return f"{field}[{index}].role"
+        return f"{field}.from" if shape == "object" else f"{field}[{index}].from"
+
     def text_or_messages(self, field: str, value: Any, *, last_role: str) -> tuple[bool, str | list[Message]]:
         """Return ``(is_conversational, validated value)``."""
         if _is_conversational(self, field, value):
-            return True, self.messages(field, value, last_role=last_role)
+            return True, self.messages(field, value, last_role=last_role, reply_last=last_role == "assistant")
+        if last_role == "assistant":
+            return False, self.reply_text(field, value)
         return False, self.text(field, value)
 
 
@@ -155,8 +311,10 @@ class _Columns:
             if len(column) < self.rows:
                 column.append(None)
 
-    def dataset(self) -> "Dataset":
+    def dataset(self, report: LoadReport) -> "Dataset":
         if self.rows == 0:
+            if report.rows:
+                raise DataError(self.file, None, None, f"none of its {report.rows} rows is usable: {report.describe()}")
             raise DataError(self.file, None, None, "no rows; the file is empty")
         try:
             from datasets import Dataset
@@ -167,20 +325,69 @@ class _Columns:
             raise DataError(self.file, None, None, f"cannot build a table from the rows: {err}") from err
 
 
-def _rows(path: PathLike, where: dict[str, Any]) -> tuple[str, Iterator[_Row]]:
+def _load(path: PathLike, where: dict[str, Any], on_bad_row: str, report: LoadReport | None,
+          read_row, columns: tuple[str, ...] = ()) -> "Dataset":
+    """Run ``read_row(row) -> column values`` over every row of ``path``; rows skipped by rule
+    are counted in ``report`` and logged as one WARNING line."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"data.on_bad_row must be one of {', '.join(ON_BAD_ROW)}, not {on_bad_row!r}")
+    report = report if report is not None else LoadReport()
     file, rows = open_rows(path, **where)
-    return file, (_Row(file, line, data) for line, data in rows)
+    report.file = file
+    table = _Columns(file, columns)
+    for line, data in rows:
+        report.rows += 1
+        try:
+            values = read_row(_Row(file, line, data, on_bad_row, report))
+        except _Skip:
+            continue
+        table.add(values)
+        report.kept += 1
+    if report.skipped or report.repaired:
+        log.warning("%s", report.describe())
+    return table.dataset(report)
 
 
-def _hh_transcript(row: _Row) -> list[Message] | None:
-    """The parsed ``chosen`` transcript of an Anthropic hh-rlhf row, else None."""
-    chosen = row.data.get("chosen")
-    if not (isinstance(chosen, str) and chosen.startswith(HUMAN_TAG)):
-        return None
+def _hh_transcript(row: _Row, field: str, *, prompt_only: bool = False) -> list[Message]:
+    """A raw hh-rlhf transcript by the module's rules: repeated turns joined, a row with an
+    empty reply or turn skipped; ``prompt_only``: the messages before the final reply."""
+    value = row.data[field]
+    if not isinstance(value, str):
+        raise row.error(field, f"must be a string like 'chosen', got {_json_type(value)}")
     try:
-        return parse_hh(chosen)
+        turns = hh_turns(value)
     except ValueError as err:
-        raise row.error("chosen", f"bad hh-rlhf transcript: {err}") from None
+        raise row.error(field, f"bad hh-rlhf transcript: {err}") from None
+    messages, joined = merge_repeated_turns(turns)
+    if joined:
+        tag = "Human" if turns[joined[0] - 1]["role"] == "user" else "Assistant"
+        row.repair("repeated_turns", field, f"turn {joined[0]} is a second {tag} turn in a row")
+    if messages[-1]["role"] != "assistant":
+        raise row.error(field, f"bad hh-rlhf transcript: it ends with a Human turn (turn {len(turns)}) and has no "
+                               "Assistant reply to it")
+    if prompt_only:
+        messages = messages[:-1]
+    elif not messages[-1]["content"]:
+        row.skip("empty_reply", field, f"the final Assistant reply (turn {len(turns)}) is empty")
+    for number, message in enumerate(messages if prompt_only else messages[:-1], start=1):
+        if not message["content"]:
+            row.skip("empty_turn", field, f"message {number} ({message['role']}) is empty")
+    return messages
+
+
+def _is_hh(row: _Row) -> bool:
+    chosen = row.data.get("chosen")
+    return isinstance(chosen, str) and chosen.startswith(HUMAN_TAG)
+
+
+def _sharegpt_parts(row: _Row, *, reply_last: bool = False) -> list[tuple[str, list[Message]]]:
+    """A ShareGPT row's optional ``system`` string and its ``conversations``, as
+    (field, messages) parts in conversation order."""
+    parts = []
+    if "system" in row.data:
+        parts.append(("system", [{"role": "system", "content": row.text("system", row.data["system"])}]))
+    parts.append(("conversations", row.sharegpt("conversations", row.data["conversations"], reply_last=reply_last)))
+    return parts
 
 
 def _is_conversational(row: _Row, field: str, value: Any) -> bool:
@@ -198,39 +405,41 @@ def _kind_name(conversational: bool) -> str:
 # --- SFT ------------------------------------------------------------------------------
 
 
-def load_sft(path: PathLike, **where: Any) -> "Dataset":
+def load_sft(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport | None = None,
+             **where: Any) -> "Dataset":
     """Load SFT rows in a TRL standard dataset format from a file or data set
     (:func:`llama2rlhf.data.sources.open_rows`; ``where`` = its split, subset, data_dir).
 
     Each line is either conversational language modeling,
     ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``
-    (must contain and end with an assistant message), or prompt-completion,
+    (must end with an assistant message), or prompt-completion,
     ``{"prompt": ..., "completion": ...}`` with both plain strings or both message
     lists. Columns are ``messages`` or ``prompt``/``completion``; other fields are
     dropped. All rows must use the same format. Anthropic hh-rlhf rows (no ``messages``,
-    ``chosen`` a raw transcript) give their chosen conversation as ``messages``.
+    ``chosen`` a raw transcript) and ShareGPT rows (``conversations``, optional ``system``)
+    give their conversation as ``messages``. ``on_bad_row`` and ``report``: see the module doc.
     """
-    file, rows = _rows(path, where)
     same = _SameEveryRow()
-    columns = _Columns(file)
-    for row in rows:
+
+    def read(row: _Row) -> dict[str, Any]:
         if not {"messages", "prompt", "completion"} & set(row.data):
-            transcript = _hh_transcript(row)
-            if transcript is not None:
+            if _is_hh(row):
                 same.check(row, "chosen", "format", "Anthropic hh-rlhf raw text ('chosen')")
-                columns.add({"messages": transcript})
-                continue
+                return {"messages": _hh_transcript(row, "chosen")}
+            if "conversations" in row.data:
+                same.check(row, "conversations", "format", "ShareGPT ('conversations')")
+                parts = _sharegpt_parts(row, reply_last=True)
+                row.role_order(*parts)
+                row.ends_with(*parts[-1], "assistant")
+                return {"messages": [m for _, ms in parts for m in ms]}
         if "messages" in row.data:
             for key in ("prompt", "completion"):
                 if key in row.data:
                     raise row.error(key, "row has both 'messages' and prompt-completion fields; use one format")
             same.check(row, "messages", "format", "conversational language modeling ('messages')")
-            messages = row.messages("messages", row.data["messages"])
-            if not any(message["role"] == "assistant" for message in messages):
-                raise row.error("messages", "has no assistant message; SFT needs a reply to train on")
-            row.ends_with("messages", messages, "assistant")
-            columns.add({"messages": messages})
-            continue
+            messages = row.messages("messages", row.data["messages"], last_role="assistant", reply_last=True)
+            row.role_order(("messages", messages))
+            return {"messages": messages}
         if "prompt" not in row.data and "completion" not in row.data:
             raise row.error("messages", "missing required field (or give 'prompt' and 'completion')")
         prompt = row.require("prompt")
@@ -240,13 +449,13 @@ def load_sft(path: PathLike, **where: Any) -> "Dataset":
         completion = row.require("completion")
         if conversational != _is_conversational(row, "completion", completion):
             raise row.error("completion", f"must be {_kind_name(conversational)} like 'prompt'")
-        columns.add(
-            {
-                "prompt": row.text_or_messages("prompt", prompt, last_role="user")[1],
-                "completion": row.text_or_messages("completion", completion, last_role="assistant")[1],
-            }
-        )
-    return columns.dataset()
+        values = {"prompt": row.text_or_messages("prompt", prompt, last_role="user")[1],
+                  "completion": row.text_or_messages("completion", completion, last_role="assistant")[1]}
+        if conversational:
+            row.role_order(("prompt", values["prompt"]), ("completion", values["completion"]))
+        return values
+
+    return _load(path, where, on_bad_row, report, read)
 
 
 # --- preferences ----------------------------------------------------------------------
@@ -257,42 +466,69 @@ def _pair_kind(row: _Row, chosen: Any) -> str:
         # Detected from the text itself because hh-rlhf files carry no format marker.
         return "Anthropic hh-rlhf raw text" if chosen.startswith(HUMAN_TAG) else "standard (plain text)"
     if isinstance(chosen, list):
-        return "conversational"
+        return "ShareGPT" if "conversations" in row.data else "conversational"
+    if isinstance(chosen, dict) and "conversations" in row.data:
+        return "ShareGPT"
     raise row.error("chosen", f"must be a string or a list of messages, got {_json_type(chosen)}")
 
 
 def _hh_pair(row: _Row) -> dict[str, Any]:
     if "prompt" in row.data:
         raise row.error("prompt", "hh-rlhf rows carry the prompt inside 'chosen'/'rejected'; remove 'prompt'")
-    parsed: dict[str, list[Message]] = {}
+    chosen = _hh_transcript(row, "chosen")
+    rejected = _hh_transcript(row, "rejected")
+    # the two transcripts share every turn but the final Assistant reply
+    prompt, other = chosen[:-1], rejected[:-1]
+    for turn, (mine, theirs) in enumerate(zip(prompt, other, strict=False), start=1):
+        if mine != theirs:
+            raise row.error("rejected", f"chosen and rejected prompts differ at message {turn}: "
+                                        f"{mine['content'][:40]!r} vs {theirs['content'][:40]!r}")
+    if len(prompt) != len(other):
+        raise row.error("rejected", f"chosen and rejected prompts differ in length: {len(prompt)} vs {len(other)} "
+                                    "messages before the final Assistant reply")
+    return {"prompt": prompt, "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def _sharegpt_pair(row: _Row) -> dict[str, Any]:
+    parts = _sharegpt_parts(row)
+    row.ends_with(*parts[-1], "user")
+    values: dict[str, Any] = {"prompt": [m for _, ms in parts for m in ms]}
     for field in ("chosen", "rejected"):
-        value = row.data[field]
-        if not isinstance(value, str):
-            raise row.error(field, f"must be a string like 'chosen', got {_json_type(value)}")
-        try:
-            parsed[field] = parse_hh(value)
-        except ValueError as err:
-            raise row.error(field, f"bad hh-rlhf transcript: {err}") from None
-    try:
-        prompt, chosen, rejected = split_hh_messages(parsed["chosen"], parsed["rejected"])
-    except ValueError as err:
-        raise row.error("rejected", str(err)) from None
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        values[field] = row.sharegpt(field, row.require(field), reply_last=True)
+        row.role_order(*parts, (field, values[field]))
+        row.ends_with(field, values[field], "assistant")
+    return values
 
 
-def _plain_pair(row: _Row, conversational: bool, chosen: Any, rejected: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _plain_pair(row: _Row, chosen: Any, rejected: Any) -> dict[str, Any]:
+    """A plain-text pair as a conversational one: the prompt a user message, each reply an
+    assistant message. Without ``prompt``, the prompt is the text both replies start with
+    (TRL's ``extract_prompt``)."""
+    from trl.data_utils import extract_prompt
+
+    texts = {"chosen": row.reply_text("chosen", chosen), "rejected": row.reply_text("rejected", rejected)}
     if "prompt" in row.data:
-        prompt = row.data["prompt"]
-        if conversational:
-            out["prompt"] = row.messages("prompt", prompt, last_role="user")
-        else:
-            out["prompt"] = row.text("prompt", prompt)
+        prompt = row.text("prompt", row.data["prompt"])
+    else:
+        texts = extract_prompt(texts)
+        prompt = texts["prompt"]
+        if not prompt.strip():
+            raise row.error("chosen", "'chosen' and 'rejected' share no prompt text; give the prompt in 'prompt'")
+        for field in ("chosen", "rejected"):
+            row.reply_text(field, texts[field])
+    return {"prompt": [{"role": "user", "content": prompt.strip()}],
+            **{field: [{"role": "assistant", "content": texts[field].strip()}] for field in ("chosen", "rejected")}}
+
+
+def _conversational_pair(row: _Row, chosen: Any, rejected: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    parts = []
+    if "prompt" in row.data:
+        out["prompt"] = row.messages("prompt", row.data["prompt"], last_role="user")
+        parts.append(("prompt", out["prompt"]))
     for field, value in (("chosen", chosen), ("rejected", rejected)):
-        if conversational:
-            out[field] = row.messages(field, value, last_role="assistant")
-        else:
-            out[field] = row.text(field, value)
+        out[field] = row.messages(field, value, last_role="assistant", reply_last=True)
+        row.role_order(*parts, (field, out[field]))
     return out
 
 
@@ -334,29 +570,33 @@ def _safety(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
     return {"safety": row.data["safety"]}
 
 
-def load_preferences(path: PathLike, **where: Any) -> "Dataset":
-    """Load preference pairs in a TRL standard dataset format (reward modeling / DPO) from
-    a file or data set (``where``: see :func:`load_sft`).
+def load_preferences(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport | None = None,
+                     **where: Any) -> "Dataset":
+    """Load preference pairs in TRL's conversational preference format (reward modeling /
+    DPO) from a file or data set (``where``, ``on_bad_row``, ``report``: see :func:`load_sft`).
 
-    Each line is ``{"chosen", "rejected"}``, both plain strings or both message lists,
-    with an optional explicit ``"prompt"`` of the same kind, plus optionally a Llama 2
-    ``"strength"`` label (see :data:`~llama2rlhf.data.strength.STRENGTHS`) or a numeric
-    ``"margin"``, and optionally a boolean ``"safety"`` (a safety prompt's comparison: these
-    train the safety reward model). Anthropic hh-rlhf raw transcripts (``chosen`` starting with
-    ``"\\n\\nHuman:"``) become explicit-prompt conversational rows. Columns:
-    ``prompt`` when there is one, ``chosen``, ``rejected``, then ``strength`` and/or
-    ``margin`` and ``safety`` only when the file has them (then on every row); other fields are dropped.
+    Each line is ``{"chosen", "rejected"}``, both message lists with an optional explicit
+    ``"prompt"`` list, or all plain strings (made conversational, see the module doc), plus
+    optionally a Llama 2 ``"strength"`` label (see :data:`~llama2rlhf.data.strength.STRENGTHS`)
+    or a numeric ``"margin"``, and optionally a boolean ``"safety"`` (a safety prompt's
+    comparison: these train the safety reward model). Anthropic hh-rlhf raw transcripts
+    (``chosen`` starting with ``"\\n\\nHuman:"``) and ShareGPT rows (``conversations`` ending
+    with a human turn, ``chosen``/``rejected`` a gpt turn) become explicit-prompt rows.
+    Columns: ``prompt`` when there is one, ``chosen``, ``rejected``, then ``strength`` and/or
+    ``margin`` and ``safety`` only when the file has them (then on every row); other fields
+    are dropped. A pair whose two replies are the same is skipped (``identical_replies``).
     """
-    file, rows = _rows(path, where)
     same = _SameEveryRow()
-    columns = _Columns(file)
-    for row in rows:
+
+    def read(row: _Row) -> dict[str, Any]:
         chosen = row.require("chosen")
         rejected = row.require("rejected")
         kind = _pair_kind(row, chosen)
         same.check(row, "chosen", "format", kind)
         if kind == "Anthropic hh-rlhf raw text":
             values = _hh_pair(row)
+        elif kind == "ShareGPT":
+            values = _sharegpt_pair(row)
         else:
             conversational = kind == "conversational"
             has_prompt = "prompt" in row.data
@@ -365,37 +605,46 @@ def load_preferences(path: PathLike, **where: Any) -> "Dataset":
                 value = row.data[field]
                 if conversational != _is_conversational(row, field, value):
                     raise row.error(field, f"must be {_kind_name(conversational)} like 'chosen', got {_json_type(value)}")
-            values = _plain_pair(row, conversational, chosen, rejected)
+            values = (_conversational_pair if conversational else _plain_pair)(row, chosen, rejected)
+        if values["chosen"] == values["rejected"]:
+            row.skip("identical_replies", "rejected", "'chosen' and 'rejected' are the same reply")
         values.update(_strength_and_margin(row, same))
         values.update(_safety(row, same))
-        columns.add(values)
-    return columns.dataset()
+        return values
+
+    return _load(path, where, on_bad_row, report, read)
 
 
 # --- prompts --------------------------------------------------------------------------
 
 
-def load_prompts(path: PathLike, **where: Any) -> "Dataset":
+def load_prompts(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport | None = None,
+                 **where: Any) -> "Dataset":
     """Load prompt-only rows (TRL standard dataset formats) for RLHF rollouts from a file
-    or data set (``where``: see :func:`load_sft`).
+    or data set (``where``, ``on_bad_row``, ``report``: see :func:`load_sft`).
 
     Each line is ``{"prompt": ...}``: a plain string, which becomes
     ``[{"role": "user", "content": ...}]``, or a message list ending with a user
     message. Any other fields are kept as metadata columns (null where a row lacks
     them) and must hold the same JSON type on every row. Anthropic hh-rlhf rows (no
-    ``prompt``, ``chosen`` a raw transcript) give the conversation before its last reply.
+    ``prompt``, ``chosen`` a raw transcript) and ShareGPT rows give the conversation
+    before its last reply (a ShareGPT conversation that ends with a human turn, all of it).
     """
-    file, rows = _rows(path, where)
-    columns = _Columns(file, ("prompt",))
     metadata_types: dict[str, tuple[int, str]] = {}
-    for row in rows:
+
+    def read(row: _Row) -> dict[str, Any]:
         if "prompt" not in row.data:
-            transcript = _hh_transcript(row)
-            if transcript is not None:
-                columns.add({"prompt": transcript[:-1]})
-                continue
+            if _is_hh(row):
+                return {"prompt": _hh_transcript(row, "chosen", prompt_only=True)}
+            if "conversations" in row.data:
+                parts = _sharegpt_parts(row)
+                row.role_order(*parts)
+                messages = [m for _, ms in parts for m in ms]
+                return {"prompt": messages[:-1] if messages[-1]["role"] == "assistant" else messages}
         prompt = row.require("prompt")
         conversational, value = row.text_or_messages("prompt", prompt, last_role="user")
+        if conversational:
+            row.role_order(("prompt", value))
         values: dict[str, Any] = {"prompt": value if conversational else [{"role": "user", "content": value}]}
         for key, extra in row.data.items():
             if key == "prompt":
@@ -406,11 +655,12 @@ def load_prompts(path: PathLike, **where: Any) -> "Dataset":
                 if first != kind:
                     raise row.error(key, f"is {_article(kind)} but line {line} has {_article(first)}; a column needs one type")
             values[key] = extra
-        columns.add(values)
-    return columns.dataset()
+        return values
+
+    return _load(path, where, on_bad_row, report, read, ("prompt",))
 
 
-__all__: list[str] = ["ROLES", "load_preferences", "load_prompts", "load_sft"]
+__all__: list[str] = ["ON_BAD_ROW", "ROLES", "LoadReport", "load_preferences", "load_prompts", "load_sft"]
 
 
 def unify_sft_formats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

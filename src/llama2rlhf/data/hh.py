@@ -29,13 +29,13 @@ def _preview(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def parse_hh(text: str) -> list[Message]:
-    """Parse one Anthropic hh-rlhf transcript into ``[{"role", "content"}, ...]``.
+def hh_turns(text: str) -> list[Message]:
+    """The turns of one Anthropic hh-rlhf transcript as written, ``[{"role", "content"}, ...]``.
 
     Human turns become ``user`` messages, Assistant turns ``assistant`` ones, contents
-    stripped of surrounding whitespace. The transcript must start with a Human turn,
-    alternate Human/Assistant, and end with a non-empty Assistant reply; anything else
-    raises ``ValueError`` saying which turn is wrong.
+    stripped of surrounding whitespace. Only the framing is checked: a ``"\\n\\nHuman:"`` tag,
+    nothing before it, a Human turn first. Turns of one speaker in a row and empty turns
+    are returned as they are (see :func:`merge_repeated_turns` and :func:`parse_hh`).
     """
     if not isinstance(text, str):
         raise TypeError(f"hh-rlhf transcript must be a string, got {type(text).__name__}")
@@ -45,19 +45,42 @@ def parse_hh(text: str) -> list[Message]:
         raise ValueError("no '\\n\\nHuman:' tag found; not an Anthropic hh-rlhf transcript")
     if prefix.strip():
         raise ValueError(f"text before the first '\\n\\nHuman:' tag: {_preview(prefix.strip())}")
+    if tagged[0] != "Human":
+        raise ValueError("transcript starts with an Assistant turn; the first turn must be Human")
+    return [{"role": _ROLE[tagged[i]], "content": tagged[i + 1].strip()} for i in range(0, len(tagged), 2)]
 
-    messages: list[Message] = []
-    for index in range(0, len(tagged), 2):
-        tag, content = tagged[index], tagged[index + 1].strip()
-        turn = index // 2 + 1
-        if not messages and tag != "Human":
-            raise ValueError("transcript starts with an Assistant turn; the first turn must be Human")
-        if messages and _ROLE[tag] == messages[-1]["role"]:
-            raise ValueError(
-                f"turn {turn} is a second {tag} turn in a row; Human and Assistant turns must alternate"
-            )
-        messages.append({"role": _ROLE[tag], "content": content})
 
+def merge_repeated_turns(turns: list[Message]) -> tuple[list[Message], list[int]]:
+    """Join turns of one speaker in a row into one message (contents separated by a blank line).
+
+    The published hh-rlhf files have such transcripts (an Assistant reply cut in two by a
+    stray tag); read as one turn, they alternate as every chat template requires. Returns
+    the messages and the 1-based numbers of the turns that were joined to the one before.
+    """
+    out: list[Message] = []
+    joined: list[int] = []
+    for number, turn in enumerate(turns, start=1):
+        if out and out[-1]["role"] == turn["role"]:
+            out[-1] = {"role": turn["role"], "content": "\n\n".join(c for c in (out[-1]["content"], turn["content"]) if c)}
+            joined.append(number)
+        else:
+            out.append(dict(turn))
+    return out, joined
+
+
+def parse_hh(text: str) -> list[Message]:
+    """Parse one Anthropic hh-rlhf transcript strictly into ``[{"role", "content"}, ...]``.
+
+    The transcript must start with a Human turn, alternate Human/Assistant, and end with a
+    non-empty Assistant reply; anything else raises ``ValueError`` saying which turn is
+    wrong. (The data loaders read the published files' quirks by rule instead: see
+    ``llama2rlhf.data.formats``.)
+    """
+    messages = hh_turns(text)
+    for turn in range(2, len(messages) + 1):
+        if messages[turn - 1]["role"] == messages[turn - 2]["role"]:
+            tag = "Human" if messages[turn - 1]["role"] == "user" else "Assistant"
+            raise ValueError(f"turn {turn} is a second {tag} turn in a row; Human and Assistant turns must alternate")
     if messages[-1]["role"] != "assistant":
         raise ValueError(f"transcript ends with a Human turn (turn {len(messages)}) and has no Assistant reply to it")
     if not messages[-1]["content"]:

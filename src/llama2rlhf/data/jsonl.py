@@ -1,4 +1,5 @@
-"""JSON Lines reading and writing: one JSON object per line, UTF-8.
+"""JSON Lines reading and writing: one JSON object per line, UTF-8; and reading a JSON
+array of objects, the other layout data sets are published in.
 
 Reading names the file and 1-based line of any broken row (:class:`DataError`);
 writing never leaves a half-written file behind.
@@ -68,6 +69,62 @@ def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
                 hint = " (JSON Lines needs one object per line, not a JSON array file)" if isinstance(row, list) else ""
                 raise DataError(file, number, None, f"expected a JSON object, got {got}{hint}")
             yield number, row
+
+
+def is_json_array(path: PathLike) -> bool:
+    """Whether the file's first non-blank character opens a JSON array."""
+    with open(os.fspath(path), "rb") as handle:
+        head = handle.read(4096).lstrip(_BOM).lstrip()
+    return head[:1] == b"["
+
+
+def read_json_array(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, row)`` for every element of a file holding one JSON array of
+    objects; each row's line is where its object starts, so errors point into the file."""
+    file = os.fspath(path)
+    with open(file, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(file, line, None, f"not valid UTF-8: byte 0x{raw[err.start]:02x} at byte offset "
+                                          f"{err.start} of the file") from None
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+
+    def skip(pos: int) -> int:
+        while pos < len(text) and text[pos] in ws:
+            pos += 1
+        return pos
+
+    counted = [0, 1]  # newlines are counted up to this position, and the line there (positions only grow)
+
+    def line_of(pos: int) -> int:
+        counted[1] += text.count("\n", counted[0], pos)
+        counted[0] = pos
+        return counted[1]
+
+    pos = skip(0) + 1  # past the "["
+    pos = skip(pos)
+    if text[pos:pos + 1] == "]":
+        return
+    while True:
+        try:
+            row, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise DataError(file, err.lineno, None, f"invalid JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(row, dict):
+            got = _JSON_TYPE_NAMES.get(type(row), type(row).__name__)
+            raise DataError(file, line_of(pos), None, f"expected a JSON object in the array, got {got}")
+        yield line_of(pos), row
+        pos = skip(end)
+        if text[pos:pos + 1] == ",":
+            pos = skip(pos + 1)
+            continue
+        if text[pos:pos + 1] == "]" and not text[skip(pos + 1):].strip():
+            return
+        raise DataError(file, line_of(pos), None, "invalid JSON: expected ',' or ']' after an array element")
 
 
 def _encode(rows: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:

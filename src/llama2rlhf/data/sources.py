@@ -4,6 +4,8 @@
 ``data.preference_eval_path`` each name one of:
 
 * a JSON Lines file (``.jsonl``): read line by line, errors say ``file:line``;
+* a JSON file holding one array of objects (``.json``, as LLaMA-Factory's data sets are):
+  errors say the line where the bad object starts;
 * a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
 * anything ``datasets.load_dataset`` takes: a folder of data files, or a Hub data set name
   such as ``Anthropic/hh-rlhf`` (with ``data.subset`` / ``data.data_dir`` where the data
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import DataError
-from .jsonl import PathLike, read_jsonl
+from .jsonl import PathLike, is_json_array, read_json_array, read_jsonl
 
 Rows = Iterator[tuple[int, dict[str, Any]]]
 
@@ -50,7 +52,7 @@ def open_rows(location: PathLike, *, split: str = "train", subset: Optional[str]
     text = os.fspath(location)
     path = Path(text)
     if path.is_file():
-        return text, read_jsonl(text)
+        return text, (read_json_array(text) if is_json_array(text) else read_jsonl(text))
     label = f"{text}[{split}]"
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         from datasets import load_from_disk

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ... import RewardLoss, distributed, plugins
-from ...data.formats import load_preferences
+from ...data.formats import LoadReport, load_preferences
 from ...data.sources import where
 from ...models import load_reward_model, load_tokenizer, peft_config, save_trained_model
 from ...pair_tokens import tokenize_pairs
@@ -139,12 +139,19 @@ def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
                 ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
     if not cfg.data.preference_path:
         raise ValueError("data.source=files needs data.preference_path (JSONL or a data set of preference pairs)")
-    rows = load_preferences(cfg.data.preference_path, **where(cfg.data)).to_list()
+    rows = _load_pairs(ctx, "preferences", cfg.data.preference_path, where(cfg.data))
     if cfg.data.preference_eval_path:
-        held_out = load_preferences(cfg.data.preference_eval_path, **where(cfg.data, evaluation=True))
-        return rows, held_out.to_list(), cfg.data.preference_path
+        held_out = _load_pairs(ctx, "preference_eval", cfg.data.preference_eval_path, where(cfg.data, evaluation=True))
+        return rows, held_out, cfg.data.preference_path
     n_eval = max(1, int(len(rows) * cfg.data.eval_fraction))
     return rows[n_eval:], rows[:n_eval], cfg.data.preference_path
+
+
+def _load_pairs(ctx, use: str, path: str, keywords: dict[str, Any]) -> list[dict]:
+    report = LoadReport()
+    rows = load_preferences(path, on_bad_row=ctx.cfg.data.on_bad_row, report=report, **keywords).to_list()
+    ctx.record_data(use, report)
+    return rows
 
 
 def row_is_safety(row: dict) -> bool | None:

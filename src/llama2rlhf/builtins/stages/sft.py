@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import distributed
-from ...data.formats import load_sft
+from ...data.formats import LoadReport, load_sft
 from ...data.sources import where
 from ...models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
 from ..loggers import trainer_callbacks
@@ -82,7 +82,10 @@ def sft_rows(ctx) -> Any:
         return ctx.world.sft_rows(cfg.data.n_sft)
     if not cfg.data.sft_path:
         raise ValueError("data.source=files needs data.sft_path (JSONL or a data set in a TRL format)")
-    return load_sft(cfg.data.sft_path, **where(cfg.data))
+    report = LoadReport()
+    rows = load_sft(cfg.data.sft_path, on_bad_row=cfg.data.on_bad_row, report=report, **where(cfg.data))
+    ctx.record_data("sft", report)
+    return rows
 
 
 def sft_stage(ctx) -> dict[str, Any]:
