@@ -303,3 +303,52 @@ def test_rows_with_the_judge_scores_train_a_reward_model(judges, world, tokenize
     out = train_reward(cfg, str(init), str(init), world.seed_comparisons(10) + rows, tmp_path / "rm", "toy")
     assert out["n_pairs"] == 16 and out["train_steps"] == 1 and math.isfinite(out["train_loss"])
 
+
+# --- through the collect stage -----------------------------------------------------------
+
+
+def real_data_run(tmp_path, **annotator):
+    from llama2rlhf.data.jsonl import write_jsonl
+    from llama2rlhf.run import RunContext
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": p.prompt, "safety": i in (3, 4)} for i, p in enumerate(PAIRS)])
+    cfg = config(**annotator)
+    cfg.data.source, cfg.data.prompt_path = "files", str(prompts)
+    cfg.collect.n_prompts = len(PAIRS)
+    ctx = RunContext.open(cfg, tmp_path / "run")
+    ctx.round = 1
+    return ctx
+
+
+def test_the_collect_stage_labels_real_data_with_the_judges(judges, judge_tokenizer, tmp_path):
+    from dataclasses import asdict
+
+    from llama2rlhf.builtins.stages.collect import collect_stage
+    from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
+    from llama2rlhf.round_prompts import round_prompts
+
+    ctx = real_data_run(tmp_path, name_or_path=judges["sin"], safety_name_or_path=judges["cos"])
+    # the round's pairs as the stage samples them, written beforehand: the stage labels them
+    # without a policy to sample from (as a resumed round does)
+    prompts = round_prompts(ctx, "collect:1", len(PAIRS))
+    pairs = [PairToLabel(f"r1-{i}", p.messages, x.a, x.b, p.meta) for i, (p, x) in enumerate(zip(prompts, PAIRS,
+                                                                                                    strict=True))]
+    write_jsonl(ctx.stage_dir("collect") / "pairs.jsonl", [asdict(p) for p in pairs])
+    metrics = collect_stage(ctx)
+    rows = [row for _, row in read_jsonl(ctx.state.artifacts["round_1/comparisons"])]
+    assert metrics["n_pairs"] == len(rows) == len(PAIRS) and sum(metrics["strengths"].values()) == len(PAIRS)
+    assert [r["safety"] for r in rows] == [i in (3, 4) for i in range(len(PAIRS))]
+    for i, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
+        head = "cos" if i in (3, 4) else "sin"
+        expected = sorted(expected_score(judge_tokenizer, pair, x, head) for x in (pair.a, pair.b))
+        assert [row["judge_rejected"], row["judge_chosen"]] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_bad_annotator_setting_stops_the_collect_stage_before_it_samples(judges, tmp_path):
+    from llama2rlhf.builtins.stages.collect import collect_stage
+
+    ctx = real_data_run(tmp_path, name_or_path=judges["sin"], strength_quantiles=[0.75, 0.5, 0.25])
+    with pytest.raises(ValueError, match=r"annotator\.strength_quantiles"):
+        collect_stage(ctx)  # no policy to sample from: sampling first would fail on that instead
+    assert not (ctx.stage_dir("collect") / "pairs.jsonl").exists()
