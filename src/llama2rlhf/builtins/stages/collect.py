@@ -3,7 +3,8 @@
 Each RLHF round, Llama 2's annotators compared two responses sampled from the latest
 models, so the reward model keeps up with the policy's distribution. Here: one response
 per temperature of ``collect.temperatures`` for each of ``collect.n_prompts`` new prompts,
-labelled by the configured annotator (``annotator=toy`` or ``annotator=file``).
+labelled by the configured annotator (``annotator=toy``, ``annotator=file`` for people, or
+``annotator=reward_model`` for a judge model's AI feedback).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _collect(ctx) -> dict[str, Any]:
     temperatures = list(cfg.collect.temperatures)
     if len(temperatures) != 2:
         raise ValueError(f"collect.temperatures must hold two temperatures (one per response), got {temperatures}")
+    # the annotator first: a bad annotator setting stops the stage before the sampling, not after
+    annotator = plugins.get("annotators", cfg.annotator.name).obj(cfg, ctx.world)
     prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
     pairs_path = out_dir / "pairs.jsonl"
     if pairs_path.exists():
@@ -54,7 +57,6 @@ def _collect(ctx) -> dict[str, Any]:
     else:
         pairs = _sample_pairs(ctx, prompts, temperatures)
         write_jsonl(pairs_path, [asdict(p) for p in pairs])
-    annotator = plugins.get("annotators", cfg.annotator.name).obj(cfg, ctx.world)
     rows = annotator.annotate(pairs, out_dir)
     for pair, row in zip(pairs, rows, strict=True):
         # the prompt's safety label travels with its comparison: it picks the safety RM's data
