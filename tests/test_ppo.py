@@ -76,6 +76,7 @@ class LowTokenReward:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.tokenizers = {"helpfulness": tokenizer}  # it reads the policy's tokens
         self.half = len(tokenizer) // 2
         self.models = {"helpfulness": _LowTokenCounter(self.half)}
 

@@ -66,10 +66,14 @@ def test_combiner_names_the_missing_model():
         combine({"helpfulness": torch.zeros(2)}, torch.zeros(2, dtype=torch.bool))
 
 
-def test_single_reads_helpfulness_and_llama2_falls_back_to_it_without_a_safety_model():
+def test_single_reads_helpfulness_and_llama2_falls_back_to_it_without_a_safety_model(caplog):
     assert selected_combiner(_cfg(), ["helpfulness", "safety"])[0] == "llama2"
-    name, combiner, options = selected_combiner(_cfg(safety_threshold=0.2), ["helpfulness"])
+    assert selected_combiner(_cfg(), ["helpfulness", "safety"])[3] is None
+    with caplog.at_level("WARNING", logger="llama2rlhf.combined_reward"):
+        name, combiner, options, fallback = selected_combiner(_cfg(safety_threshold=0.2), ["helpfulness"])
     assert (name, options) == ("single", {})
+    assert fallback.startswith("reward=llama2 needs the safety reward model(s)") and "using reward=single" in fallback
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and caplog.records[0].getMessage() == fallback
     assert combiner({"helpfulness": torch.tensor([1.5])}, torch.tensor([True])).tolist() == [1.5]
 
 
@@ -163,11 +167,12 @@ def _query_responses(tokenizer):
 def test_ppo_adapter_equals_the_combined_reward(saved_rms, tokenizer):
     from trl.experimental.utils import get_reward
 
-    from llama2rlhf.trl_rewards import combined_reward_model
+    from llama2rlhf.trl_rewards import combined_reward_model, reads_policy_tokens
 
     raw, combined = _by_hand(saved_rms, tokenizer)
     stats = {"mean": 0.7, "std": 3.0}
     reward = CombinedReward(_cfg(), saved_rms, stats)
+    assert reads_policy_tokens(reward, tokenizer)  # so PPO feeds them its token ids
     expected = reward.score_conversations(CONVS, SAFETY)
     assert expected == pytest.approx([(c - 0.7) / 3.0 for c in combined], abs=1e-4)
     query_responses, context_length, queries = _query_responses(tokenizer)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import plugins
-from .reward_scoring import score_conversations, tokenize_conversations
+from .reward_scoring import Cuts, model_max_length, score_conversations, tokenize_conversations
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,17 @@ def is_safety_prompt(meta: dict[str, Any] | None) -> bool:
     return bool(meta.get("safety", False))
 
 
+def own_reward_models(cfg: Any) -> dict[str, str]:
+    """The reward models the config names itself (``reward_model.name_or_path``,
+    ``reward_model.safety_name_or_path``), by name: the run's reward models from the start."""
+    paths = {"helpfulness": cfg.reward_model.name_or_path, "safety": cfg.reward_model.safety_name_or_path}
+    return {name: path for name, path in paths.items() if path}
+
+
 def selected_combiner(cfg: Any, available: Sequence[str]):
-    """(name, combiner, options) for ``cfg.reward``; ``single`` when the selected one needs a
-    reward model the run does not have (``llama2`` without safety labels in the data)."""
+    """(name, combiner, options, fallback) for ``cfg.reward``; ``single`` when the selected one
+    needs a reward model the run does not have (``llama2`` without safety labels in the
+    data), with ``fallback`` saying so (None otherwise)."""
     from omegaconf import OmegaConf
 
     options = OmegaConf.to_container(cfg.reward, resolve=True)
@@ -53,10 +61,11 @@ def selected_combiner(cfg: Any, available: Sequence[str]):
     combiner = plugins.get("reward_combiners", name).obj
     missing = [m for m in getattr(combiner, "needs", ("helpfulness",)) if m not in available]
     if missing:
-        log.info("reward=%s needs the %s reward model(s), which this run has not trained (no safety labels in "
-                 "the data?); using reward=single", name, ", ".join(missing))
-        return "single", plugins.get("reward_combiners", "single").obj, {}
-    return name, combiner, options
+        fallback = (f"reward={name} needs the {', '.join(missing)} reward model(s), which this run does not have (no "
+                    "safety labels in the data, and no reward_model.safety_name_or_path); using reward=single")
+        log.warning("%s", fallback)
+        return "single", plugins.get("reward_combiners", "single").obj, {}, fallback
+    return name, combiner, options, None
 
 
 class CombinedReward:
@@ -69,31 +78,59 @@ class CombinedReward:
         if "helpfulness" not in model_paths:
             raise ValueError(f"a helpfulness reward model is required; got {', '.join(model_paths) or '(none)'}")
         self.cfg = cfg
-        self.tokenizer = load_tokenizer(model_paths["helpfulness"], trust_remote_code=cfg.model.trust_remote_code)
         device = device_for(cfg)
-        self.models = {name: load_reward_model(path, cfg, self.tokenizer).to(device).eval()
-                       for name, path in model_paths.items()}
-        self.combiner_name, self.combiner, self.options = selected_combiner(cfg, list(self.models))
+        # each model renders conversations with its own tokenizer (saved with it), which need
+        # not be the policy's; one without a chat template gets the plain one
+        tokenizers = {}
+        self.tokenizers, self.models = {}, {}
+        for name, path in model_paths.items():
+            if path not in tokenizers:
+                tokenizers[path] = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code,
+                                                  fallback_template="plain")
+            self.tokenizers[name] = tokenizers[path]
+            self.models[name] = load_reward_model(path, cfg, self.tokenizers[name]).to(device).eval()
+        self.tokenizer = self.tokenizers["helpfulness"]
+        self.combiner_name, self.combiner, self.options, self.fallback = selected_combiner(cfg, list(self.models))
         self.whitening = whitening if cfg.reward.whiten else None
         self.batch_size = batch_size
+        self.cuts = Cuts()  # what scoring cut from conversations longer than a model reads
+        self._record = None  # (name, value) -> None: where for_run notes the fallback and the cuts
 
     @classmethod
     def for_run(cls, ctx) -> "CombinedReward":
-        """The newest reward models of a run and their whitening statistics."""
+        """The newest reward models of a run and their whitening statistics; the combiner's
+        fallback and what scoring cuts go into the running stage's summary (``reward_notes``)."""
         paths = {name: ctx.state.artifacts[a] for name, a in MODEL_ARTIFACTS.items() if a in ctx.state.artifacts}
         stats_path = ctx.state.artifacts.get(WHITENING_ARTIFACT)
         stats = json.loads(Path(stats_path).read_text(encoding="utf-8")) if stats_path else None
-        return cls(ctx.cfg, paths, stats, batch_size=ctx.cfg.reward_model.eval_batch_size)
+        reward = cls(ctx.cfg, paths, stats, batch_size=ctx.cfg.reward_model.eval_batch_size)
+        key = ctx.stage_key(ctx.current_stage)
+        reward._record = lambda name, value: ctx.summary.setdefault("reward_notes", {}).setdefault(key, {}).update(
+            {name: value})
+        if reward.fallback:
+            reward._record("fallback", reward.fallback)
+        return reward
 
     def model_scores(self, conversations: Sequence[Messages], desc: str | None = None) -> dict[str, Any]:
-        """Each reward model's raw scores of full conversations, as float tensors."""
+        """Each reward model's raw scores of full conversations, as float tensors; a
+        conversation longer than a model reads is cut (``reward_scoring.fit_conversation``)."""
         import torch
 
-        tokenized = tokenize_conversations(self.tokenizer, conversations)  # once for all the models
-        return {name: torch.tensor(score_conversations(model, self.tokenizer, conversations, self.batch_size,
-                                                       desc=f"{desc} ({name})" if desc else None,
-                                                       tokenized=tokenized))
-                for name, model in self.models.items()}
+        tokenized = {}  # once per tokenizer and length, for all the models that share them
+        scores = {}
+        for name, model in self.models.items():
+            tokenizer = self.tokenizers[name]
+            limit = model_max_length(model, tokenizer)
+            key = (id(tokenizer), limit)
+            if key not in tokenized:
+                tokenized[key] = tokenize_conversations(tokenizer, conversations, limit)
+                self.cuts.add(tokenized[key].cuts)
+            scores[name] = torch.tensor(score_conversations(model, tokenizer, conversations, self.batch_size,
+                                                            desc=f"{desc} ({name})" if desc else None,
+                                                            tokenized=tokenized[key]))
+        if self._record is not None and self.cuts.conversations:
+            self._record("truncated", self.cuts.as_dict())
+        return scores
 
     def combine(self, scores: dict[str, Any], is_safety, whiten: bool = True):
         """The combiner's output for raw ``scores`` (tensors), whitened unless ``whiten`` is False."""

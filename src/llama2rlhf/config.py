@@ -110,10 +110,23 @@ class RewardStageConfig(TrainConfig):
     eval_batch_size: int = 64
     # the RM starts from the latest SFT checkpoint (paper 3.2.2)
     init_from: str = "sft"
+    # a reward model of its own instead: a Hub id or local folder of a decoder or encoder
+    # (BERT, DeBERTa) sequence classifier, or of a reward model already trained, with its
+    # own tokenizer and chat template (a plain one when it ships none), which every path
+    # that scores text renders with. It is the run's reward model from the start: a reward
+    # stage trains it further, and without one it scores as it is (no whitening)
+    name_or_path: Optional[str] = None
+    # the same for the safety reward model (paper 3.2.2); null: the safety model, when the
+    # data has safety labels, starts where the helpfulness one does
+    safety_name_or_path: Optional[str] = None
     # in RLHF rounds: "previous" continues last round's RM for round_epochs over all
     # comparisons so far; "sft" retrains from init_from for num_train_epochs
     round_init_from: str = "previous"
     round_epochs: float = 1.0
+    # conversations longer than max_length (or the model's positions) lose their oldest turns
+    # first, then the start of the last user message, the replies compared kept whole
+    # (llama2rlhf.reward_scoring.fit_conversation); scoring cuts them the same way at the
+    # model's positions; both are counted in summary.json
     # each batch's chosen and rejected sequences end to end in one row instead of padded to
     # the longest (llama2rlhf.packed_preferences): the same rewards and gradients, no work
     # on padding; needs a classifier whose head is `score` (transformers' decoders)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from .templates import llama2_chat_template
+from .templates import llama2_chat_template, plain_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,19 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
     raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(path: str, trust_remote_code: bool = False, *, fallback_template: str = "llama2"):
+    """``path``'s tokenizer with a chat template and a pad token. One without a chat template
+    gets ``fallback_template``: ``llama2`` (the policy's: Llama 2's ``[INST]`` format) or
+    ``plain`` (a reward model's own tokenizer: ``User: ... Assistant: ...``, no BOS token
+    needed, so encoder classifiers such as BERT and DeBERTa render conversations too)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not tok.chat_template:
-        log.info("%s has no chat template; using the Llama 2 chat template", path)
-        tok.chat_template = llama2_chat_template()
+        templates = {"llama2": ("the Llama 2", llama2_chat_template), "plain": ("a plain", plain_chat_template)}
+        name, template = templates[fallback_template]
+        log.info("%s has no chat template; using %s chat template", path, name)
+        tok.chat_template = template()
     if tok.pad_token is None:
         # Llama 2 ships without a pad token; padding positions are masked anyway
         tok.pad_token = tok.unk_token or tok.eos_token

@@ -16,8 +16,11 @@ import json
 from array import array
 from typing import Any, Sequence
 
-# tokenizer fingerprint -> message digest -> ids (int32 arrays: a third of a list's memory)
-_memo: dict[tuple, dict[bytes, array]] = {}
+from .reward_scoring import Cuts, fit_conversation
+
+# (tokenizer fingerprint, length limit) -> message digest -> (ids as int32, a third of a list's
+# memory; what cutting it to the limit cut, or None)
+_memo: dict[tuple, dict[bytes, tuple[array, Cuts | None]]] = {}
 
 
 def _fingerprint(tokenizer: Any) -> tuple:
@@ -25,21 +28,32 @@ def _fingerprint(tokenizer: Any) -> tuple:
     return (tokenizer.name_or_path, len(tokenizer), hashlib.blake2b(template.encode(), digest_size=16).digest())
 
 
-def tokenize_pairs(rows: Sequence[dict], tokenizer: Any) -> list[dict] | None:
+def tokenize_pairs(rows: Sequence[dict], tokenizer: Any, max_length: int | None = None,
+                   cuts: Cuts | None = None) -> list[dict] | None:
     """``rows`` (TRL's preference format, conversational, with an optional ``margin``) as
-    ``{"chosen_ids", "rejected_ids"[, "margin"]}``; None when some row is not
-    conversational (TRL tokenizes those itself) or the tokenizer has no chat template."""
+    ``{"chosen_ids", "rejected_ids"[, "margin"]}``, each conversation cut to ``max_length``
+    tokens the way scoring cuts it (``llama2rlhf.reward_scoring.fit_conversation``, noted in
+    ``cuts``), so TRL drops none; None when some row is not conversational (TRL tokenizes
+    those itself) or the tokenizer has no chat template."""
     from trl.data_utils import is_conversational
 
     if not rows or not tokenizer.chat_template or not all(is_conversational(r) for r in rows):
         return None
-    memo = _memo.setdefault(_fingerprint(tokenizer), {})
+    memo = _memo.setdefault((*_fingerprint(tokenizer), max_length), {})
+    cuts = cuts if cuts is not None else Cuts()
 
     def ids(messages: list) -> list[int]:
         key = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=16).digest()
         if key not in memo:
-            memo[key] = array("i", tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-        return memo[key].tolist()
+            full, cut = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"], None
+            if max_length is not None and len(full) > max_length:
+                cut = Cuts()
+                full = fit_conversation(tokenizer, messages, max_length, cut)
+            memo[key] = (array("i", full), cut)
+        kept, cut = memo[key]
+        if cut is not None:  # counted in every stage that trains on it
+            cuts.add(cut)
+        return kept.tolist()
 
     out = []
     for r in rows:

@@ -89,6 +89,7 @@ def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
 
 
 def run(cfg: Any, run_dir: Path) -> RunContext:
+    from .combined_reward import MODEL_ARTIFACTS, own_reward_models
     from .models import build_base
 
     distributed.setup(cfg)
@@ -98,7 +99,10 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     distributed.wait_for_everyone()  # all have read state.json before the main process rewrites it
     ctx.summary["num_processes"] = distributed.num_processes()
     if not ctx.state.is_done("base"):
-        ctx.state.mark_done("base", distributed.main_process_only(build_base, cfg, ctx.world, run_dir / "base"))
+        # the starting checkpoints: the policy's, and reward models the config names itself
+        own = {MODEL_ARTIFACTS[name]: path for name, path in own_reward_models(cfg).items()}
+        ctx.state.mark_done("base", {**distributed.main_process_only(build_base, cfg, ctx.world, run_dir / "base"),
+                                     **own})
     for name in cfg.pipeline.stages:
         run_stage(ctx, name)
     # RLHF-V1 .. V<rounds> (paper 3.2.3): fresh comparisons from the newest policy, a new

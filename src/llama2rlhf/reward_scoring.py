@@ -1,13 +1,96 @@
-"""Scoring conversations with a reward model, batched by length, sharing prompt prefixes."""
+"""Scoring conversations with a reward model, batched by length, sharing prompt prefixes;
+and the one way a conversation too long for a reward model is cut, in training and scoring."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from .kv_cache import cache_kwarg
 from .sampling import Messages
+
+
+@dataclass
+class Cuts:
+    """What :func:`fit_conversation` cut from the conversations it was given, counted."""
+
+    conversations: int = 0  # conversations that were cut at all
+    turns_dropped: int = 0  # whole earlier turns (a user message and the reply to it)
+    prompts_cut: int = 0  # conversations whose last user message lost its beginning
+    replies_cut: int = 0  # conversations whose reply alone did not fit and lost its end
+
+    def add(self, other: "Cuts") -> None:
+        for name in ("conversations", "turns_dropped", "prompts_cut", "replies_cut"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"conversations": self.conversations, "turns_dropped": self.turns_dropped,
+                "prompts_cut": self.prompts_cut, "replies_cut": self.replies_cut}
+
+
+def fit_conversation(tokenizer, messages: Messages, max_length: int, cuts: Cuts) -> list[int]:
+    """The chat-template token ids of ``messages`` (a prompt and the reply being judged),
+    cut to at most ``max_length`` tokens the one way every reward path cuts (training and
+    scoring alike), noted in ``cuts``:
+
+    1. whole earlier turns go, oldest first, keeping a system message and the last user
+       message with the reply;
+    2. then the last user message loses its beginning (the words nearest the reply stay);
+    3. only a reply that does not fit on its own loses its end (with the system message
+       and the user message gone).
+    """
+    def ids(msgs: Messages) -> list[int]:
+        return list(tokenizer.apply_chat_template(list(msgs), tokenize=True, return_dict=True)["input_ids"])
+
+    out = ids(messages)
+    if len(out) <= max_length:
+        return out
+    cuts.conversations += 1
+    head = list(messages[:1]) if messages and messages[0]["role"] == "system" else []
+    body = list(messages[len(head):])
+    while len(body) > 2:
+        body = body[2:]  # the oldest user message and the reply to it
+        cuts.turns_dropped += 1
+        out = ids(head + body)
+        if len(out) <= max_length:
+            return out
+    *prompt, reply = body
+    if prompt:
+        # keep as many of the last user message's final tokens as fit, by bisection
+        words = tokenizer(prompt[-1]["content"], add_special_tokens=False)["input_ids"]
+
+        def with_tail(n: int) -> list[int]:
+            text = tokenizer.decode(words[len(words) - n:]) if n else ""
+            return ids(head + [{"role": "user", "content": text}, reply])
+
+        low, high = 0, len(words)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if len(with_tail(mid)) <= max_length:
+                low = mid
+            else:
+                high = mid - 1
+        out = with_tail(low)
+        if len(out) <= max_length:
+            cuts.prompts_cut += 1
+            return out
+    # the reply alone is too long: it keeps its beginning, as many tokens as fit
+    cuts.prompts_cut += bool(prompt)
+    cuts.replies_cut += 1
+    return ids([{"role": "user", "content": ""}, reply])[:max_length]
+
+
+def model_max_length(model_or_config, tokenizer, limit: int | None = None) -> int | None:
+    """The most tokens a reward model can read: its positions (``max_position_embeddings``),
+    the tokenizer's ``model_max_length`` where it sets one, and ``limit``; None if none is known."""
+    config = getattr(model_or_config, "config", model_or_config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    bounds = [getattr(text, "max_position_embeddings", None), limit]
+    if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 10**9:
+        bounds.append(tokenizer.model_max_length)
+    bounds = [b for b in bounds if isinstance(b, int) and b > 0]
+    return min(bounds) if bounds else None
 
 
 @dataclass(frozen=True)
@@ -19,21 +102,29 @@ class TokenizedConversations:
 
     ids: list[list[int]]
     by_prompt: list[list[int]]  # indices of the conversations with the same prompt
+    cuts: Cuts = field(default_factory=Cuts)  # what fitting them to the model cut
 
 
-def tokenize_conversations(tokenizer, conversations: Sequence[Messages]) -> TokenizedConversations:
+def tokenize_conversations(tokenizer, conversations: Sequence[Messages],
+                           max_length: int | None = None) -> TokenizedConversations:
+    """Chat-template ids of ``conversations``, each cut to ``max_length`` tokens by
+    :func:`fit_conversation` where longer."""
     # one batched call: same ids as one call per conversation, less per-call overhead
     ids = list(tokenizer.apply_chat_template([list(c) for c in conversations], tokenize=True,
                                              return_dict=True)["input_ids"]) if conversations else []
+    cuts = Cuts()
+    if max_length is not None:
+        ids = [list(x) if len(x) <= max_length else fit_conversation(tokenizer, conversations[i], max_length, cuts)
+               for i, x in enumerate(ids)]
     groups: dict[str, list[int]] = {}
     for i, conv in enumerate(conversations):
         groups.setdefault(json.dumps(list(conv)[:-1], sort_keys=True, default=str), []).append(i)
-    return TokenizedConversations(ids, list(groups.values()))
+    return TokenizedConversations(ids, list(groups.values()), cuts)
 
 
 def score_conversations(
     model, tokenizer, conversations: Sequence[Messages], batch_size: int = 64, desc: str | None = None,
-    share_prefix: bool = True, tokenized: TokenizedConversations | None = None,
+    share_prefix: bool = True, tokenized: TokenizedConversations | None = None, max_length: int | None = None,
 ) -> list[float]:
     """The reward of each full conversation (prompt + reply), in input order.
 
@@ -44,11 +135,14 @@ def score_conversations(
     as transformers' ``*ForSequenceClassification`` do, pools the rightmost token of
     ``input_ids`` that is not the pad token. Other models, and prompts seen once, take the
     plain path: whole conversations, right-padded, in batches sorted by length.
-    ``tokenized`` is :func:`tokenize_conversations` of ``conversations``, when the caller has it.
+    ``tokenized`` is :func:`tokenize_conversations` of ``conversations``, when the caller has it;
+    else they are tokenized here, cut to what the model reads (:func:`model_max_length` with
+    ``max_length``).
     """
     from tqdm.auto import tqdm
 
-    tokenized = tokenized or tokenize_conversations(tokenizer, conversations)
+    tokenized = tokenized or tokenize_conversations(tokenizer, conversations,
+                                                    model_max_length(model, tokenizer, max_length))
     ids = tokenized.ids
     scores = [0.0] * len(ids)
     device = next(model.parameters()).device

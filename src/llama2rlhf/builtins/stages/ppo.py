@@ -208,7 +208,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-        from ...trl_rewards import combined_reward_model
+        from ...trl_rewards import combined_reward_model, reads_policy_tokens
 
         # TRL's PPO appends each response right after the padded query tensor: pad on the left
         tokenizer.padding_side = "left"
@@ -223,10 +223,15 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         policy = load_causal_lm(start, cfg)
         # with LoRA the reference is the policy with its adapter switched off (TRL's way)
         reference = None if lora else load_causal_lm(start, cfg)
-        value = value_model_in_reward_units(load_reward_model(ctx.artifact("reward"), cfg, tokenizer),
-                                            reward.whitening)
+        # the critic reads the policy's tokens: it starts as the helpfulness RM where that RM
+        # reads them too, else as the policy with a new head (TRL's default)
+        same = reads_policy_tokens(reward, tokenizer)
+        value = value_model_in_reward_units(load_reward_model(ctx.artifact("reward") if same else start, cfg,
+                                                              tokenizer), reward.whitening)
+        adapter = combined_reward_model(reward, queries, flags) if same else \
+            combined_reward_model(reward, queries, flags, [p.messages for p in prompts], tokenizer)
         return PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
-                          reward_model=combined_reward_model(reward, queries, flags), train_dataset=dataset,
+                          reward_model=adapter, train_dataset=dataset,
                           value_model=value, eval_dataset=dataset.select(range(min(8, len(dataset)))),
                           peft_config=lora, callbacks=[callback, *trainer_callbacks(cfg)])
     from ...trl_rewards import reward_function

@@ -22,6 +22,7 @@ from ...data.formats import LoadReport, load_preferences
 from ...data.sources import where
 from ...models import load_reward_model, load_tokenizer, peft_config, save_trained_model
 from ...pair_tokens import tokenize_pairs
+from ...reward_scoring import Cuts, model_max_length
 from ..loggers import trainer_callbacks
 from .training_args import build_args
 
@@ -103,13 +104,24 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     keep = ("prompt", "chosen", "rejected", "margin")
     if len({("margin" in r) for r in rows}) > 1:
         raise ValueError(f"{source}: some comparisons have a margin and some do not; give all or none")
-    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
-    # token ids kept from earlier rounds' stages, so TRL does not render every comparison again
-    dataset = Dataset.from_list(tokenize_pairs(rows, tokenizer) or [{k: r[k] for k in keep if k in r} for r in rows])
+    # a reward model's own tokenizer without a chat template gets the plain one
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code, fallback_template="plain")
     model = load_reward_model(init_path, cfg, tokenizer)
     stage_cfg = cfg.reward_model
+    # cut to what the model reads, the way scoring cuts (TRL would drop the longer pairs);
+    # token ids kept from earlier rounds' stages, so TRL does not render every comparison again
+    cuts = Cuts()
+    pairs = tokenize_pairs(rows, tokenizer, model_max_length(model, tokenizer, stage_cfg.max_length), cuts)
+    if cuts.conversations:
+        log.warning("%s: %d of %d conversations were longer than the reward model reads and were cut (%s)",
+                    source, cuts.conversations, 2 * len(rows), cuts.as_dict())
+    dataset = Dataset.from_list(pairs or [{k: r[k] for k in keep if k in r} for r in rows])
     collator = None
-    if stage_cfg.padding_free:
+    packable = getattr(model, "score", None) is not None  # transformers' decoder classifiers
+    if stage_cfg.padding_free and not packable:
+        log.warning("reward_model.padding_free: %s has no `score` head to read per token (an encoder classifier?); "
+                    "training on padded batches", type(model).__name__)
+    if stage_cfg.padding_free and packable:
         from ...packed_attention import use_for_padding_free
         from ...packed_preferences import collate
 
@@ -128,7 +140,8 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     model_dir = out_dir / "model"
     save_trained_model(trainer, model_dir, lambda: load_reward_model(init_path, cfg, tokenizer))
     return {"reward_loss": name, "train_loss": result.training_loss, "train_steps": result.global_step,
-            "n_pairs": len(dataset), "num_processes": trainer.accelerator.num_processes, "model_path": str(model_dir)}
+            "n_pairs": len(dataset), "truncated": cuts.as_dict(), "num_processes": trainer.accelerator.num_processes,
+            "model_path": str(model_dir)}
 
 
 def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
@@ -171,13 +184,20 @@ def safety_mixture(rows: list[dict], seed: int) -> list[dict]:
     return safety + random.Random(f"{seed}:safety-mixture").sample(helpful, n_helpful)
 
 
-def _init_and_epochs(ctx, artifact: str) -> tuple[str, float]:
-    stage_cfg = ctx.cfg.reward_model
+def _start(ctx, name: str) -> tuple[str, str, float]:
+    """(checkpoint, tokenizer, epochs) the ``name`` reward model (helpfulness, safety) trains from."""
+    from ...combined_reward import MODEL_ARTIFACTS, own_reward_models
+
+    stage_cfg, artifact = ctx.cfg.reward_model, MODEL_ARTIFACTS[name]
     if ctx.round > 0 and stage_cfg.round_init_from == "previous" and artifact in ctx.state.artifacts:
         # continue from last round's RM for fewer epochs over all comparisons so far:
         # the same data as retraining from SFT (paper 3.2.3), at a fraction of the cost
-        return ctx.artifact(artifact), stage_cfg.round_epochs
-    return ctx.artifact(stage_cfg.init_from), stage_cfg.num_train_epochs
+        return ctx.artifact(artifact), ctx.artifact(artifact), stage_cfg.round_epochs
+    own = own_reward_models(ctx.cfg)
+    start = own.get(name) or own.get("helpfulness")
+    if start:  # a reward model of its own, with its own tokenizer
+        return start, start, stage_cfg.num_train_epochs
+    return ctx.artifact(stage_cfg.init_from), ctx.artifact("tokenizer"), stage_cfg.num_train_epochs
 
 
 def reward_stage(ctx) -> dict[str, Any]:
@@ -191,15 +211,15 @@ def reward_stage(ctx) -> dict[str, Any]:
     rows = train_rows + collected_comparisons(ctx)
     n_collected = len(rows) - len(train_rows)
     out_dir = ctx.stage_dir("reward")
-    init, epochs = _init_and_epochs(ctx, MODEL_ARTIFACTS["helpfulness"])
-    out = train_reward(cfg, init, ctx.artifact("tokenizer"), rows, out_dir, source, epochs=epochs)
+    init, tokenizer, epochs = _start(ctx, "helpfulness")
+    out = train_reward(cfg, init, tokenizer, rows, out_dir, source, epochs=epochs)
     ctx.state.artifacts[MODEL_ARTIFACTS["helpfulness"]] = out["model_path"]
     paths = {"helpfulness": out["model_path"]}
     safety_out = None
     if any(row_is_safety(r) for r in rows):
-        init, epochs = _init_and_epochs(ctx, MODEL_ARTIFACTS["safety"])
-        safety_out = train_reward(cfg, init, ctx.artifact("tokenizer"), safety_mixture(rows, cfg.seed),
-                                  out_dir / "safety", source, epochs=epochs)
+        init, tokenizer, epochs = _start(ctx, "safety")
+        safety_out = train_reward(cfg, init, tokenizer, safety_mixture(rows, cfg.seed), out_dir / "safety", source,
+                                  epochs=epochs)
         ctx.state.artifacts[MODEL_ARTIFACTS["safety"]] = paths["safety"] = safety_out["model_path"]
 
     # the held-out comparisons, scored once by every model: bucket accuracies and whitening,
@@ -222,7 +242,7 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
     acc = bucket_accuracy(scores["helpfulness"][:n].tolist(), scores["helpfulness"][n:].tolist(), strengths)
     (ctx.summary if ctx.round == 0 else ctx.round_summary())["rm_accuracy"] = acc
     metrics = {**{k: v for k, v in out.items() if k != "model_path"}, "n_collected": n_collected,
-               "rm_accuracy": acc}
+               "rm_accuracy": acc, "held_out_truncated": reward.cuts.as_dict()}
     flags = [bool(row_is_safety(r)) for r in eval_rows]
     if safety_out is not None:
         safe = [i for i in range(n) if flags[i]]
@@ -236,6 +256,8 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
     stats_path.write_text(json.dumps(whitening, indent=2) + "\n", encoding="utf-8")
     ctx.state.artifacts[WHITENING_ARTIFACT] = str(stats_path)
     metrics["whitening"] = whitening
+    if reward.fallback:
+        metrics["reward_fallback"] = reward.fallback
     return metrics
 
 

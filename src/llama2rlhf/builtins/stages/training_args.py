@@ -13,7 +13,7 @@ from ..loggers import report_to
 
 # TrainConfig fields that are ours, not TrainingArguments fields
 _OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss",
-         "round_init_from", "round_epochs", "padding_free"}
+         "round_init_from", "round_epochs", "padding_free", "name_or_path", "safety_name_or_path"}
 
 
 def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(),
