@@ -21,6 +21,10 @@ class ModelConfig:
     # "toy": a tiny Llama built from the fields below; "hf": from_pretrained(name_or_path)
     kind: str = "toy"
     name_or_path: Optional[str] = None
+    # kind=hf: the file name of a GGUF checkpoint inside name_or_path (a folder or a Hub repo),
+    # e.g. model.Q4_K_M.gguf; the base stage dequantizes it once into a float32 checkpoint with
+    # its tokenizer under the run's base/, which every later stage loads (needs the gguf package)
+    gguf_file: Optional[str] = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     peft: Optional[str] = None  # "lora" to train adapters instead of full weights
