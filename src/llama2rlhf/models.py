@@ -2,7 +2,8 @@
 
 ``model.kind=toy`` builds the tokenizer and a tiny Llama from config; ``model.kind=hf``
 loads ``model.name_or_path`` (a Hub id or a local folder) through the same code, with the
-Llama 2 chat template applied when the tokenizer has none.
+Llama 2 chat template applied when the tokenizer has none; with ``model.gguf_file`` the base
+stage first converts that GGUF checkpoint into a plain one (``llama2rlhf.gguf_checkpoint``).
 """
 
 from __future__ import annotations
@@ -59,9 +60,15 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
     if m.kind == "hf":
         if not m.name_or_path:
             raise ValueError("model.kind=hf needs model.name_or_path (a Hub id or a local folder)")
-        tok = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+        base = str(m.name_or_path)
+        if m.gguf_file:
+            from .gguf_checkpoint import convert_gguf
+
+            # converted once, here: later stages load a plain checkpoint
+            base = str(convert_gguf(base, m.gguf_file, out_dir / "model"))
+        tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code)
         tok.save_pretrained(out_dir / "tokenizer")
-        return {"base": str(m.name_or_path), "tokenizer": str(out_dir / "tokenizer")}
+        return {"base": base, "tokenizer": str(out_dir / "tokenizer")}
     raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
 
 

@@ -101,6 +101,8 @@ def _config_section(config: dict[str, Any] | None, overrides: list[str]) -> list
     model = config.get("model") or {}
     if model.get("name_or_path"):
         model_text = f"`{model['name_or_path']}` ({model.get('kind', '?')}"
+        if model.get("gguf_file"):
+            model_text = f"`{model['gguf_file']}` in {model_text}"
     else:
         layers = model.get("num_layers")
         model_text = f"`{model.get('kind', '?')}` (hidden size {model.get('hidden_size')}, " \
