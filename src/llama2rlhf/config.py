@@ -106,7 +106,12 @@ class SFTStageConfig(TrainConfig):
 
 @dataclass
 class RewardStageConfig(TrainConfig):
-    """Paper 3.2.2: one epoch, lr 5e-6 (70B) to 1e-5, cosine to 10 %, warm-up 3 %, batch 512 pairs."""
+    """Paper 3.2.2: one epoch, lr 5e-6 (70B) to 1e-5, cosine to 10 %, warm-up 3 %, batch 512 pairs.
+
+    Conversations longer than ``max_length`` (or the model's positions) lose their oldest
+    turns first, then the start of the last user message, the replies compared kept whole
+    (``llama2rlhf.reward_scoring.fit_conversation``); scoring cuts them the same way at the
+    model's positions; both are counted in summary.json."""
 
     learning_rate: float = 1e-5
     num_train_epochs: float = 1.0
@@ -127,10 +132,6 @@ class RewardStageConfig(TrainConfig):
     # comparisons so far; "sft" retrains from init_from for num_train_epochs
     round_init_from: str = "previous"
     round_epochs: float = 1.0
-    # conversations longer than max_length (or the model's positions) lose their oldest turns
-    # first, then the start of the last user message, the replies compared kept whole
-    # (llama2rlhf.reward_scoring.fit_conversation); scoring cuts them the same way at the
-    # model's positions; both are counted in summary.json
     # each batch's chosen and rejected sequences end to end in one row instead of padded to
     # the longest (llama2rlhf.packed_preferences): the same rewards and gradients, no work
     # on padding; needs a classifier whose head is `score` (transformers' decoders)
