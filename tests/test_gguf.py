@@ -234,3 +234,40 @@ def test_smollm2_chat_template_is_chatml(smollm2):
     assert "<|im_start|>user\nHi<|im_end|>\n" in text and text.endswith("<|im_start|>assistant\n")
     assert "[INST]" not in text
     assert tok.eos_token == "<|im_end|>"
+
+
+def test_smollm2_sft_step_trains_on_assistant_tokens_and_its_reward_model_scores(smollm2, tmp_path):
+    """One real SmolLM2 step through SFT (LoRA, loss on the assistant's tokens found in its
+    ChatML template, which has no generation markers) and through reward scoring."""
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from llama2rlhf.builtins.stages.sft import assistant_masked, train_sft, trl_masks_assistant
+    from llama2rlhf.combined_reward import CombinedReward
+    from llama2rlhf.models import load_tokenizer
+
+    cfg, artifacts = smollm2
+    tok = load_tokenizer(artifacts["tokenizer"])
+    assert not trl_masks_assistant(tok)
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} + 1?"},
+                          {"role": "assistant", "content": f"{i} + 1 = {i + 1}."}]} for i in range(4)]
+    masked = assistant_masked(rows[:1], tok)[0]
+    trained = tok.decode([t for t, m in zip(masked["input_ids"], masked["assistant_masks"], strict=True) if m])
+    assert trained == "0 + 1 = 1.<|im_end|>\n"
+    cfg = OmegaConf.merge(cfg, {"model": {"peft": "lora", "lora_r": 4, "lora_alpha": 8}, "logger": {"name": "none"}})
+    stage = OmegaConf.merge(cfg.sft, {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 64,
+                                      "learning_rate": 1e-3, "warmup_steps": 0, "lr_scheduler_type": "constant",
+                                      "logging_steps": 1})
+    out = train_sft(cfg, stage, artifacts["base"], artifacts["tokenizer"], rows, tmp_path / "sft")
+    assert out["train_steps"] == 1 and 0 < out["train_loss"] < 20
+    before, after = load_file(Path(artifacts["base"]) / "model.safetensors"), \
+        load_file(tmp_path / "sft" / "model" / "model.safetensors")
+    assert any(not after[k].equal(before[k]) for k in before)
+    # the SFT model as a reward model (a new head), scoring through its own ChatML template
+    reward = CombinedReward(OmegaConf.merge(cfg, {"reward": {"name": "single", "whiten": False}, "device": "cpu",
+                                                  "reward_model": {"eval_batch_size": 4}}),
+                            {"helpfulness": str(tmp_path / "sft" / "model")})
+    convs = [rows[0]["messages"], rows[0]["messages"][:1] + [{"role": "assistant", "content": "No idea."}]]
+    scores = reward.model_scores(convs)["helpfulness"]
+    assert scores.shape == (2,) and torch.isfinite(scores).all() and scores[0] != scores[1]

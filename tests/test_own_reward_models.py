@@ -245,3 +245,20 @@ def test_ppo_scores_rollouts_as_text_when_the_reward_model_has_its_own_tokenizer
     _, scores, _ = get_reward(adapter, query_responses, tokenizer.pad_token_id, context_length)
     assert scores.tolist() == pytest.approx(reward.score_conversations(CONVS, SAFETY), abs=1e-5)
     assert len(set(scores.tolist())) > 1
+
+
+def test_models_with_the_same_tokenizer_share_one_tokenization(tmp_path, monkeypatch):
+    """The helpfulness and safety models of a run live in two folders with equal tokenizers:
+    conversations are tokenized once for both (scoring's hot path)."""
+    from llama2rlhf import combined_reward
+    from llama2rlhf.combined_reward import CombinedReward
+    from test_reward_combiners import CONVS
+
+    paths = {name: str(_decoder_rm(tmp_path / name)) for name in ("helpfulness", "safety")}
+    reward = CombinedReward(_cfg(), paths)
+    assert reward.tokenizers["helpfulness"] is reward.tokenizers["safety"]
+    calls = []
+    real = combined_reward.tokenize_conversations
+    monkeypatch.setattr(combined_reward, "tokenize_conversations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scores = reward.model_scores(CONVS)
+    assert len(calls) == 1 and set(scores) == {"helpfulness", "safety"}

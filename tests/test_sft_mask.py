@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 SYSTEM = "Act as Newton."
 TURNS = [
     ("What is 3 + 4?", "Newton here. The answer is 7."),
@@ -61,3 +63,38 @@ def test_sft_trainer_labels_exactly_the_assistant_tokens(tokenizer, tiny_llama, 
     unlabelled = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100])
     assert SYSTEM in unlabelled and TURNS[0][0] in unlabelled and TURNS[1][0] in unlabelled
     assert "[/INST]" in unlabelled and "[/INST]" not in labelled
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_a_template_without_generation_markers_has_its_assistant_tokens_found(tokenizer):
+    """A pretrained model's own ChatML template: the assistant's tokens (and its end of turn)
+    are what rendering up to a reply adds to rendering the turns before it."""
+    import copy
+
+    from llama2rlhf.builtins.stages.sft import assistant_masked, trl_masks_assistant
+
+    tok = copy.deepcopy(tokenizer)
+    assert trl_masks_assistant(tok)  # the Llama 2 template carries the markers
+    tok.chat_template = CHATML
+    assert not trl_masks_assistant(tok)
+    user = [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "The answer is 7."},
+            {"role": "user", "content": "And 2 + 2?"}]
+    rows = [{"messages": user + [{"role": "assistant", "content": "It is 4."}]},
+            {"prompt": user, "completion": [{"role": "assistant", "content": "It is 4."}]}]
+    lm, pc = assistant_masked(rows, tok)
+    assert lm["input_ids"] == pc["input_ids"] == tok(tok.apply_chat_template(rows[0]["messages"], tokenize=False),
+                                                     add_special_tokens=False)["input_ids"]
+
+    def trained(row):
+        return tok.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"], strict=True) if m])
+
+    assert trained(lm) == "The answer is 7.<|im_end|>\nIt is 4.<|im_end|>\n"
+    assert trained(pc) == "It is 4.<|im_end|>\n"  # prompt-completion: the completion only (GAtt)
+    # a template that renders a reply differently once more turns follow cannot be read this way
+    tok.chat_template = ("{% for m in messages %}{% if loop.last %}{{ m['content'] + '!' }}{% else %}"
+                         "{{ m['content'] }}{% endif %}{% endfor %}")
+    with pytest.raises(ValueError, match=r"sft.assistant_only_loss: .* does not render SFT row 1 prefix by prefix"):
+        assistant_masked(rows[:1], tok)

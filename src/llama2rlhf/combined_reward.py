@@ -68,6 +68,11 @@ def selected_combiner(cfg: Any, available: Sequence[str]):
     return name, combiner, options, None
 
 
+def _same_tokenizer(a, b) -> bool:
+    return (type(a) is type(b) and a.chat_template == b.chat_template and a.pad_token_id == b.pad_token_id
+            and a.get_vocab() == b.get_vocab())
+
+
 class CombinedReward:
     """Scores replies with every trained reward model and combines them into one reward."""
 
@@ -80,14 +85,12 @@ class CombinedReward:
         self.cfg = cfg
         device = device_for(cfg)
         # each model renders conversations with its own tokenizer (saved with it), which need
-        # not be the policy's; one without a chat template gets the plain one
-        tokenizers = {}
+        # not be the policy's; one without a chat template gets the plain one. Models whose
+        # tokenizers agree share one object, so model_scores tokenizes once for them
         self.tokenizers, self.models = {}, {}
         for name, path in model_paths.items():
-            if path not in tokenizers:
-                tokenizers[path] = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code,
-                                                  fallback_template="plain")
-            self.tokenizers[name] = tokenizers[path]
+            tok = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code, fallback_template="plain")
+            self.tokenizers[name] = next((t for t in self.tokenizers.values() if _same_tokenizer(t, tok)), tok)
             self.models[name] = load_reward_model(path, cfg, self.tokenizers[name]).to(device).eval()
         self.tokenizer = self.tokenizers["helpfulness"]
         self.combiner_name, self.combiner, self.options, self.fallback = selected_combiner(cfg, list(self.models))

@@ -3,7 +3,10 @@
 "We zero-out the loss on tokens from the user prompt, so as a result, we backpropagate
 only on answer tokens." The Llama 2 chat template carries ``{% generation %}`` markers,
 so ``assistant_only_loss=True`` masks system and user tokens in every turn of a
-multi-turn dialogue. Rejection-sampling fine-tuning (next rounds) reuses :func:`train_sft`.
+multi-turn dialogue; so do the training templates TRL ships for the templates it knows.
+Any other template (a pretrained model's own, such as SmolLM2's ChatML) has its assistant
+tokens found by :func:`assistant_masked`. Rejection-sampling fine-tuning (next rounds)
+reuses :func:`train_sft`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,54 @@ def drop_longer_than(dataset: Any, max_length: int) -> Any:
     return kept
 
 
+def trl_masks_assistant(tokenizer) -> bool:
+    """Whether TRL finds the assistant's tokens itself: the chat template has ``{% generation %}``
+    markers, or TRL has a training version of it (``get_training_chat_template``)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return True
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        return False
+    return True
+
+
+def assistant_masked(rows: Any, tokenizer) -> list[dict[str, list[int]]]:
+    """Conversational SFT rows as ``input_ids`` with ``assistant_masks`` (1 on the assistant's
+    tokens, its end-of-turn included), found from the rendered text for a chat template without
+    ``{% generation %}`` markers: an assistant message's text is what rendering the
+    conversation up to it adds to rendering the one before it with the generation prompt. In
+    prompt-completion rows only the completion's messages count (GAtt's earlier turns carry no
+    loss, paper 3.3). TRL builds its labels from these masks."""
+    def render(messages, generation_prompt=False) -> str:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+
+    out = []
+    for index, row in enumerate(rows):
+        messages = list(row["messages"]) if row.get("messages") else list(row["prompt"]) + list(row["completion"])
+        first = 0 if row.get("messages") else len(row["prompt"])
+        text = render(messages)
+        spans = []
+        for i in range(first, len(messages)):
+            if messages[i]["role"] != "assistant":
+                continue
+            before, upto = render(messages[:i], generation_prompt=True), render(messages[: i + 1])
+            if not (upto.startswith(before) and text.startswith(upto)):
+                raise ValueError(
+                    f"sft.assistant_only_loss: {tokenizer.name_or_path}'s chat template has no {{% generation %}} "
+                    f"markers and does not render SFT row {index + 1} prefix by prefix, so its assistant tokens "
+                    "cannot be found; give the tokenizer a template with the markers, or set "
+                    "sft.assistant_only_loss=false")
+            spans.append((len(before), len(upto)))
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        mask = [int(any(start < end_ and end > start_ for start_, end_ in spans))
+                for start, end in encoded["offset_mapping"]]
+        out.append({"input_ids": list(encoded["input_ids"]), "assistant_masks": mask})
+    return out
+
+
 def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path) -> dict[str, Any]:
     """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``.
 
@@ -46,12 +97,17 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         # transformers' sdpa would attend across the whole padding-free row, masking most of it
         use_for_padding_free(model)
     dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(list(rows))
+    assistant_only_loss = stage_cfg.assistant_only_loss
+    if assistant_only_loss and not trl_masks_assistant(tokenizer):
+        # tokenized here with the assistant's tokens marked; TRL takes its labels from the masks
+        dataset = Dataset.from_list(assistant_masked(dataset, tokenizer))
+        assistant_only_loss = False
     args = build_args(
         SFTConfig,
         stage_cfg,
         cfg,
         out_dir / "trainer",
-        assistant_only_loss=stage_cfg.assistant_only_loss,
+        assistant_only_loss=assistant_only_loss,
         # TRL refuses max_length with padding_free and no packing: the length is enforced below
         max_length=None if stage_cfg.padding_free else stage_cfg.max_length,
         padding_free=stage_cfg.padding_free,
