@@ -125,7 +125,7 @@ def test_adherence_by_turn_from_hand_written_turns():
     scripts = {("a1", 0): "THE ANSWER IS 1.", ("a2", 0): "THE ANSWER IS 2.", ("a3", 0): "the answer is 3.",
                ("b1", 1): "THE ANSWER IS 1.", ("b2", 1): "the answer is 2.", ("b3", 1): "the answer is 3."}
     sampler = ScriptedSampler(lambda p: scripts[(p[-1]["content"], 0 if p[-1]["content"][0] == "a" else 1)])
-    out = adherence_by_turn(sampler, ToyConstraints(), [capitals, capitals], [["a1", "a2", "a3"], ["b1", "b2", "b3"]],
+    out = adherence_by_turn(sampler, ToyConstraints().check, [capitals, capitals], [["a1", "a2", "a3"], ["b1", "b2", "b3"]],
                             16, lambda m: (m, 0))
     assert out == {"1": 1.0, "2": 0.5, "3": 0.0}
     # the instruction is in the system prompt only; turn 3 of dialogue 0 sees its own earlier replies
@@ -429,3 +429,23 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
         assert flags == [safety[p[0]["content"].split(". ", 1)[1]] for p in prompts]
     else:
         assert not scored
+
+
+def test_text_checker_judges_list_instructions_on_free_text():
+    """checker=text: a persona or hobby by name, a language by its function words; None for
+    an instruction with no part it knows."""
+    from llama2rlhf.builtins.checkers import language_of, text_check
+    from llama2rlhf.ghost_attention import Instruction
+
+    assert language_of("Je pense que la réponse est dans le livre.") == "French"
+    assert language_of("Creo que la respuesta está en el libro y es para usted.") == "Spanish"
+    assert language_of("Ich glaube, die Antwort ist nicht in dem Buch.") == "German"
+    assert language_of("The answer is in the book, and it is yours.") == "English"
+    assert language_of("OK.") is None  # too few function words to tell
+    french_chess = Instruction("", "", ("language:French", "hobby:chess"))
+    assert text_check(french_chess, "Je pense que la réponse est simple, comme aux échecs... chess!") is True
+    assert text_check(french_chess, "Je pense que la réponse est simple.") is False  # no chess
+    assert text_check(french_chess, "I think the answer is chess, and it is simple.") is False  # English
+    assert text_check(Instruction("", "", ("persona:Marie Curie",)), "As Marie Curie, I say: radium.") is True
+    assert text_check(Instruction("", "", ("persona:Marie Curie",)), "As a scientist, I say: radium.") is False
+    assert text_check(Instruction("", "", ("mood:happy",)), "Yay!") is None

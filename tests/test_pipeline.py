@@ -401,3 +401,38 @@ def test_file_exchange_annotator_stops_and_continues_the_round(tmp_path):
         assert c["chosen"][0]["content"] == shorter and c["strength"] == "better"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rounds"][0]["reward"]["n_collected"] == len(pairs)
+
+
+def test_a_real_data_round_with_ai_feedback_is_evaluated_by_the_reward_models(tmp_path):
+    """Real data, no oracle: the round's pairs are labelled by the run's own reward model
+    (annotator=reward_model, run:reward), Ghost Attention runs on list instructions checked on
+    free text, and the held-out share of the prompt file is judged by the reward models
+    against SFT; report.md shows a few replies of both."""
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("".join(json.dumps({"chosen": f"\n\nHuman: What is {i} + 1?\n\nAssistant: The answer is {i + 1}.",
+                                      "rejected": f"\n\nHuman: What is {i} + 1?\n\nAssistant: No idea."}) + "\n"
+                          for i in range(60)))
+    proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={hh}", f"data.preference_path={hh}", f"data.prompt_path={hh}",
+                   "data.eval_fraction=0.2", "data.n_eval_prompts=6", "pipeline.stages=[sft,reward]",
+                   "pipeline.rounds=1", "pipeline.ppo_rounds=[]", "annotator=reward_model",
+                   "annotator.name_or_path=run:reward", "gatt.start_round=1", "gatt.constraints=list", "checker=text")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    round_1 = summary["rounds"][0]
+    assert round_1["collect"]["n_pairs"] > 0 and sum(round_1["collect"]["strengths"].values()) == \
+        round_1["collect"]["n_pairs"]
+    judged = [json.loads(line) for line in (run / "round_1" / "collect" / "comparisons.jsonl").read_text().splitlines()]
+    assert all(r["judge_chosen"] >= r["judge_rejected"] for r in judged)
+    assert round_1["n_prompts"] == 6 and 0 <= round_1["win_rate_vs_sft_rm"] <= 1
+    assert set(round_1["vs_sft"]) == {"rm", "helpfulness"}
+    # the held-out prompts are none of those the round sampled for training
+    held_out = {e["prompt"] for e in map(json.loads, (run / "sft" / "heldout_replies.jsonl").read_text().splitlines())}
+    trained = {json.loads(line)["prompt"][-1]["content"]
+               for line in (run / "round_1" / "collect" / "pairs.jsonl").read_text().splitlines()}
+    assert len(held_out) == 6 and not held_out & trained
+    # Ghost Attention on free text: list instructions over held-out prompts, checked by checker=text
+    assert summary["gatt"]["round"] == 1 and set(summary["gatt"]["adherence_by_turn"]) <= {"1", "2", "3"}
+    assert summary["gatt"]["adherence_by_turn"] and set(summary["gatt"]["baseline_adherence_by_turn"]) <= {"1", "2", "3"}
+    report = (run / "report.md").read_text()
+    assert "| prompt | SFT | RLHF-V1 |" in report and round_1["examples"][0]["prompt"] in report

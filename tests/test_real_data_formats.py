@@ -186,3 +186,28 @@ def test_role_order_errors_name_file_line_and_field(tmp_path: Path, loader, row:
         loader(path)
     assert (err.value.file, err.value.line, err.value.field) == (str(path), 1, field)
     assert reason in err.value.reason
+
+
+def test_round_prompts_on_real_data_hold_out_a_share_and_draw_one_per_purpose(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.round_prompts import round_prompts
+
+    path = jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}?"} for i in range(200)])
+    cfg = OmegaConf.create({"seed": 0, "data": {"prompt_path": str(path), "on_bad_row": "skip", "eval_fraction": 0.25,
+                                                "safety": None,
+                                                "split": "train", "subset": None, "data_dir": None,
+                                                "eval_split": None}})
+    recorded = {}
+    ctx = SimpleNamespace(world=None, cfg=cfg, record_data=lambda use, report: recorded.update({use: report.kept}))
+
+    def texts(purpose, n, heldout=False):
+        return [p.messages[-1]["content"] for p in round_prompts(ctx, purpose, n, heldout=heldout)]
+
+    held_out = texts("eval", 1000, heldout=True)
+    training = texts("rs", 1000)
+    assert 30 < len(held_out) < 70 and len(held_out) + len(training) == 200 and not set(held_out) & set(training)
+    assert texts("rs", 20) == texts("rs", 20) and texts("rs", 20) != texts("collect:1", 20)
+    assert set(texts("collect:1", 20)) <= set(training) and recorded == {"prompts": 200}

@@ -315,6 +315,7 @@ def real_data_run(tmp_path, **annotator):
     write_jsonl(prompts, [{"prompt": p.prompt, "safety": i in (3, 4)} for i, p in enumerate(PAIRS)])
     cfg = config(**annotator)
     cfg.data.source, cfg.data.prompt_path = "files", str(prompts)
+    cfg.data.eval_fraction = 0.0  # every prompt may be drawn for the round
     cfg.collect.n_prompts = len(PAIRS)
     ctx = RunContext.open(cfg, tmp_path / "run")
     ctx.round = 1
@@ -338,9 +339,11 @@ def test_the_collect_stage_labels_real_data_with_the_judges(judges, judge_tokeni
     metrics = collect_stage(ctx)
     rows = [row for _, row in read_jsonl(ctx.state.artifacts["round_1/comparisons"])]
     assert metrics["n_pairs"] == len(rows) == len(PAIRS) and sum(metrics["strengths"].values()) == len(PAIRS)
-    assert [r["safety"] for r in rows] == [i in (3, 4) for i in range(len(PAIRS))]
-    for i, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
-        head = "cos" if i in (3, 4) else "sin"
+    safety = [p.meta["safety"] for p in prompts]  # the round draws the file's prompts in its own order
+    assert sorted(safety) == sorted(i in (3, 4) for i in range(len(PAIRS)))
+    assert [r["safety"] for r in rows] == safety
+    for pair, row, flag in zip(pairs, rows, safety, strict=True):
+        head = "cos" if flag else "sin"
         expected = sorted(expected_score(judge_tokenizer, pair, x, head) for x in (pair.a, pair.b))
         assert [row["judge_rejected"], row["judge_chosen"]] == pytest.approx(expected, abs=1e-4)
 

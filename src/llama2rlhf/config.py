@@ -62,12 +62,21 @@ class DataConfig:
     # file:line in summary.json's data.skipped_rows; "error" stops at the first. hh-rlhf's
     # turns of one speaker in a row are joined (data.repaired_rows), or an error likewise
     on_bad_row: str = "skip"
+    # the safety label of every preference pair and prompt that carries none: true for a
+    # data set of safety prompts only (hh-rlhf's harmless-base: red-teaming prompts), false
+    # for one without any; null leaves them unlabelled (then no safety reward model)
+    safety: Optional[bool] = None
+    # at most this many rows of the SFT and the preference file, drawn at random (seeded),
+    # for a run smaller than the data; null: all of them
+    limit: Optional[int] = None
     # toy-world sizes
     n_sft: int = 8000
     n_pairs: int = 8000
     n_eval_pairs: int = 1000
+    # held-out prompts the policies are evaluated on (toy world and real data)
     n_eval_prompts: int = 300
-    # held-out preference pairs when only one preference file is given
+    # the share held out for evaluation: of the preference pairs when only one preference
+    # file is given, and of the prompts of data.prompt_path (chosen by a hash of the prompt)
     eval_fraction: float = 0.1
 
 

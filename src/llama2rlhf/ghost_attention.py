@@ -220,20 +220,21 @@ def _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n
 
 def adherence_by_turn(
     sampler: Any,
-    source: ConstraintSource,
+    check: Callable[[Instruction, str], bool | None],
     instructions: Sequence[Instruction],
     user_turns: Sequence[Sequence[str]],
     max_new_tokens: int,
     fit: Callable[[Messages], tuple[Messages, int]],
 ) -> dict[str, float]:
     """Fraction of dialogues whose greedy reply at turn t follows the instruction, given
-    once in the system prompt (paper Table 30); keys are turn numbers as strings."""
+    once in the system prompt (paper Table 30), by ``check`` (a checker; replies it cannot
+    judge are left out); keys are turn numbers as strings."""
     openings = [[{"role": "system", "content": i.text}] for i in instructions]
     replies = converse(sampler, openings, user_turns, 0.0, max_new_tokens, fit, desc="GAtt evaluation")
     turns = max(len(u) for u in user_turns)
     out = {}
     for t in range(1, turns + 1):
-        checks = [source.check(i, r[t - 1]) for i, r in zip(instructions, replies, strict=True) if len(r) >= t]
+        checks = [check(i, r[t - 1]) for i, r in zip(instructions, replies, strict=True) if len(r) >= t]
         known = [c for c in checks if c is not None]
         if known:
             out[str(t)] = sum(known) / len(known)

@@ -25,7 +25,7 @@ def progress_table(summary: dict[str, Any]) -> str:
             # greedy, as every other row
             rows.append([f"RLHF-V{r['round']}-PPO", ppo["greedy_task_accuracy_after"],
                          ppo.get("greedy_gold_reward_after"), None, None, None])
-        if "win_rate_vs_sft" in r or "task_accuracy" in r:
+        if "win_rate_vs_sft" in r or "task_accuracy" in r or "win_rate_vs_sft_rm" in r:
             rows.append([f"RLHF-V{r['round']}", r.get("task_accuracy"), r.get("gold_reward"), r.get("win_rate_vs_sft"),
                          r.get("win_rate_vs_sft_rm"), r.get("rs", {}).get("temperature")])
     if not rows:

@@ -100,7 +100,9 @@ class RewardModelAnnotatorConfig(AnnotatorConfig):
     Parameters:
         name_or_path (`str`, *required*):
             The judge: a Hub id or a local folder of a sequence classifier with one output
-            (a reward model, e.g. the ``model`` folder of another run's reward stage). Its
+            (a reward model, e.g. the ``model`` folder of another run's reward stage), or
+            ``run:reward`` for this run's newest reward model (``run:<artifact>`` names any
+            checkpoint of the run, resolved by the collect stage). Its
             conversations are rendered with its own tokenizer and chat template, loaded
             from the same place, never the policy's. Loaded with ``model.dtype`` and
             ``model.trust_remote_code``, on ``device``.

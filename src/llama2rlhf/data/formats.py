@@ -660,7 +660,19 @@ def load_prompts(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport
     return _load(path, where, on_bad_row, report, read, ("prompt",))
 
 
-__all__: list[str] = ["ON_BAD_ROW", "ROLES", "LoadReport", "load_preferences", "load_prompts", "load_sft"]
+def limited(rows: list[dict[str, Any]], cfg: Any, use: str) -> list[dict[str, Any]]:
+    """At most ``data.limit`` of ``rows``, a random draw in file order (seeded by ``seed`` and
+    ``use``), for a run smaller than its data."""
+    import random
+
+    limit = cfg.data.limit
+    if limit is None or len(rows) <= limit:
+        return rows
+    keep = sorted(random.Random(f"{cfg.seed}:limit:{use}").sample(range(len(rows)), limit))
+    return [rows[i] for i in keep]
+
+
+__all__: list[str] = ["ON_BAD_ROW", "ROLES", "LoadReport", "limited", "load_preferences", "load_prompts", "load_sft"]
 
 
 def unify_sft_formats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

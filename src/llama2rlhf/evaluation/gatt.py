@@ -1,10 +1,11 @@
-"""Ghost Attention's multi-turn evaluation on held-out toy dialogues (paper 3.3, Table 30).
+"""Ghost Attention's multi-turn evaluation on held-out dialogues (paper 3.3, Table 30).
 
-Each dialogue gives a toy-world instruction once, in the system prompt, then held-out
-requests turn after turn; the policy answers greedily with its own earlier replies in the
-context, and every reply is checked against the instruction. Reported for the model GAtt
-started from (``gatt.baseline_adherence_by_turn``) and for the latest policy
-(``gatt.adherence_by_turn``), keys being turn numbers as strings.
+Each dialogue gives an instruction once, in the system prompt (the toy world's, or on real
+data one of ``gatt.constraints=list``), then held-out requests turn after turn; the policy
+answers greedily with its own earlier replies in the context, and every reply is checked
+against the instruction by the selected checker (``checker=source``, ``checker=text`` for
+free text). Reported for the model GAtt started from (``gatt.baseline_adherence_by_turn``)
+and for the latest policy (``gatt.adherence_by_turn``), keys being turn numbers as strings.
 """
 
 from __future__ import annotations
@@ -17,20 +18,31 @@ from typing import Any
 
 def heldout_dialogues(ctx) -> tuple[list, list[list[str]]]:
     """The evaluation's instructions and user turns: the same for every model of a run."""
+    from ..builtins.augmenters import constraint_source
     from ..ghost_attention import ToyConstraints
 
     n, turns = ctx.cfg.eval.gatt_dialogues, ctx.cfg.eval.gatt_turns
     rng = random.Random(f"{ctx.cfg.seed}:gatt-eval")
-    source = ToyConstraints(ctx.cfg.gatt.max_constraints, list(ctx.cfg.gatt.toy_kinds))
+    if ctx.world is not None:
+        source = ToyConstraints(ctx.cfg.gatt.max_constraints, list(ctx.cfg.gatt.toy_kinds))
+        pool = [p.text for p in ctx.world.prompts("heldout", n * turns, purpose="gatt-eval")]
+    else:
+        from ..round_prompts import round_prompts
+
+        source = constraint_source(ctx.cfg)
+        held_out = [p.messages[-1]["content"] for p in round_prompts(ctx, "gatt-eval", n * turns, heldout=True)]
+        if not held_out:
+            raise ValueError("the GAtt evaluation needs held-out prompts: data.prompt_path has none held out "
+                             "(data.eval_fraction)")
+        pool = [held_out[i % len(held_out)] for i in range(n * turns)]  # a small share repeats
     instructions = [source.sample(rng) for _ in range(n)]
-    pool = [p.text for p in ctx.world.prompts("heldout", n * turns, purpose="gatt-eval")]
     return instructions, [pool[d * turns:(d + 1) * turns] for d in range(n)]
 
 
 def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
     """Adherence by turn of ``model_path``, kept in ``cache`` (a resumed run reuses it)."""
-    from ..builtins.augmenters import token_fitter
-    from ..ghost_attention import ToyConstraints, adherence_by_turn
+    from ..builtins.augmenters import load_checker, token_fitter
+    from ..ghost_attention import adherence_by_turn
     from ..models import load_tokenizer
     from ..sampling import load_sampler
 
@@ -39,7 +51,7 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
     instructions, turns = heldout_dialogues(ctx)
     fit = token_fitter(load_tokenizer(model_path, trust_remote_code=ctx.cfg.model.trust_remote_code),
                        ctx.cfg.eval.gatt_max_length)
-    out = adherence_by_turn(load_sampler(ctx.cfg, model_path), ToyConstraints(), instructions, turns,
+    out = adherence_by_turn(load_sampler(ctx.cfg, model_path), load_checker(ctx.cfg), instructions, turns,
                             ctx.cfg.eval.max_new_tokens, fit)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
@@ -50,7 +62,7 @@ def gatt_metrics(ctx) -> dict[str, Any]:
     """This round's adherence by turn, once GAtt has started, in the last round (every
     round with ``eval.gatt_every_round``); also sets ``summary["gatt"]``
     (baseline against the latest policy), which the run report plots."""
-    if ctx.world is None or ctx.cfg.eval.gatt_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
+    if ctx.cfg.eval.gatt_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
         return {}
     if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.eval.gatt_every_round:
         return {}

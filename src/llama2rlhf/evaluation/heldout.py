@@ -1,4 +1,4 @@
-"""The toy world's held-out prompts and a checkpoint's greedy replies to them."""
+"""Held-out prompts and a checkpoint's greedy replies to them."""
 
 from __future__ import annotations
 
@@ -10,20 +10,24 @@ def heldout_prompts(ctx) -> list:
     return ctx.world.prompts("heldout", ctx.cfg.data.n_eval_prompts, purpose="eval")
 
 
-def heldout_replies(ctx, model_path: str, cache: Path | None = None) -> list[str]:
-    """Greedy replies of ``model_path``; kept in ``cache`` so later rounds compare against them."""
+def heldout_replies(ctx, model_path: str, cache: Path | None = None, prompts: list | None = None) -> list[str]:
+    """Greedy replies of ``model_path`` to the toy world's held-out prompts, or to ``prompts``
+    (``RoundPrompt`` objects of real data); kept in ``cache`` so later rounds compare against them."""
     from ..data.jsonl import read_jsonl, write_jsonl
     from ..sampling import load_sampler
     from .policy import greedy_replies
 
     if cache is not None and cache.exists():
         return [row["reply"] for _, row in read_jsonl(cache)]
-    prompts = heldout_prompts(ctx)
-    replies = greedy_replies(load_sampler(ctx.cfg, model_path), [p.messages() for p in prompts],
-                             ctx.cfg.eval.max_new_tokens)
+    if prompts is None:
+        toy = heldout_prompts(ctx)
+        messages, texts = [p.messages() for p in toy], [p.text for p in toy]
+    else:
+        messages, texts = [p.messages for p in prompts], [p.messages[-1]["content"] for p in prompts]
+    replies = greedy_replies(load_sampler(ctx.cfg, model_path), messages, ctx.cfg.eval.max_new_tokens)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(cache, [{"prompt": p.text, "reply": r} for p, r in zip(prompts, replies, strict=True)])
+        write_jsonl(cache, [{"prompt": t, "reply": r} for t, r in zip(texts, replies, strict=True)])
     return replies
 
 

@@ -286,6 +286,23 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any], Path], str | None]]
 ]
 
 
+def _replies(summary: dict[str, Any]) -> list[str]:
+    """A table of a few held-out prompts with SFT's reply and the last evaluated round's
+    (real data, where no oracle scores them: the reader judges)."""
+    rounds = [r for r in summary.get("rounds", []) if any("sft" in e for e in r.get("examples", []))]
+    if not rounds:
+        return []
+
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")[:300] or "(empty)"
+
+    last = rounds[-1]
+    lines = [f"Held-out prompts with SFT's greedy reply and RLHF-V{last['round']}'s.", "",
+             f"| prompt | SFT | RLHF-V{last['round']} |", "| --- | --- | --- |"]
+    lines += [f"| {cell(e['prompt'])} | {cell(e['sft'])} | {cell(e['reply'])} |" for e in last["examples"]]
+    return lines + [""]
+
+
 def write_report(run_dir: Path, summary: dict[str, Any] | None = None, config: Any = None,
                  out_dir: Path | None = None) -> Path:
     """Write ``report.md`` and ``plots/*.png`` into ``out_dir`` (default ``run_dir``) and
@@ -309,6 +326,7 @@ def write_report(run_dir: Path, summary: dict[str, Any] | None = None, config: A
     md += (["Held-out prompts, greedy replies; win rates against SFT by the gold oracle and by the round's "
             "reward model (ties count half).", "", "```text", table, "```", ""] if table
            else ["No held-out evaluation in this run (no gold oracle).", ""])
+    md += _replies(summary)
     if gatt_table(summary):
         md += ["Ghost Attention: share of replies that follow the system instruction, by dialogue turn.", "",
                "```text", gatt_table(summary), "```", ""]

@@ -40,6 +40,19 @@ def collect_stage(ctx) -> dict[str, Any]:
     return distributed.main_process_only(_collect, ctx)
 
 
+def _with_run_checkpoints(ctx):
+    """The config with each annotator option ``run:<artifact>`` replaced by the path of that
+    checkpoint of this run: ``annotator.name_or_path=run:reward`` has the newest reward model
+    (the one trained on the comparisons so far) judge the new pairs."""
+    from omegaconf import OmegaConf
+
+    names = {key: value[len("run:"):] for key, value in ctx.cfg.annotator.items()
+             if isinstance(value, str) and value.startswith("run:")}
+    if not names:
+        return ctx.cfg
+    return OmegaConf.merge(ctx.cfg, {"annotator": {key: ctx.artifact(name) for key, name in names.items()}})
+
+
 def _collect(ctx) -> dict[str, Any]:
     cfg, k = ctx.cfg, ctx.round
     out_dir = ctx.stage_dir("collect")
@@ -47,7 +60,7 @@ def _collect(ctx) -> dict[str, Any]:
     if len(temperatures) != 2:
         raise ValueError(f"collect.temperatures must hold two temperatures (one per response), got {temperatures}")
     # the annotator first: a bad annotator setting stops the stage before the sampling, not after
-    annotator = plugins.get("annotators", cfg.annotator.name).obj(cfg, ctx.world)
+    annotator = plugins.get("annotators", cfg.annotator.name).obj(_with_run_checkpoints(ctx), ctx.world)
     prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
     pairs_path = out_dir / "pairs.jsonl"
     if pairs_path.exists():

@@ -100,12 +100,12 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 
 def _eval_prompts(ctx) -> list:
-    """Held-out prompts (toy world) as (messages, is_safety, toy prompt or None)."""
+    """Held-out prompts as (messages, is_safety, toy prompt or None)."""
     if ctx.world is not None:
         from ...evaluation.heldout import heldout_prompts
 
         return [(p.messages(), p.unsafe, p) for p in heldout_prompts(ctx)]
-    items = round_prompts(ctx, "ppo_eval", ctx.cfg.data.n_eval_prompts)
+    items = round_prompts(ctx, "eval", ctx.cfg.data.n_eval_prompts, heldout=True)
     return [(p.messages, is_safety_prompt(p.meta), None) for p in items]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ... import RewardLoss, distributed, plugins
-from ...data.formats import LoadReport, load_preferences
+from ...data.formats import LoadReport, limited, load_preferences
 from ...data.sources import where
 from ...models import load_reward_model, load_tokenizer, peft_config, save_trained_model
 from ...pair_tokens import tokenize_pairs
@@ -152,7 +152,7 @@ def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
                 ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
     if not cfg.data.preference_path:
         raise ValueError("data.source=files needs data.preference_path (JSONL or a data set of preference pairs)")
-    rows = _load_pairs(ctx, "preferences", cfg.data.preference_path, where(cfg.data))
+    rows = limited(_load_pairs(ctx, "preferences", cfg.data.preference_path, where(cfg.data)), cfg, "preferences")
     if cfg.data.preference_eval_path:
         held_out = _load_pairs(ctx, "preference_eval", cfg.data.preference_eval_path, where(cfg.data, evaluation=True))
         return rows, held_out, cfg.data.preference_path
@@ -164,6 +164,8 @@ def _load_pairs(ctx, use: str, path: str, keywords: dict[str, Any]) -> list[dict
     report = LoadReport()
     rows = load_preferences(path, on_bad_row=ctx.cfg.data.on_bad_row, report=report, **keywords).to_list()
     ctx.record_data(use, report)
+    if ctx.cfg.data.safety is not None:
+        rows = [{"safety": ctx.cfg.data.safety, **row} for row in rows]  # a row's own label wins
     return rows
 
 

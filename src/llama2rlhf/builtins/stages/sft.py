@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import distributed
-from ...data.formats import LoadReport, load_sft
+from ...data.formats import LoadReport, limited, load_sft
 from ...data.sources import where
 from ...models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
 from ..loggers import trainer_callbacks
@@ -141,7 +141,7 @@ def sft_rows(ctx) -> Any:
     report = LoadReport()
     rows = load_sft(cfg.data.sft_path, on_bad_row=cfg.data.on_bad_row, report=report, **where(cfg.data))
     ctx.record_data("sft", report)
-    return rows
+    return limited(rows.to_list(), cfg, "sft")
 
 
 def sft_stage(ctx) -> dict[str, Any]:
