@@ -255,7 +255,9 @@ def test_smollm2_sft_step_trains_on_assistant_tokens_and_its_reward_model_scores
     masked = assistant_masked(rows[:1], tok)[0]
     trained = tok.decode([t for t, m in zip(masked["input_ids"], masked["assistant_masks"], strict=True) if m])
     assert trained == "0 + 1 = 1.<|im_end|>\n"
-    cfg = OmegaConf.merge(cfg, {"model": {"peft": "lora", "lora_r": 4, "lora_alpha": 8}, "logger": {"name": "none"}})
+    # adapters on the last 4 of its 30 layers (model.lora_layers): the others stay as they were
+    cfg = OmegaConf.merge(cfg, {"model": {"peft": "lora", "lora_r": 4, "lora_alpha": 8, "lora_layers": 4},
+                                "logger": {"name": "none"}})
     stage = OmegaConf.merge(cfg.sft, {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 64,
                                       "learning_rate": 1e-3, "warmup_steps": 0, "lr_scheduler_type": "constant",
                                       "logging_steps": 1})
@@ -263,7 +265,8 @@ def test_smollm2_sft_step_trains_on_assistant_tokens_and_its_reward_model_scores
     assert out["train_steps"] == 1 and 0 < out["train_loss"] < 20
     before, after = load_file(Path(artifacts["base"]) / "model.safetensors"), \
         load_file(tmp_path / "sft" / "model" / "model.safetensors")
-    assert any(not after[k].equal(before[k]) for k in before)
+    changed = {k for k in before if not after[k].equal(before[k])}
+    assert changed and all(int(k.split(".")[2]) >= 26 for k in changed), sorted(changed)[:3]
     # the SFT model as a reward model (a new head), scoring through its own ChatML template
     reward = CombinedReward(OmegaConf.merge(cfg, {"reward": {"name": "single", "whiten": False}, "device": "cpu",
                                                   "reward_model": {"eval_batch_size": 4}}),

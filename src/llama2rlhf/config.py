@@ -31,6 +31,10 @@ class ModelConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # adapters on the last this many transformer layers only (null: every layer); the layers
+    # below get no gradient, so the backward pass stops at the lowest adapted one: the
+    # speed-up that makes a CPU run of a pretrained model practical
+    lora_layers: Optional[int] = None
     # toy model shape (ignored for kind=hf)
     hidden_size: int = 128
     intermediate_size: int = 384

@@ -170,21 +170,28 @@ def _saveable(trainer):
         trainer.model = wrapped
 
 
-def peft_config(cfg: Any, task_type: str):
-    """LoRA settings from ``model.peft=lora``; None for full fine-tuning."""
+def peft_config(cfg: Any, task_type: str, model: Any = None):
+    """LoRA settings from ``model.peft=lora``; None for full fine-tuning. With
+    ``model.lora_layers`` the adapters go on the last layers of ``model`` only."""
     if not cfg.model.peft:
         return None
     if cfg.model.peft != "lora":
         raise ValueError(f"model.peft must be lora or null, not {cfg.model.peft!r}")
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=cfg.model.lora_r,
-        lora_alpha=cfg.model.lora_alpha,
-        lora_dropout=cfg.model.lora_dropout,
-        target_modules="all-linear",
-        task_type=task_type,
-    )
+    where: dict[str, Any] = {"target_modules": "all-linear"}
+    if cfg.model.lora_layers:
+        import torch
+
+        total = model.config.get_text_config().num_hidden_layers
+        # the linear layers inside the transformer blocks, by name (PEFT needs a list here)
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and ".layers." in n})
+        # no trainable weight below them: backpropagation stops at the lowest adapted layer
+        where = {"target_modules": names, "layers_to_transform": list(range(max(0, total - cfg.model.lora_layers), total)),
+                 "layers_pattern": "layers"}
+    return LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
+                      task_type=task_type, **where)
 
 
 def use_bf16(setting: str) -> bool:

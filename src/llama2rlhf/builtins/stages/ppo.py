@@ -219,8 +219,8 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         args = build_args(PPOConfig, pcfg, cfg, out_dir / "trainer", exclude=_NOT_PPO,
                           response_length=pcfg.max_new_tokens, stop_token="eos", num_sample_generations=0,
                           whiten_rewards=False)
-        lora = peft_config(cfg, "CAUSAL_LM")
         policy = load_causal_lm(start, cfg)
+        lora = peft_config(cfg, "CAUSAL_LM", policy)
         # with LoRA the reference is the policy with its adapter switched off (TRL's way)
         reference = None if lora else load_causal_lm(start, cfg)
         # the critic reads the policy's tokens: it starts as the helpfulness RM where that RM
@@ -248,8 +248,9 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
     args = build_args(Config, pcfg, cfg, out_dir / "trainer", **common)
-    return Trainer(model=load_causal_lm(start, cfg), reward_funcs=[reward_function(reward)], args=args,
-                   train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg, "CAUSAL_LM"),
+    policy = load_causal_lm(start, cfg)
+    return Trainer(model=policy, reward_funcs=[reward_function(reward)], args=args,
+                   train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg, "CAUSAL_LM", policy),
                    callbacks=[callback, *trainer_callbacks(cfg)])
 
 

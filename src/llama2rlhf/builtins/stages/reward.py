@@ -133,7 +133,7 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
                       per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, **overrides)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
-        peft_config=peft_config(cfg, "SEQ_CLS"), reward_loss=loss, loss_options=options,
+        peft_config=peft_config(cfg, "SEQ_CLS", model), reward_loss=loss, loss_options=options,
         callbacks=trainer_callbacks(cfg),
     )
     result = trainer.train()

@@ -119,7 +119,7 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config(cfg, "CAUSAL_LM"),
+        peft_config=peft_config(cfg, "CAUSAL_LM", model),
         callbacks=trainer_callbacks(cfg),
     )
     if stage_cfg.padding_free:
