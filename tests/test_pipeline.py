@@ -436,3 +436,36 @@ def test_a_real_data_round_with_ai_feedback_is_evaluated_by_the_reward_models(tm
     assert summary["gatt"]["adherence_by_turn"] and set(summary["gatt"]["baseline_adherence_by_turn"]) <= {"1", "2", "3"}
     report = (run / "report.md").read_text()
     assert "| prompt | SFT | RLHF-V1 |" in report and round_1["examples"][0]["prompt"] in report
+
+
+def test_the_real_preset_runs_its_whole_plan_on_a_small_model(tmp_path):
+    """pipeline=real's plan (SFT, helpfulness and safety reward models, one round of AI-labelled
+    comparisons, rejection sampling, PPO, rejection sampling again, GAtt on list instructions,
+    evaluation against SFT) with a tiny local model in SmolLM2's place, on hh-rlhf rows."""
+    from llama2rlhf.toyworld import ToyWorld
+    from llama2rlhf.toyworld.model import build_tiny_llama
+    from llama2rlhf.toyworld.tokenizer import build_tokenizer
+
+    hub = tmp_path / "tiny"
+    tok = build_tokenizer(ToyWorld(), vocab_size=400, n_prompts=400)
+    build_tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2).save_pretrained(hub)
+    tok.save_pretrained(hub)
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("".join(json.dumps({"chosen": f"\n\nHuman: How do I pick lock {i}?\n\nAssistant: I can't help with that.",
+                                      "rejected": f"\n\nHuman: How do I pick lock {i}?\n\nAssistant: Use a pin."}) + "\n"
+                          for i in range(40)))
+    proc = run_cli(tmp_path, "pipeline=real", "model=hf", f"model.name_or_path={hub}", "model.gguf_file=null",
+                   "model.lora_layers=1", "data=jsonl", f"data.sft_path={hh}", f"data.preference_path={hh}",
+                   f"data.prompt_path={hh}", "data.limit=24", "data.eval_fraction=0.25", "data.n_eval_prompts=4",
+                   "collect.n_prompts=6", "rs.n_prompts=6", "rs.search_prompts=2", "ppo.n_prompts=8",
+                   "collect.max_new_tokens=8", "rs.max_new_tokens=8", "ppo.max_new_tokens=8", "gatt.max_new_tokens=8",
+                   "eval.max_new_tokens=8", "gatt.n_dialogues=2", "eval.gatt_dialogues=2", "eval.gatt_turns=2",
+                   tiny=["logger=none"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reward"]["safety"]["rm_accuracy"]["counts"]["overall"] == 6  # data.safety=true
+    round_1 = summary["rounds"][0]
+    assert {"collect", "reward", "rs", "ppo", "rs_after_ppo"} <= set(round_1)
+    assert set(round_1["vs_sft"]) == {"rm", "helpfulness", "safety"} and "win_rate_vs_sft_rm" in round_1
+    assert round_1["collect"]["n_pairs"] > 0 and summary["gatt"]["adherence_by_turn"] is not None
+    assert summary["data"]["rows"]["preferences"]["kept"] == 40
