@@ -278,6 +278,9 @@ class PPOStageConfig(TrainConfig):
     vf_coef: float = 0.1
     temperature: float = 1.0
     max_new_tokens: int = 128
+    # prompts longer than this (tokens) lose whole middle turns, oldest first (counted in
+    # summary.json as ppo.prompts_cut): a step trains on every prompt with its rollout
+    max_prompt_length: int = 1024
     # rollouts = n_prompts * num_train_epochs; paper: 200-400 iterations of 512
     n_prompts: int = 102400
     num_train_epochs: float = 1.0

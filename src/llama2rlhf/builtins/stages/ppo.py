@@ -16,6 +16,7 @@ every ``ppo.checkpoint_steps`` iterations; the starting model if none yet), reco
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import shutil
@@ -32,7 +33,8 @@ from .training_args import build_args
 log = logging.getLogger(__name__)
 
 # PPOStageConfig fields that are ours, or another trainer's
-_NOT_PPO = {"n_prompts", "max_new_tokens", "num_generations", "max_kl", "checkpoint_steps", "eval_samples"}
+_NOT_PPO = {"n_prompts", "max_new_tokens", "num_generations", "max_kl", "checkpoint_steps", "eval_samples",
+            "max_prompt_length"}
 # the metric names each trainer logs: (KL, reward, losses); the run report plots them too
 TRAINER_METRICS = {
     "ppo": ("objective/kl", "objective/scores", ("loss/policy_avg", "loss/value_avg")),
@@ -254,6 +256,22 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
                    callbacks=[callback, *trainer_callbacks(cfg)])
 
 
+def _fit_prompts(prompts: list, tokenizer, max_length: int) -> tuple[list, int]:
+    """``prompts`` whose whole middle turns are dropped, oldest first, to fit ``max_length``
+    tokens (``ppo.max_prompt_length``): every rollout is trained on with its prompt, whose
+    activations would otherwise dominate a step's memory; and how many were cut."""
+    from ...round_prompts import RoundPrompt
+    from ..augmenters import token_fitter
+
+    fit = token_fitter(tokenizer, max_length)
+    out, n_cut = [], 0
+    for p in prompts:
+        messages, dropped = fit(p.messages)
+        n_cut += dropped > 0
+        out.append(RoundPrompt(p.id, messages, p.meta) if dropped else p)
+    return out, n_cut
+
+
 def _online_rl_stage(kind: str):
     def stage(ctx) -> dict[str, Any]:
         import torch
@@ -267,7 +285,7 @@ def _online_rl_stage(kind: str):
         # evaluation and the KL on the main process alone (llama2rlhf.distributed)
         before = distributed.main_process_only(evaluate_policy, ctx, reward, start, eval_prompts)
         torch.manual_seed(cfg.seed * 1000 + 700 + ctx.round)
-        prompts = round_prompts(ctx, "ppo", pcfg.n_prompts)
+        prompts, n_cut = _fit_prompts(round_prompts(ctx, "ppo", pcfg.n_prompts), tokenizer, pcfg.max_prompt_length)
         good_dir = out_dir / "last_good"
         if distributed.is_main_process():
             shutil.rmtree(good_dir, ignore_errors=True)  # a killed attempt's checkpoint is not this one's
@@ -293,7 +311,11 @@ def _online_rl_stage(kind: str):
             log.warning("%s stopped: %s; carrying on from %s", kind, trip.reason, kept)
             ctx.state.record(ctx.stage_key(ctx.current_stage), "stopped", **stopped)
             policy_path = kept
+        # the trainer's models and optimizer states (accelerate keeps references to them) go
+        # before the evaluation loads the policy again
+        trainer.accelerator.free_memory()
         trainer = holder["trainer"] = None
+        gc.collect()
         after, kl = distributed.main_process_only(
             lambda: (evaluate_policy(ctx, reward, policy_path, eval_prompts),
                      sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens)))
@@ -306,6 +328,7 @@ def _online_rl_stage(kind: str):
             # the unprefixed numbers are the sampled ones (evaluate_policy), what PPO optimises
             "eval_temperature": pcfg.temperature,
             "eval_samples": pcfg.eval_samples,
+            "prompts_cut": n_cut,
         }
         for name, prefix in (("sampled", ""), ("greedy", "greedy_")):
             for key in before[name]:
