@@ -223,3 +223,27 @@ def test_ppo_with_lora_trains_an_adapter_and_saves_merged_weights(tiny_run, tmp_
     before, after = _weights(start), _weights(saved)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_long_ppo_prompts_lose_their_oldest_middle_turns(tokenizer):
+    from llama2rlhf.builtins.stages.ppo import _fit_prompts
+    from llama2rlhf.round_prompts import RoundPrompt
+
+    turns = []
+    for i in range(8):
+        turns += [{"role": "user", "content": f"question number {i} about the weather"},
+                  {"role": "assistant", "content": f"answer number {i}"}]
+    long = RoundPrompt("a", turns + [{"role": "user", "content": "and now?"}], {"safety": True})
+    short = RoundPrompt("b", [{"role": "user", "content": "hi"}])
+
+    def n_tokens(messages):
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"])
+
+    limit = n_tokens(long.messages) // 2
+    out, n_cut = _fit_prompts([long, short], tokenizer, limit)
+    assert n_cut == 1 and out[1] is short
+    assert n_tokens(out[0].messages) <= limit < n_tokens(long.messages)
+    # the first exchange and the latest turns stay, the prompt still ends with its question
+    assert out[0].messages[:2] == turns[:2] and out[0].messages[-1]["content"] == "and now?"
+    assert (out[0].id, out[0].meta) == ("a", {"safety": True})
