@@ -1,5 +1,5 @@
 """Long-context sampling: the ``hf`` sampler decoding into reserved cache slots
-(``llama2rlhf.kv_cache.reserved_cache``) against transformers' ``DynamicCache``, which
+(``llama2rlhf.runtime.speedups.kv_cache.reserved_cache``) against transformers' ``DynamicCache``, which
 grows by concatenation, same model, prompts, K and token limits, one process.
 
     python benchmarks/kv_cache.py [--dialogues 48] [--k 4] [--max-new-tokens 32] [--repeats 5]
@@ -40,7 +40,7 @@ def dialogues(world, n: int, turns: int) -> list[list[dict]]:
 def main() -> None:
     import torch
 
-    from llama2rlhf.builtins.samplers import HFSampler
+    from llama2rlhf.sampling.hf import HFSampler
     from llama2rlhf.toyworld import ToyWorld
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,5 +1,5 @@
 """Reward-model training steps: padding-free batches (``reward_model.padding_free``,
-``llama2rlhf.packed_preferences`` with ``sdpa_packed``) against TRL's padded ones, same
+``llama2rlhf.runtime.speedups.packed_preferences`` with ``sdpa_packed``) against TRL's padded ones, same
 model, pairs, batch size and optimiser, one process.
 
     python benchmarks/reward_packing.py [--pairs 1024] [--batch 32] [--repeats 5]
@@ -7,7 +7,7 @@ model, pairs, batch size and optimiser, one process.
 
 The pairs are the toy world's seed comparisons (paper 3.2.2's data at toy scale), each
 batch collated by TRL's ``DataCollatorForPreference`` on one side and by
-``llama2rlhf.packed_preferences.collate`` on the other. A step is forward, the margin
+``llama2rlhf.runtime.speedups.packed_preferences.collate`` on the other. A step is forward, the margin
 loss, backward and an AdamW step. Both sides start each repeat from the same weights, and
 their rewards on the first batch are compared. Timing as in ``benchmarks/sampling.py``
 (a warm-up, alternating runs, the median of per-repeat ratios). The last line reads
@@ -30,8 +30,8 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    from llama2rlhf.packed_attention import use_for_padding_free
-    from llama2rlhf.packed_preferences import collate, packed_rewards
+    from llama2rlhf.runtime.speedups.packed_attention import use_for_padding_free
+    from llama2rlhf.runtime.speedups.packed_preferences import collate, packed_rewards
     from llama2rlhf.toyworld import ToyWorld
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 import llama2rlhf
-from llama2rlhf import distributed
-from llama2rlhf.annotation import AwaitingLabels
-from llama2rlhf.cli import accelerate_configs
+from llama2rlhf.runtime import distributed
+from llama2rlhf.recipe.annotation import AwaitingLabels
+from llama2rlhf.__main__ import accelerate_configs
 from test_pipeline import CLI, TINY
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-CONFIGS = Path(llama2rlhf.__file__).resolve().parent / "conf" / "accelerate"
+CONFIGS = Path(llama2rlhf.__file__).resolve().parent / "config" / "conf" / "accelerate"
 SRC = str(Path(llama2rlhf.__file__).resolve().parents[1])
 GPU_CONFIGS = ["multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 
@@ -189,8 +189,8 @@ MAIN_ONLY_SCRIPT = """
 import sys
 from types import SimpleNamespace
 from pathlib import Path
-from llama2rlhf import distributed
-from llama2rlhf.annotation import AwaitingLabels
+from llama2rlhf.runtime import distributed
+from llama2rlhf.recipe.annotation import AwaitingLabels
 
 distributed.setup(SimpleNamespace(device="cpu", distributed_timeout_s=120))
 rank = distributed.process_index()
@@ -221,7 +221,7 @@ def test_main_process_only_runs_once_and_raises_everywhere(tmp_path):
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("accelerate")
-    proc = launch(tmp, "-m", "llama2rlhf.cli", f"hydra.run.dir={tmp / 'run'}", *TINY, "logger=none", "device=cpu",
+    proc = launch(tmp, "-m", "llama2rlhf", f"hydra.run.dir={tmp / 'run'}", *TINY, "logger=none", "device=cpu",
                   "pipeline.stages=[sft,reward]", "pipeline.rounds=0")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp / "run", proc
@@ -278,7 +278,7 @@ def test_lora_over_two_processes_saves_the_adapter_merged_into_the_base(tmp_path
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    proc = launch(tmp_path, "-m", "llama2rlhf.cli", f"hydra.run.dir={tmp_path / 'run'}", *TINY, "logger=none",
+    proc = launch(tmp_path, "-m", "llama2rlhf", f"hydra.run.dir={tmp_path / 'run'}", *TINY, "logger=none",
                   "device=cpu", "pipeline.stages=[sft]", "pipeline.rounds=0", "model.peft=lora")
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "run"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llama2rlhf import plugins
-from llama2rlhf.annotation import AwaitingLabels, PairToLabel
+from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.data.errors import DataError
 from llama2rlhf.toyworld.tasks import Prompt
 

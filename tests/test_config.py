@@ -1,4 +1,4 @@
-"""The Hydra app and its structured configs (llama2rlhf.config, llama2rlhf.cli).
+"""The Hydra app and its structured configs (llama2rlhf.config, llama2rlhf.__main__).
 
 The CLI runs in a subprocess with ``cwd=tmp_path``: the config tree ships inside the
 package, so the app must work from any directory. ``--cfg job`` prints the composed config
@@ -26,7 +26,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("llama2rlhf")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "llama2rlhf.cli"]
+    return [sys.executable, "-m", "llama2rlhf"]
 
 
 def run_cli(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, str, float]:
@@ -69,7 +69,7 @@ def test_default_config_from_any_directory(tmp_path):
     # PPO in the last round, between its two rejection samplings (paper 3.2.3)
     from types import SimpleNamespace
 
-    from llama2rlhf.pipeline import round_plan
+    from llama2rlhf.recipe.pipeline import round_plan
 
     plan = round_plan(SimpleNamespace(pipeline=SimpleNamespace(**cfg["pipeline"])), 3)
     assert [name for _, name in plan] == ["collect", "reward", "rejection_sampling", "ppo",
@@ -79,7 +79,7 @@ def test_default_config_from_any_directory(tmp_path):
     assert cfg["logger"]["name"] == "wandb" and cfg["logger"]["mode"] == "auto"
     assert job_config("logger=none", cwd=tmp_path)["logger"] == {"name": "none"}
     # the toy pipeline scales the paper's SFT learning rate up for a model trained from scratch
-    toy = yaml.safe_load(resources.files("llama2rlhf").joinpath("conf/pipeline/toy.yaml").read_text())
+    toy = yaml.safe_load(resources.files("llama2rlhf.config").joinpath("conf/pipeline/toy.yaml").read_text())
     assert cfg["sft"]["learning_rate"] == pytest.approx(toy["sft"]["learning_rate"])
     assert cfg["sft"]["learning_rate"] > 10 * 2e-5
 
@@ -168,7 +168,7 @@ def test_compose_in_process_with_plugin_node(fresh):
     from llama2rlhf.config import store_configs
 
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         default = compose("config")
         hinge = compose("config", overrides=["reward_loss=example_hinge", "reward_loss.width=0.5"])
     assert default.reward_loss.name == "margin_small"
@@ -186,6 +186,6 @@ def test_every_registered_loss_has_a_config_option(fresh):
     stored = set(ConfigStore.instance().repo.get("reward_loss", {}))
     from importlib import resources
 
-    shipped = {p.name for p in resources.files("llama2rlhf").joinpath("conf", "reward_loss").iterdir()}
+    shipped = {p.name for p in resources.files("llama2rlhf.config").joinpath("conf", "reward_loss").iterdir()}
     for name in fresh.registry("reward_losses"):
         assert f"{name}.yaml" in stored | shipped

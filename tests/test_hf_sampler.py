@@ -109,7 +109,7 @@ def test_the_tiny_llama_takes_the_shared_prefill_path(sampler):
 
 @pytest.mark.parametrize("model", ["tiny_llama", "peaked_llama"])
 def test_shared_prefill_greedy_matches_the_plain_path_in_one_mixed_length_batch(tokenizer, model, request):
-    from llama2rlhf.builtins.samplers import HFSampler
+    from llama2rlhf.sampling.hf import HFSampler
 
     model = request.getfixturevalue(model)
     shared = HFSampler(model, tokenizer, show_progress=False)
@@ -169,7 +169,7 @@ def test_sampled_rows_stay_with_their_prompt(tokenizer, peaked_llama, share):
     At temperature 0.01 the peaked model samples its greedy reply, and the greedy replies of the
     prompts all differ, so a cache row repeated into another prompt's slot would show.
     """
-    from llama2rlhf.builtins.samplers import HFSampler
+    from llama2rlhf.sampling.hf import HFSampler
 
     sampler = HFSampler(peaked_llama, tokenizer, show_progress=False, share_prefill=share, batch_tokens=10**6)
     alone = [_greedy_alone(peaked_llama, tokenizer, m, 4) for m in PROMPTS]
@@ -194,7 +194,7 @@ def test_one_token_prompts_take_the_plain_path(sampler, tokenizer, tiny_llama):
 
 
 def test_sliding_window_models_take_the_plain_path(tokenizer, tiny_llama):
-    from llama2rlhf.builtins.samplers import HFSampler
+    from llama2rlhf.sampling.hf import HFSampler
 
     tiny_llama.config.sliding_window = 8
     sampler = HFSampler(tiny_llama, tokenizer, show_progress=False)
@@ -204,7 +204,7 @@ def test_sliding_window_models_take_the_plain_path(tokenizer, tiny_llama):
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 1.4])
 def test_inverse_cdf_sampling_draws_from_the_tempered_softmax(temperature):
-    from llama2rlhf.builtins.samplers import inverse_cdf_sampling
+    from llama2rlhf.sampling.hf import inverse_cdf_sampling
 
     logits = torch.tensor([2.0, 0.5, -1.0, 1.0, float("-inf")])
     rows = 40000
@@ -219,11 +219,11 @@ def test_inverse_cdf_sampling_draws_from_the_tempered_softmax(temperature):
     assert torch.allclose(freq, want, atol=0.01), (freq, want)
 
 
-# --- decoding into reserved cache slots (llama2rlhf.kv_cache.reserved_cache) ---
+# --- decoding into reserved cache slots (llama2rlhf.runtime.speedups.kv_cache.reserved_cache) ---
 
 @pytest.mark.parametrize("share", [True, False])
 def test_reserved_cache_gives_the_dynamic_caches_replies(tokenizer, peaked_llama, share):
-    from llama2rlhf.builtins.samplers import HFSampler
+    from llama2rlhf.sampling.hf import HFSampler
 
     reserved = HFSampler(peaked_llama, tokenizer, show_progress=False, share_prefill=share)
     dynamic = HFSampler(peaked_llama, tokenizer, show_progress=False, share_prefill=share, reserve_cache=False)
@@ -238,7 +238,7 @@ def test_reserved_cache_gives_the_dynamic_caches_replies(tokenizer, peaked_llama
 def test_reserved_cache_decodes_in_place(tokenizer, peaked_llama):
     """After the prefill (and the repeat for n samples) the buffer is allocated once; every
     new token is written into it, never a concatenated copy."""
-    from llama2rlhf.kv_cache import reserved_cache
+    from llama2rlhf.runtime.speedups.kv_cache import reserved_cache
 
     input_ids, attention = _padded(tokenizer, PROMPTS)
     cache = reserved_cache(reserve=9)

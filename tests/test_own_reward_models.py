@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from llama2rlhf.reward_scoring import Cuts, fit_conversation, tokenize_conversations
+from llama2rlhf.reward.scoring import Cuts, fit_conversation, tokenize_conversations
 
 
 def user(text: str) -> dict[str, str]:
@@ -67,7 +67,7 @@ def test_fit_then_cuts_the_start_of_the_last_question_and_keeps_the_reply_whole(
 
 
 def test_training_ids_and_scoring_ids_are_cut_alike(tokenizer):
-    from llama2rlhf.pair_tokens import tokenize_pairs
+    from llama2rlhf.reward.pair_tokens import tokenize_pairs
 
     limit = n_tokens(tokenizer, LONG[:1] + LONG[3:])
     row = {"prompt": LONG[:-1], "chosen": [bot("The answer is 7.")], "rejected": [bot("Eight, or so.")]}
@@ -115,7 +115,7 @@ def _cfg(**reward_model):
 def test_encoder_reward_model_scores_with_its_own_tokenizer_and_the_plain_template(tmp_path, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from llama2rlhf.combined_reward import CombinedReward
+    from llama2rlhf.reward.combined import CombinedReward
 
     bert = _tiny_bert(tmp_path / "bert")
     reward = CombinedReward(_cfg(), {"helpfulness": str(bert)})
@@ -138,7 +138,7 @@ def test_encoder_reward_model_scores_with_its_own_tokenizer_and_the_plain_templa
 
 
 def test_llama2_combiner_without_a_safety_model_warns_and_the_run_records_it(tmp_path, caplog):
-    from llama2rlhf.combined_reward import CombinedReward
+    from llama2rlhf.reward.combined import CombinedReward
 
     bert = _tiny_bert(tmp_path / "bert")
     cfg = _cfg()
@@ -234,8 +234,8 @@ def test_ppo_scores_rollouts_as_text_when_the_reward_model_has_its_own_tokenizer
     tokenizer gets each rollout's reply decoded and scored with its prompt, as text."""
     from trl.experimental.utils import get_reward
 
-    from llama2rlhf.combined_reward import CombinedReward
-    from llama2rlhf.trl_rewards import combined_reward_model, reads_policy_tokens
+    from llama2rlhf.reward.combined import CombinedReward
+    from llama2rlhf.reward.trl_rewards import combined_reward_model, reads_policy_tokens
     from test_reward_combiners import CONVS, SAFETY, _query_responses
 
     reward = CombinedReward(_cfg(), {"helpfulness": str(_tiny_bert(tmp_path / "bert"))})
@@ -250,8 +250,8 @@ def test_ppo_scores_rollouts_as_text_when_the_reward_model_has_its_own_tokenizer
 def test_models_with_the_same_tokenizer_share_one_tokenization(tmp_path, monkeypatch):
     """The helpfulness and safety models of a run live in two folders with equal tokenizers:
     conversations are tokenized once for both (scoring's hot path)."""
-    from llama2rlhf import combined_reward
-    from llama2rlhf.combined_reward import CombinedReward
+    from llama2rlhf.reward import combined as combined_reward
+    from llama2rlhf.reward.combined import CombinedReward
     from test_reward_combiners import CONVS
 
     paths = {name: str(_decoder_rm(tmp_path / name)) for name in ("helpfulness", "safety")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama2rlhf.packed_attention import NAME, example_lengths, use_for_padding_free
+from llama2rlhf.runtime.speedups.packed_attention import NAME, example_lengths, use_for_padding_free
 
 
 def _llama(kv_heads: int):
@@ -67,7 +67,7 @@ def test_other_attention_implementations_are_left_alone():
 
 
 def test_examples_of_similar_length_share_a_padded_call():
-    from llama2rlhf.packed_attention import Layout
+    from llama2rlhf.runtime.speedups.packed_attention import Layout
 
     layout = Layout([5, 9, 1, 7], torch.device("cpu"))
     # longest first; 9 and 7 share a call (2 slots of padding for 16 tokens), 5 and 1 do not join it
@@ -81,7 +81,7 @@ def test_examples_of_similar_length_share_a_padded_call():
 
 
 def test_no_mask_is_built_for_a_packed_row_but_padded_batches_keep_theirs():
-    from llama2rlhf.packed_attention import packed_mask
+    from llama2rlhf.runtime.speedups.packed_attention import packed_mask
 
     assert packed_mask(batch_size=1, q_length=8, kv_length=8) is None
     padded = packed_mask(batch_size=2, q_length=4, kv_length=4, attention_mask=torch.tensor([[0, 1, 1, 1], [1] * 4]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llama2rlhf.pair_tokens import tokenize_pairs
+from llama2rlhf.reward.pair_tokens import tokenize_pairs
 
 
 def _rows(world):

@@ -202,7 +202,7 @@ def test_files_source_runs_on_trl_jsonl_and_hh_text(tmp_path):
     assert summary["data"]["skipped_rows"] == {"sft": {}, "preferences": {
         "empty_reply": {"count": 1, "first": [f"{prefs}:41"]}}}
     assert summary["data"]["repaired_rows"]["preferences"] == {"repeated_turns": {"count": 1, "first": [f"{prefs}:42"]}}
-    assert f"{prefs}: 41 of 42 rows kept; skipped: empty_reply 1" in (tmp_path / "run" / "cli.log").read_text()
+    assert f"{prefs}: 41 of 42 rows kept; skipped: empty_reply 1" in (tmp_path / "run" / "llama2rlhf.log").read_text()
 
 
 @pytest.mark.parametrize("layout", ["plain text", "ShareGPT JSON array"])
@@ -244,7 +244,7 @@ def test_hf_model_from_a_local_folder_with_lora_runs_every_stage(tmp_path):
                    "model.lora_alpha=8", *DEFAULT_ONE_ROUND)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
-    assert "has no chat template; using the Llama 2 chat template" in (run / "cli.log").read_text()
+    assert "has no chat template; using the Llama 2 chat template" in (run / "llama2rlhf.log").read_text()
     state = json.loads((run / "state.json").read_text())
     assert state["artifacts"]["base"] == str(hub)
     summary = json.loads((run / "summary.json").read_text())

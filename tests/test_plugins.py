@@ -1,7 +1,7 @@
 """The plugin manager (llama2rlhf.plugins): built-ins, entry points, errors that name plugins.
 
 The ``llama2rlhf plugins`` tests run the installed console script (or ``python -m
-llama2rlhf.cli``) in a subprocess so they see the real entry points, as a user would; the
+llama2rlhf.__main__``) in a subprocess so they see the real entry points, as a user would; the
 error cases build a fresh manager in-process with ``plugins.reset()``.
 """
 
@@ -26,7 +26,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("llama2rlhf")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "llama2rlhf.cli"]
+    return [sys.executable, "-m", "llama2rlhf"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ def test_plugins_command_lists_builtins_and_the_example_plugin(tmp_path):
     listed = list_plugins(tmp_path)
     losses = listed["reward_losses"]
     assert losses["distribution"] == "llama2rlhf"
-    assert losses["module"] == "llama2rlhf.builtins.reward_losses"
+    assert losses["module"] == "llama2rlhf.reward.losses"
     assert set(losses["registers"]["reward_losses"]) == BUILTIN_LOSSES
     assert losses["hooks"] == ["register_reward_losses"]
     for builtin in plugins.BUILTIN_PLUGINS:

@@ -30,8 +30,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _ctx(tiny_run: Path, tmp_path: Path, stage: str, **ppo):
-    from llama2rlhf.pipeline import make_world
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.recipe.pipeline import make_world
+    from llama2rlhf.runtime.run import RunContext
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -90,8 +90,8 @@ class LowTokenReward:
 
 @pytest.fixture
 def low_token_reward(monkeypatch):
-    from llama2rlhf.builtins.stages import ppo as ppo_module
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.recipe import ppo as ppo_module
+    from llama2rlhf.runtime.models import load_tokenizer
 
     made = []
 
@@ -104,7 +104,7 @@ def low_token_reward(monkeypatch):
 
 
 def test_ppo_raises_an_easy_reward_and_changes_the_weights(tiny_run, tmp_path, low_token_reward):
-    from llama2rlhf.builtins.stages.ppo import ppo_stage
+    from llama2rlhf.recipe.ppo import ppo_stage
 
     ctx = _ctx(tiny_run, tmp_path, "ppo", n_prompts=96, per_device_train_batch_size=16, num_mini_batches=2,
                num_ppo_epochs=4, learning_rate=3e-3, kl_coef=0.0, max_new_tokens=10, checkpoint_steps=0,
@@ -154,7 +154,7 @@ def _nan_after_first_iteration():
 
 
 def test_nan_reward_stops_ppo_and_the_run_goes_on_from_the_last_good_checkpoint(tiny_run, tmp_path, monkeypatch):
-    from llama2rlhf.pipeline import run_stage
+    from llama2rlhf.recipe.pipeline import run_stage
 
     plugins.registry("reward_combiners")  # built before patching in a test-only combiner
     monkeypatch.setitem(plugins._registries["reward_combiners"], "nan_later",
@@ -181,7 +181,7 @@ def test_nan_reward_stops_ppo_and_the_run_goes_on_from_the_last_good_checkpoint(
 
 
 def test_kl_guard_keeps_the_starting_model_when_no_checkpoint_is_good(tiny_run, tmp_path):
-    from llama2rlhf.builtins.stages.ppo import ppo_stage
+    from llama2rlhf.recipe.ppo import ppo_stage
 
     ctx = _ctx(tiny_run, tmp_path, "ppo", n_prompts=16, per_device_train_batch_size=8, gradient_accumulation_steps=1,
                num_mini_batches=1, max_new_tokens=10, max_kl=-1.0, checkpoint_steps=1)
@@ -195,7 +195,7 @@ def test_kl_guard_keeps_the_starting_model_when_no_checkpoint_is_good(tiny_run, 
 
 @pytest.mark.parametrize("kind", ["rloo", "grpo"])
 def test_rloo_and_grpo_run_a_few_steps_on_the_same_reward(kind, tiny_run, tmp_path, low_token_reward):
-    from llama2rlhf.builtins.stages.ppo import grpo_stage, rloo_stage
+    from llama2rlhf.recipe.ppo import grpo_stage, rloo_stage
 
     ctx = _ctx(tiny_run, tmp_path, kind, n_prompts=8, per_device_train_batch_size=8, gradient_accumulation_steps=1,
                num_generations=4, max_new_tokens=8, learning_rate=1e-3, checkpoint_steps=0)
@@ -208,7 +208,7 @@ def test_rloo_and_grpo_run_a_few_steps_on_the_same_reward(kind, tiny_run, tmp_pa
 
 
 def test_ppo_with_lora_trains_an_adapter_and_saves_merged_weights(tiny_run, tmp_path, low_token_reward):
-    from llama2rlhf.builtins.stages.ppo import ppo_stage
+    from llama2rlhf.recipe.ppo import ppo_stage
 
     ctx = _ctx(tiny_run, tmp_path, "ppo", n_prompts=16, per_device_train_batch_size=8, gradient_accumulation_steps=1,
                num_mini_batches=1, max_new_tokens=8, learning_rate=1e-2, checkpoint_steps=1)
@@ -226,8 +226,8 @@ def test_ppo_with_lora_trains_an_adapter_and_saves_merged_weights(tiny_run, tmp_
 
 
 def test_long_ppo_prompts_lose_their_oldest_middle_turns(tokenizer):
-    from llama2rlhf.builtins.stages.ppo import _fit_prompts
-    from llama2rlhf.round_prompts import RoundPrompt
+    from llama2rlhf.recipe.ppo import _fit_prompts
+    from llama2rlhf.data.round_prompts import RoundPrompt
 
     turns = []
     for i in range(8):

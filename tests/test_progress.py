@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llama2rlhf.progress import progress_table
+from llama2rlhf.evaluation.progress import progress_table
 
 
 def test_table_lists_sft_then_each_round():
@@ -34,7 +34,7 @@ def test_no_table_without_a_gold_oracle():
 
 
 def test_gatt_table_shows_adherence_before_and_after_at_the_papers_turns():
-    from llama2rlhf.progress import gatt_table
+    from llama2rlhf.evaluation.progress import gatt_table
 
     by_turn = {str(t): t / 20 for t in range(1, 21)}
     summary = {"gatt": {"round": 3, "baseline": "RLHF-V1", "baseline_adherence_by_turn": {t: 0.0 for t in by_turn},

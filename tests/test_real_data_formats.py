@@ -193,7 +193,7 @@ def test_round_prompts_on_real_data_hold_out_a_share_and_draw_one_per_purpose(tm
 
     from omegaconf import OmegaConf
 
-    from llama2rlhf.round_prompts import round_prompts
+    from llama2rlhf.data.round_prompts import round_prompts
 
     path = jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"question {i}?"} for i in range(200)])
     cfg = OmegaConf.create({"seed": 0, "data": {"prompt_path": str(path), "on_bad_row": "skip", "eval_fraction": 0.25,

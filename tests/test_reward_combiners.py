@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from llama2rlhf import RewardCombiner, plugins
-from llama2rlhf.combined_reward import CombinedReward, is_safety_prompt, selected_combiner
+from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt, selected_combiner
 
 
 def _logit(p: float) -> float:
@@ -69,7 +69,7 @@ def test_combiner_names_the_missing_model():
 def test_single_reads_helpfulness_and_llama2_falls_back_to_it_without_a_safety_model(caplog):
     assert selected_combiner(_cfg(), ["helpfulness", "safety"])[0] == "llama2"
     assert selected_combiner(_cfg(), ["helpfulness", "safety"])[3] is None
-    with caplog.at_level("WARNING", logger="llama2rlhf.combined_reward"):
+    with caplog.at_level("WARNING", logger="llama2rlhf.reward.combined"):
         name, combiner, options, fallback = selected_combiner(_cfg(safety_threshold=0.2), ["helpfulness"])
     assert (name, options) == ("single", {})
     assert fallback.startswith("reward=llama2 needs the safety reward model(s)") and "using reward=single" in fallback
@@ -167,7 +167,7 @@ def _query_responses(tokenizer):
 def test_ppo_adapter_equals_the_combined_reward(saved_rms, tokenizer):
     from trl.experimental.utils import get_reward
 
-    from llama2rlhf.trl_rewards import combined_reward_model, reads_policy_tokens
+    from llama2rlhf.reward.trl_rewards import combined_reward_model, reads_policy_tokens
 
     raw, combined = _by_hand(saved_rms, tokenizer)
     stats = {"mean": 0.7, "std": 3.0}
@@ -187,7 +187,7 @@ def test_ppo_adapter_equals_the_combined_reward(saved_rms, tokenizer):
 
 
 def test_grpo_reward_function_reads_the_safety_column(saved_rms, tokenizer):
-    from llama2rlhf.trl_rewards import reward_function
+    from llama2rlhf.reward.trl_rewards import reward_function
 
     reward = CombinedReward(_cfg(whiten=False), saved_rms)
     _, combined = _by_hand(saved_rms, tokenizer)
@@ -212,7 +212,7 @@ def test_a_failing_combiner_is_named_with_its_plugin(saved_rms, monkeypatch):
 
 
 def test_safety_lookup_takes_the_longest_query_a_row_starts_with():
-    from llama2rlhf.trl_rewards import SafetyLookup
+    from llama2rlhf.reward.trl_rewards import SafetyLookup
 
     lookup = SafetyLookup([[5, 6], [5, 6, 7], [9]], [False, True, True])
     rows = torch.tensor([[0, 0, 5, 6, 7, 3], [0, 5, 6, 8, 3, 0], [9, 4, 4, 4, 0, 0], [0, 0, 0, 5, 4, 4]])
@@ -228,7 +228,7 @@ def test_ppo_value_model_starts_in_the_whitened_rewards_units(saved_rms, tokeniz
     from transformers import AutoModelForSequenceClassification
     from trl.experimental.utils import get_reward
 
-    from llama2rlhf.builtins.stages.ppo import value_model_in_reward_units
+    from llama2rlhf.recipe.ppo import value_model_in_reward_units
 
     raw, _ = _by_hand(saved_rms, tokenizer)
     stats = {"mean": 0.7, "std": 3.0}

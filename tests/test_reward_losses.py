@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llama2rlhf import plugins
-from llama2rlhf.builtins.stages.reward import with_margins
+from llama2rlhf.recipe.reward_model import with_margins
 from llama2rlhf.data.strength import MARGINS_LARGE, MARGINS_SMALL
 
 
@@ -97,7 +97,7 @@ def test_margin_scale_multiplies_the_table_only():
 def test_margin_scale_is_the_reward_stages_not_an_option_of_the_loss():
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages.reward import selected_loss
+    from llama2rlhf.recipe.reward_model import selected_loss
 
     cfg = OmegaConf.create({"reward_loss": {"name": "margin_small", "margin_scale": 2.0}})
     name, loss, options = selected_loss(cfg)

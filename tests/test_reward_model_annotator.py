@@ -17,12 +17,8 @@ import math
 import pytest
 
 from llama2rlhf import plugins
-from llama2rlhf.annotation import PairToLabel
-from llama2rlhf.builtins.annotators import (
-    RewardModelAnnotatorConfig,
-    strength_of_gap,
-    strength_thresholds,
-)
+from llama2rlhf.recipe.annotation import PairToLabel
+from llama2rlhf.recipe.annotators import RewardModelAnnotatorConfig, strength_of_gap, strength_thresholds
 from llama2rlhf.data.strength import STRENGTHS
 
 # the conversation's text ends with the reply's last token (Llama 2's template ends with </s>)
@@ -132,7 +128,7 @@ def test_the_judge_prefers_its_higher_scored_reply_rendered_with_its_own_tokeniz
 
 
 def test_the_judge_scores_the_ids_of_its_own_tokenizer(judges, judge_tokenizer, tmp_path, monkeypatch):
-    from llama2rlhf import reward_scoring
+    from llama2rlhf.reward import scoring as reward_scoring
 
     seen = []
     real = reward_scoring.score_conversations
@@ -266,7 +262,7 @@ def test_the_node_composes_without_a_yaml_file(fresh):
     from llama2rlhf.config import store_configs
 
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         cfg = compose("config", overrides=["annotator=reward_model", "annotator.name_or_path=X"])
         custom = compose("config", overrides=["annotator=reward_model", "annotator.name_or_path=X",
                                               "annotator.safety_name_or_path=S", "annotator.batch_size=4",
@@ -278,7 +274,7 @@ def test_the_node_composes_without_a_yaml_file(fresh):
     assert custom.annotator.safety_name_or_path == "S" and custom.annotator.batch_size == 4
     assert list(custom.annotator.strength_quantiles) == [0.1, 0.5, 0.9]
     # the default annotator stays the toy rater, with no judge keys
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         assert dict(compose("config").annotator) == {"name": "toy"}
 
 
@@ -287,7 +283,7 @@ def test_rows_with_the_judge_scores_train_a_reward_model(judges, world, tokenize
     import torch
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages.reward import train_reward
+    from llama2rlhf.recipe.reward_model import train_reward
     from llama2rlhf.config import Config
 
     rows = make(config(name_or_path=judges["sin"])).annotate(PAIRS, tmp_path)
@@ -309,7 +305,7 @@ def test_rows_with_the_judge_scores_train_a_reward_model(judges, world, tokenize
 
 def real_data_run(tmp_path, **annotator):
     from llama2rlhf.data.jsonl import write_jsonl
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime.run import RunContext
 
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": p.prompt, "safety": i in (3, 4)} for i, p in enumerate(PAIRS)])
@@ -325,9 +321,9 @@ def real_data_run(tmp_path, **annotator):
 def test_the_collect_stage_labels_real_data_with_the_judges(judges, judge_tokenizer, tmp_path):
     from dataclasses import asdict
 
-    from llama2rlhf.builtins.stages.collect import collect_stage
+    from llama2rlhf.recipe.collect import collect_stage
     from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
-    from llama2rlhf.round_prompts import round_prompts
+    from llama2rlhf.data.round_prompts import round_prompts
 
     ctx = real_data_run(tmp_path, name_or_path=judges["sin"], safety_name_or_path=judges["cos"])
     # the round's pairs as the stage samples them, written beforehand: the stage labels them
@@ -349,7 +345,7 @@ def test_the_collect_stage_labels_real_data_with_the_judges(judges, judge_tokeni
 
 
 def test_a_bad_annotator_setting_stops_the_collect_stage_before_it_samples(judges, tmp_path):
-    from llama2rlhf.builtins.stages.collect import collect_stage
+    from llama2rlhf.recipe.collect import collect_stage
 
     ctx = real_data_run(tmp_path, name_or_path=judges["sin"], strength_quantiles=[0.75, 0.5, 0.25])
     with pytest.raises(ValueError, match=r"annotator\.strength_quantiles"):

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from llama2rlhf.packed_preferences import collate, packed_rewards
+from llama2rlhf.runtime.speedups.packed_preferences import collate, packed_rewards
 
 
 def _classifier(vocab: int = 64, pad: int = 0):
@@ -61,7 +61,7 @@ def _packed_rewards(model, examples):
 
 @pytest.mark.parametrize("attention", ["sdpa_packed", "eager"])  # ours, and transformers' mask for the packing
 def test_packed_rewards_and_gradients_equal_the_padded_batch(attention):
-    from llama2rlhf.packed_attention import use_for_padding_free
+    from llama2rlhf.runtime.speedups.packed_attention import use_for_padding_free
 
     padded = _classifier()
     packed = copy.deepcopy(padded)
@@ -106,10 +106,10 @@ def test_reward_stage_trains_the_same_model_padding_free(world, tokenizer, tiny_
     rounding in the smallest of them, as any change of batch layout does.)"""
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages.reward import train_reward
+    from llama2rlhf.recipe.reward_model import train_reward
     from llama2rlhf.config import Config
     from llama2rlhf.evaluation.rm_accuracy import pair_conversations
-    from llama2rlhf.reward_scoring import score_conversations
+    from llama2rlhf.reward.scoring import score_conversations
 
     cfg = OmegaConf.structured(Config)
     cfg.reward_loss.name = "margin_small"

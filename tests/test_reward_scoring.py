@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from llama2rlhf.reward_scoring import _shared_prefix_len, score_conversations
+from llama2rlhf.reward.scoring import _shared_prefix_len, score_conversations
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],

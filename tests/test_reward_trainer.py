@@ -14,7 +14,7 @@ def rm_trainer_factory(world, tokenizer, tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
     from trl import RewardConfig
 
-    from llama2rlhf.builtins.stages.reward import _trainer_class, with_margins
+    from llama2rlhf.recipe.reward_model import _trainer_class, with_margins
 
     def make(loss_name, options):
         loss = plugins.get("reward_losses", loss_name).obj

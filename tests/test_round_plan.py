@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from llama2rlhf.pipeline import ppo_rounds, round_plan
+from llama2rlhf.config import ppo_rounds
+from llama2rlhf.recipe.pipeline import round_plan
 
 ROUND = ["collect", "reward", "rejection_sampling", "evaluate"]
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from llama2rlhf.builtins.stages.rejection_sampling import _gold
-from llama2rlhf.candidates import Candidate
+from llama2rlhf.recipe.rejection_sampling import _gold
+from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.toyworld.tasks import Prompt
 
 ADD = Prompt("add", "What is 3 + 4?", "add:3+4", "7")

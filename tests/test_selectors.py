@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llama2rlhf import plugins
-from llama2rlhf.candidates import Candidate
+from llama2rlhf.sampling.candidates import Candidate
 
 
 def cand(pid, text, score, rnd=2):
@@ -65,7 +65,7 @@ def test_candidate_round_trips_through_json():
 def test_stage_passes_the_selector_node_extra_keys_as_options(register_one):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages.rejection_sampling import select as stage_select
+    from llama2rlhf.recipe.rejection_sampling import select as stage_select
 
     seen = {}
 
@@ -85,7 +85,7 @@ def test_stage_passes_the_selector_node_extra_keys_as_options(register_one):
 def test_a_failing_third_party_selector_is_named(register_one):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages.rejection_sampling import select as stage_select
+    from llama2rlhf.recipe.rejection_sampling import select as stage_select
 
     def broken(candidates, history):
         raise ValueError("no scores")

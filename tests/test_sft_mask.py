@@ -74,7 +74,7 @@ def test_a_template_without_generation_markers_has_its_assistant_tokens_found(to
     are what rendering up to a reply adds to rendering the turns before it."""
     import copy
 
-    from llama2rlhf.builtins.stages.sft import assistant_masked, trl_masks_assistant
+    from llama2rlhf.recipe.sft import assistant_masked, trl_masks_assistant
 
     tok = copy.deepcopy(tokenizer)
     assert trl_masks_assistant(tok)  # the Llama 2 template carries the markers

@@ -27,7 +27,7 @@ def _train(tokenizer, tiny_llama, tmp_path, padding_free: bool, rows) -> dict:
 
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.stages import sft
+    from llama2rlhf.recipe import sft
     from llama2rlhf.config import Config
 
     cfg = OmegaConf.structured(Config)

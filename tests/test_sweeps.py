@@ -27,7 +27,7 @@ import yaml
 from test_pipeline import CLI, OFFLINE, SFT_RM, TINY, TINY_WANDB
 from test_wandb_logger import read_offline_run
 
-SWEEPS = resources.files("llama2rlhf").joinpath("conf", "sweeps")
+SWEEPS = resources.files("llama2rlhf.config").joinpath("conf", "sweeps")
 # one parameter set per sweep file, for the runs below; each value must be one the file
 # allows (checked)
 PARAMS = {
@@ -76,7 +76,7 @@ def compose(overrides: list[str]):
     from llama2rlhf.config import store_configs
 
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
 
 
@@ -251,8 +251,8 @@ def test_a_callers_run_gets_the_pipeline_and_stays_open(tmp_path, monkeypatch):
     import wandb
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins import loggers
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime import loggers
+    from llama2rlhf.runtime.run import RunContext
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_API_KEY", "")

@@ -8,7 +8,7 @@ from statistics import mean
 
 import pytest
 
-from llama2rlhf.temperature_search import expected_max_curve, search_temperature
+from llama2rlhf.sampling.temperature import expected_max_curve, search_temperature
 
 
 def test_expected_max_curve_equals_brute_force_over_subsets():

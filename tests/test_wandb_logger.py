@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llama2rlhf.builtins.loggers import flatten, resolved_mode
+from llama2rlhf.runtime.loggers import flatten, resolved_mode
 from test_pipeline import run_cli
 
 
@@ -123,11 +123,11 @@ def spy(host, *args, **kwargs):
 socket.getaddrinfo = spy
 atexit.register(lambda: print("looked up:", sorted(set(looked_up))))
 from hydra import compose, initialize_config_module
-from llama2rlhf.builtins import loggers
+from llama2rlhf.runtime import loggers
 from llama2rlhf.config import store_configs
-from llama2rlhf.run import RunContext
+from llama2rlhf.runtime.run import RunContext
 store_configs()
-with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
     cfg = compose("config")
 ctx = RunContext.open(cfg, Path(sys.argv[1]))
 ctx.current_stage = "sft"
@@ -154,7 +154,7 @@ def test_default_logger_without_an_account_looks_up_no_host(tmp_path):
 def test_model_artifacts_default_on_for_the_toy_model_only():
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.loggers import logs_models
+    from llama2rlhf.runtime.loggers import logs_models
 
     def cfg(kind, log_models):
         return OmegaConf.create({"model": {"kind": kind}, "logger": {"name": "wandb", "log_models": log_models}})

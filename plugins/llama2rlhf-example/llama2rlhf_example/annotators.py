@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from llama2rlhf.annotation import PairToLabel
+from llama2rlhf.recipe.annotation import PairToLabel
 from llama2rlhf.config import AnnotatorConfig
 from llama2rlhf.data.strength import STRENGTHS
 
@@ -57,7 +57,7 @@ class ShorterAnnotator:
         self.thresholds = thresholds
 
     def annotate(self, pairs: Sequence[PairToLabel], workdir: Path) -> list[dict]:
-        """The annotator contract (:func:`llama2rlhf.hookspecs.register_annotators`): one
+        """The annotator contract (:func:`llama2rlhf.plugins.hookspecs.register_annotators`): one
         preference row per pair, in order, with the pair's ``id`` and a ``strength``."""
         rows = []
         for pair in pairs:

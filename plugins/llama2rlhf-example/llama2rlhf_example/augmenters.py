@@ -62,7 +62,7 @@ def with_system_prompts(rows: list[dict], system_prompts: list[str], share: floa
 
 
 def system_prompt_augment(rows: list[dict], ctx) -> list[dict]:
-    """The augmenter contract (:func:`llama2rlhf.hookspecs.register_augmenters`):
+    """The augmenter contract (:func:`llama2rlhf.plugins.hookspecs.register_augmenters`):
     ``augment(rows, ctx) -> rows``; options come from ``ctx.cfg.augmenter``."""
     from llama2rlhf.data.jsonl import write_jsonl
 

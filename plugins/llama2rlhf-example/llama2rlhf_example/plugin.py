@@ -21,7 +21,7 @@ Rules worth copying:
 
 * Keep module-level imports light (no torch, transformers, trl): the CLI imports every
   plugin to build its config groups. Import heavy libraries inside your functions.
-* Every hook function name must match a hook in :mod:`llama2rlhf.hookspecs`; pluggy
+* Every hook function name must match a hook in :mod:`llama2rlhf.plugins.hookspecs`; pluggy
   rejects unknown ones when the plugin is registered.
 * A name you register must be unique within its kind across all installed plugins; a
   clash is an error that names both plugins. Prefixing names with your package's name, as

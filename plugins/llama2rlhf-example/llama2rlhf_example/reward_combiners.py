@@ -1,6 +1,6 @@
 """``reward=example_cautious``: a reply is worth its worse score, ``min(helpfulness, safety)``.
 
-The reward-combiner contract (:func:`llama2rlhf.hookspecs.register_reward_combiners`):
+The reward-combiner contract (:func:`llama2rlhf.plugins.hookspecs.register_reward_combiners`):
 :class:`llama2rlhf.RewardCombiner` around ``fn(scores, is_safety, **options) -> tensor``.
 """
 

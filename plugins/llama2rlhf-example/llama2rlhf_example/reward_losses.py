@@ -1,6 +1,6 @@
 """``reward_loss=example_hinge``: a hinge pairwise loss with one typed option, ``width``.
 
-The reward-loss contract (:func:`llama2rlhf.hookspecs.register_reward_losses`): a callable
+The reward-loss contract (:func:`llama2rlhf.plugins.hookspecs.register_reward_losses`): a callable
 ``loss(r_chosen, r_rejected, margin, **options) -> scalar tensor``, optionally wrapped in
 :class:`llama2rlhf.RewardLoss` with a strength -> margin table (paper Table 27).
 """

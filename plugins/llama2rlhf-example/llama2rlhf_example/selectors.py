@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from llama2rlhf.candidates import Candidate
+from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.config import SelectorConfig
 
 NAME = "example_threshold"
@@ -34,7 +34,7 @@ def threshold_select(candidates: Sequence[Candidate], history: Sequence[Candidat
                      threshold: float = 0.0, over_history: bool = True) -> list[Candidate]:
     """Per prompt (first-seen order), the highest-scoring candidate if its score > ``threshold``.
 
-    The selector contract (:func:`llama2rlhf.hookspecs.register_selectors`):
+    The selector contract (:func:`llama2rlhf.plugins.hookspecs.register_selectors`):
     ``select(candidates, history, **options)``, where ``options`` are the extra keys of the
     ``selector`` config node. Ties keep the earlier candidate, so a sample kept in an
     earlier round (history comes first) is not replaced by an equal newcomer.

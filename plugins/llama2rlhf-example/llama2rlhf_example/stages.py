@@ -46,10 +46,10 @@ def correlation(x: list[float], y: list[float]) -> float | None:
 
 
 def length_report_stage(ctx) -> dict[str, Any]:
-    """The stage contract (:func:`llama2rlhf.hookspecs.register_stages`): ``stage(ctx) -> metrics``,
+    """The stage contract (:func:`llama2rlhf.plugins.hookspecs.register_stages`): ``stage(ctx) -> metrics``,
     outputs under ``ctx.stage_dir()``."""
     from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.runtime.models import load_tokenizer
 
     source = latest_rejection_sampling(ctx)
     candidates = [row for _, row in read_jsonl(source / "candidates.jsonl")]

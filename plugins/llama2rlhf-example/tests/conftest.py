@@ -34,7 +34,7 @@ def make_ctx(tmp_path):
     """``make_ctx(round, stage, **cfg)``: a real RunContext on ``tmp_path / "run"``."""
     from omegaconf import OmegaConf
 
-    from llama2rlhf.run import RunContext
+    from llama2rlhf.runtime.run import RunContext
 
     def make(round: int = 1, stage: str = "rejection_sampling", **cfg):
         ctx = RunContext.open(OmegaConf.create({"seed": 0, "model": {"trust_remote_code": False},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama2rlhf.annotation import PairToLabel
+from llama2rlhf.recipe.annotation import PairToLabel
 from llama2rlhf_example.annotators import ShorterAnnotator, make_shorter_annotator, strength
 
 PROMPT = [{"role": "user", "content": "Say something."}]

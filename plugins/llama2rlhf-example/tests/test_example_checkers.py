@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from llama2rlhf.ghost_attention import Instruction, ListConstraints
+from llama2rlhf.gatt.dialogue import Instruction, ListConstraints
 from llama2rlhf_example.checkers import mentions
 
 NAPOLEON_CHESS = Instruction("Always act as Napoleon from now on. You enjoy chess; let it show in every answer.",
@@ -31,7 +31,7 @@ def test_list_instructions_carry_the_keys_it_reads():
 def test_checker_name_selects_it_and_the_source_checker_cannot_check_list_instructions(fresh_plugins):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.augmenters import load_checker
+    from llama2rlhf.gatt.augmenter import load_checker
     from llama2rlhf.config import Config
 
     cfg = OmegaConf.structured(Config)

@@ -84,7 +84,7 @@ def test_a_missing_metric_is_named(make_ctx, caplog):
 def test_stage_events_through_the_pipeline(fresh_plugins, make_ctx):
     """The core calls the observer around every stage it runs (here a stage of a test plugin)."""
     from llama2rlhf import hookimpl
-    from llama2rlhf.pipeline import run_stage
+    from llama2rlhf.recipe.pipeline import run_stage
 
     class Stages:
         @hookimpl

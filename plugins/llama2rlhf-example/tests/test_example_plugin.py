@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llama2rlhf import RewardLoss  # noqa: E402
-from llama2rlhf.config import RewardLossConfig  # noqa: E402
-from llama2rlhf.data.strength import MARGINS_SMALL  # noqa: E402
+from llama2rlhf import RewardLoss
+from llama2rlhf.config import RewardLossConfig
+from llama2rlhf.data.strength import MARGINS_SMALL
 from llama2rlhf_example import plugin  # noqa: E402
 
 R_CHOSEN = [2.0, 0.0, 1.0]
@@ -121,7 +121,7 @@ def test_registry_lists_it_under_the_plugin_and_distribution(fresh_plugins):
         "annotators": ["example_shorter"], "augmenters": ["example_system_prompt"], "checkers": ["example_mentions"],
         "reward_combiners": ["example_cautious"], "reward_losses": ["example_hinge"],
         "samplers": ["example_distinct"], "selectors": ["example_threshold"], "stages": ["example_length_report"]}
-    from llama2rlhf import hookspecs
+    from llama2rlhf.plugins import hookspecs
 
     all_hooks = {name for name in dir(hookspecs) if name.startswith(("register_", "on_"))}
     assert set(described["example"]["hooks"]) == all_hooks
@@ -134,12 +134,12 @@ def test_hydra_composes_the_plugin_node(fresh_plugins):
     from llama2rlhf.config import store_configs
 
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         cfg = compose("config", overrides=["reward_loss=example_hinge", "reward_loss.width=0.5"])
     assert cfg.reward_loss.name == "example_hinge"
     assert cfg.reward_loss.width == 0.5
 
-    from llama2rlhf.builtins.stages.reward import selected_loss
+    from llama2rlhf.recipe.reward_model import selected_loss
 
     name, loss, options = selected_loss(cfg)
     assert name == "example_hinge" and options == {"width": 0.5}
@@ -155,7 +155,7 @@ def test_cautious_combiner_takes_the_worse_score(fresh_plugins):
     # without a safety model the core picks `single` rather than calling it
     from omegaconf import OmegaConf
 
-    from llama2rlhf.combined_reward import selected_combiner
+    from llama2rlhf.reward.combined import selected_combiner
 
     cfg = OmegaConf.create({"reward": {"name": "example_cautious", "whiten": True}})
     assert selected_combiner(cfg, ["helpfulness", "safety"])[0] == "example_cautious"

@@ -78,8 +78,8 @@ def test_factory_wraps_the_builtin_hf_sampler(fresh_plugins, toy_tokenizer_dir, 
     import torch
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.samplers import HFSampler
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.sampling.hf import HFSampler
+    from llama2rlhf.runtime.models import load_tokenizer
     from llama2rlhf.toyworld.model import build_tiny_llama
 
     tok = load_tokenizer(str(toy_tokenizer_dir))

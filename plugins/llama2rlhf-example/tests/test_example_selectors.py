@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llama2rlhf.candidates import Candidate
+from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf_example.selectors import threshold_select
 
 
@@ -56,11 +56,11 @@ def test_the_stage_passes_the_config_node_options(fresh_plugins):
     way the rejection-sampling stage calls it."""
     from hydra import compose, initialize_config_module
 
-    from llama2rlhf.builtins.stages.rejection_sampling import select
+    from llama2rlhf.recipe.rejection_sampling import select
     from llama2rlhf.config import store_configs
 
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         cfg = compose("config", overrides=["selector=example_threshold", "selector.threshold=1.0"])
     assert dict(cfg.selector) == {"name": "example_threshold", "threshold": 1.0, "over_history": True}
     assert picked(select(cfg, THIS_ROUND, HISTORY)) == [("p1", "b")]

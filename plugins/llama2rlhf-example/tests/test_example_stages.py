@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llama2rlhf.candidates import Candidate
+from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.data.jsonl import write_jsonl
 from llama2rlhf_example.stages import correlation, length_report_stage
 
@@ -84,7 +84,7 @@ def test_misplaced_stage_says_where_it_belongs(report_ctx, make_ctx):
 
 
 def test_a_failing_plugin_stage_is_named_by_the_pipeline(fresh_plugins, report_ctx):
-    from llama2rlhf.pipeline import run_stage
+    from llama2rlhf.recipe.pipeline import run_stage
 
     with pytest.raises(fresh_plugins.PluginError,
                        match=r"stage 'example_length_report' of plugin 'example' \(llama2rlhf-example\) failed"):

@@ -1,7 +1,7 @@
 """``sampler=vllm``: the sampler contract on vLLM's offline engine (``vllm.LLM``).
 
 Same interface and output as the built-in ``hf`` sampler
-(:mod:`llama2rlhf.builtins.samplers`): for each prompt, in order, ``n`` completions drawn
+(:mod:`llama2rlhf.sampling.hf`): for each prompt, in order, ``n`` completions drawn
 at ``temperature`` (0: greedy, one completion), at most ``max_new_tokens`` new tokens,
 stopping at the tokenizer's EOS; each :class:`~llama2rlhf.sampling.Sample` has the text
 (decoded by the run's tokenizer with special tokens skipped, stripped, as ``hf`` does),
@@ -95,9 +95,9 @@ def engine_kwargs(model_path: str, options: Any, trust_remote_code: bool = False
 
 
 def ensure_chat_template(tokenizer: Any) -> Any:
-    """The core's rule (``llama2rlhf.models.load_tokenizer``): no chat template, Llama 2's."""
+    """The core's rule (``llama2rlhf.runtime.models.load_tokenizer``): no chat template, Llama 2's."""
     if not getattr(tokenizer, "chat_template", None):
-        from llama2rlhf.templates import llama2_chat_template
+        from llama2rlhf.data.templates import llama2_chat_template
 
         log.info("the tokenizer has no chat template; using the Llama 2 chat template")
         tokenizer.chat_template = llama2_chat_template()

@@ -41,8 +41,8 @@ def policy(tmp_path_factory):
 def test_vllm_samples_line_up_with_the_hf_samplers(policy):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.builtins.samplers import make_hf_sampler
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.sampling.hf import make_hf_sampler
+    from llama2rlhf.runtime.models import load_tokenizer
     from llama2rlhf.sampling import load_sampler
 
     options = VLLMSamplerConfig(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3)
@@ -88,7 +88,7 @@ def test_a_second_policy_replaces_the_first_engine(policy, tmp_path):
 
     from omegaconf import OmegaConf
 
-    from llama2rlhf.models import load_tokenizer
+    from llama2rlhf.runtime.models import load_tokenizer
 
     second = tmp_path / "round_2"
     shutil.copytree(policy, second)

@@ -98,7 +98,7 @@ def test_config_node_is_a_typed_sampler_config_selected_with_sampler_vllm(vllm_p
 
     assert issubclass(vs.VLLMSamplerConfig, SamplerConfig)
     store_configs()
-    with initialize_config_module(config_module="llama2rlhf.conf", version_base="1.3"):
+    with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):
         cfg = compose("config", overrides=["sampler=vllm", "sampler.gpu_memory_utilization=0.7",
                                            "sampler.tensor_parallel_size=2", "sampler.dtype=bfloat16",
                                            "+sampler.engine_args.max_num_seqs=64"])
@@ -138,7 +138,7 @@ def test_bad_options_are_named(options, message):
 
 
 def test_prompts_render_as_the_hf_sampler_renders_them(toy_tokenizer):
-    from llama2rlhf.builtins.samplers import HFSampler
+    from llama2rlhf.sampling.hf import HFSampler
 
     hf = HFSampler.encode(SimpleNamespace(tokenizer=toy_tokenizer), PROMPTS)
     assert vs.encode(toy_tokenizer, PROMPTS) == hf
@@ -148,7 +148,7 @@ def test_prompts_render_as_the_hf_sampler_renders_them(toy_tokenizer):
 def test_a_tokenizer_without_a_chat_template_gets_llama2s(toy_tokenizer):
     import copy
 
-    from llama2rlhf.templates import llama2_chat_template
+    from llama2rlhf.data.templates import llama2_chat_template
 
     bare = copy.deepcopy(toy_tokenizer)
     bare.chat_template = None

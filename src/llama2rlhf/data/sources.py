@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import DataError
-from .jsonl import PathLike, is_json_array, read_json_array, read_jsonl
+from llama2rlhf.data.errors import DataError
+from llama2rlhf.data.jsonl import PathLike, is_json_array, read_json_array, read_jsonl
 
 Rows = Iterator[tuple[int, dict[str, Any]]]
 

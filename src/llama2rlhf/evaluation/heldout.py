@@ -13,9 +13,9 @@ def heldout_prompts(ctx) -> list:
 def heldout_replies(ctx, model_path: str, cache: Path | None = None, prompts: list | None = None) -> list[str]:
     """Greedy replies of ``model_path`` to the toy world's held-out prompts, or to ``prompts``
     (``RoundPrompt`` objects of real data); kept in ``cache`` so later rounds compare against them."""
-    from ..data.jsonl import read_jsonl, write_jsonl
-    from ..sampling import load_sampler
-    from .policy import greedy_replies
+    from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
+    from llama2rlhf.sampling import load_sampler
+    from llama2rlhf.evaluation.policy import greedy_replies
 
     if cache is not None and cache.exists():
         return [row["reply"] for _, row in read_jsonl(cache)]
@@ -32,6 +32,6 @@ def heldout_replies(ctx, model_path: str, cache: Path | None = None, prompts: li
 
 
 def evaluate_checkpoint(ctx, model_path: str, cache: Path | None = None) -> dict[str, Any]:
-    from .policy import gold_metrics
+    from llama2rlhf.evaluation.policy import gold_metrics
 
     return gold_metrics(ctx.world, heldout_prompts(ctx), heldout_replies(ctx, model_path, cache))

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.strength import PAPER_HELPFULNESS_RM_ACCURACY, PAPER_HELPFULNESS_RM_ACCURACY_OVERALL, STRENGTHS
-from ..progress import gatt_table, progress_table
-from . import plots
+from llama2rlhf.data.strength import PAPER_HELPFULNESS_RM_ACCURACY, PAPER_HELPFULNESS_RM_ACCURACY_OVERALL, STRENGTHS
+from llama2rlhf.evaluation.progress import gatt_table, progress_table
+from llama2rlhf.evaluation import plots
 
 REPORT = "report.md"
 PLOTS = "plots"
@@ -85,7 +85,7 @@ def _config_section(config: dict[str, Any] | None, overrides: list[str]) -> list
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from ..pipeline import ppo_rounds
+    from llama2rlhf.config import ppo_rounds
 
     cfg = OmegaConf.create(config)
 
@@ -218,7 +218,7 @@ def _draw_best_of_n(summary: dict[str, Any], path: Path) -> str | None:
 
 
 def _ppo_keys(trainer: str, history: list[dict[str, Any]]) -> tuple[str, str]:
-    from ..builtins.stages.ppo import TRAINER_METRICS
+    from llama2rlhf.runtime.trainer_metrics import TRAINER_METRICS
 
     if trainer in TRAINER_METRICS:
         return TRAINER_METRICS[trainer][0], TRAINER_METRICS[trainer][1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..data.strength import STRENGTHS
-from ..reward_scoring import score_conversations
+from llama2rlhf.data.strength import STRENGTHS
+from llama2rlhf.reward.scoring import score_conversations
 
 
 def bucket_accuracy(chosen_scores: Sequence[float], rejected_scores: Sequence[float],

@@ -1,6 +1,6 @@
 """The embedded default world: procedural tasks, a gold oracle, a simulated annotator."""
 
-from .tasks import Prompt
-from .world import ToyWorld, WorldSpec
+from llama2rlhf.toyworld.tasks import Prompt
+from llama2rlhf.toyworld.world import ToyWorld, WorldSpec
 
 __all__ = ["Prompt", "ToyWorld", "WorldSpec"]

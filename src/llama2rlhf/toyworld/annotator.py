@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from . import oracle
-from .tasks import Prompt
+from llama2rlhf.toyworld import oracle
+from llama2rlhf.toyworld.tasks import Prompt
 
 # perceived gap thresholds, strongest first
 THRESHOLDS = (

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from .constraints import adherence
-from .tasks import ANSWER_PREFIX, REFUSAL, Prompt, answer_reply
+from llama2rlhf.toyworld.constraints import adherence
+from llama2rlhf.toyworld.tasks import ANSWER_PREFIX, REFUSAL, Prompt, answer_reply
 
 _ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + r"(.+?)\.(?:\s|$)", re.IGNORECASE)
 _REFUSAL_RE = re.compile(r"can't help|cannot help", re.IGNORECASE)

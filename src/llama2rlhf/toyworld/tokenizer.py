@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..templates import llama2_chat_template
-from .constraints import FIGURES, HOBBIES, STYLES, apply_all, sample_constraints, system_prompt
+from llama2rlhf.data.templates import llama2_chat_template
+from llama2rlhf.toyworld.constraints import FIGURES, HOBBIES, STYLES, apply_all, sample_constraints, system_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-    from .world import ToyWorld
+    from llama2rlhf.toyworld.world import ToyWorld
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 

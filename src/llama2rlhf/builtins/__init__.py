@@ -1,1 +1,0 @@
-"""Built-in plugins, loaded through the same manager as third-party ones."""

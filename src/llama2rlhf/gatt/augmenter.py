@@ -1,0 +1,198 @@
+"""Built-in augmenters: ``gatt`` (Ghost Attention, paper 3.3) and ``none``.
+
+``gatt`` adds multi-turn dialogues to rejection sampling's fine-tuning data from round
+``gatt.start_round`` on (Llama 2 began after RLHF-V3): an instruction is put in front
+of every user turn while the newest policy answers, then kept only as the system prompt
+of the training example, whose loss falls on the last reply alone. See
+:mod:`llama2rlhf.gatt.dialogue` for the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from llama2rlhf import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+def constraint_source(cfg: Any):
+    from llama2rlhf.gatt.dialogue import ListConstraints, ToyConstraints
+
+    g = cfg.gatt
+    if g.constraints == "toy":
+        return ToyConstraints(g.max_constraints, list(g.toy_kinds))
+    if g.constraints == "list":
+        return ListConstraints(list(g.figures), list(g.languages), list(g.hobbies), g.max_constraints)
+    raise ValueError(f"gatt.constraints must be 'toy' or 'list', got {g.constraints!r}")
+
+
+def token_fitter(tokenizer, max_length: int):
+    """``fit(messages)`` for :func:`ghost_attention.converse`: the dialogue, shortened to fit."""
+    from llama2rlhf.gatt.dialogue import fit_dialogue
+
+    def n_tokens(messages):
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] == "user",
+                                                 tokenize=True, return_dict=True)["input_ids"])
+
+    return lambda messages: fit_dialogue(messages, n_tokens, max_length)
+
+
+def load_checker(cfg: Any):
+    """The selected checker (``checker=<name>``) as ``check(instruction, reply)``; a
+    third-party checker that fails is named in the error."""
+    from llama2rlhf import plugins
+
+    item = plugins.get("checkers", cfg.checker.name)
+    check = item.obj(cfg)
+
+    def blamed(instruction, reply: str) -> bool | None:
+        with item.blame("checker"):
+            return check(instruction, reply)
+
+    # called once per sampled reply: the built-ins' errors pass through blame anyway, so
+    # they skip its wrapper
+    return check if item.distribution == "llama2rlhf" else blamed
+
+
+def user_turns(ctx, n: int) -> list[tuple[str, bool]]:
+    """``n`` user messages from the round's prompt pool, for dialogues, each with whether it
+    is a safety prompt."""
+    from llama2rlhf.reward.combined import is_safety_prompt
+    from llama2rlhf.data.round_prompts import round_prompts
+
+    pool = [(p.messages[-1]["content"], is_safety_prompt(p.meta)) for p in round_prompts(ctx, f"gatt:{ctx.round}", n)]
+    if not pool:
+        raise ValueError("GAtt needs user turns, and the round's prompt pool is empty")
+    return [pool[i % len(pool)] for i in range(n)]  # a small pool repeats across dialogues
+
+
+def best_last_replies(ctx, shown: list[list[str]], safety: list[list[bool]], replies: list[list[str]],
+                      candidates: dict[int, list[str]]) -> int:
+    """Replace the last reply of each dialogue in ``candidates`` by the one of its
+    candidates (the samples that follow the instruction) that the round's reward scores
+    best, for the last user turn as the model saw it; returns how many changed.
+
+    The last reply is the one a GAtt example teaches (paper 3.3), and following the
+    instruction says nothing of being right: the first sample in style was often a wrong
+    answer, which the fine-tuning then taught (in the toy run, the capital of one land given
+    for every question of a dialogue). This is rejection sampling (paper 3.2.3) within the
+    dialogue. Without a reward model yet, the first candidate stays."""
+    from llama2rlhf.reward.combined import MODEL_ARTIFACTS, CombinedReward
+
+    if not candidates or not any(a in ctx.state.artifacts for a in MODEL_ARTIFACTS.values()):
+        return 0
+    reward = CombinedReward.for_run(ctx)
+    flat = [(d, text) for d, texts in sorted(candidates.items()) for text in texts]
+    scores = reward.score([[{"role": "user", "content": shown[d][len(replies[d]) - 1]}] for d, _ in flat],
+                          [text for _, text in flat], [safety[d][len(replies[d]) - 1] for d, _ in flat],
+                          desc=f"GAtt last replies (round {ctx.round})")
+    best: dict[int, tuple[float, str]] = {}
+    for (d, text), score in zip(flat, scores, strict=True):
+        if d not in best or score > best[d][0]:
+            best[d] = (score, text)
+    changed = 0
+    for d, (_, text) in best.items():
+        changed += replies[d][-1] != text
+        replies[d][-1] = text
+    return changed
+
+
+def gatt(rows: list[dict], ctx) -> list[dict]:
+    from llama2rlhf.gatt.dialogue import converse, training_example, user_message
+    from llama2rlhf.runtime.models import load_tokenizer
+    from llama2rlhf.sampling import load_sampler
+
+    g = ctx.cfg.gatt
+    if ctx.round < g.start_round:
+        return rows
+    earlier = ctx.run_dir / ctx.stage_key("rejection_sampling") / "gatt" / "examples.jsonl"
+    if g.once_per_round and ctx.current_stage != "rejection_sampling" and earlier.exists():
+        examples = [json.loads(line) for line in earlier.read_text(encoding="utf-8").splitlines()]
+        log.info("GAtt round %d: %d examples sampled earlier in the round (gatt.once_per_round)",
+                 ctx.round, len(examples))
+        return rows + examples
+    if not 1 <= g.min_turns <= g.max_turns:
+        raise ValueError(f"gatt: need 1 <= min_turns <= max_turns, got {g.min_turns} and {g.max_turns}")
+    policy = ctx.artifact("policy")
+    # the model GAtt started from: evaluation reports adherence before and after it
+    ctx.state.artifacts.setdefault("gatt_baseline", policy)
+    rng = random.Random(f"{ctx.cfg.seed}:gatt:{ctx.round}")
+    source = constraint_source(ctx.cfg)
+    instructions = [source.sample(rng) for _ in range(g.n_dialogues)]
+    lengths = [rng.randint(g.min_turns, g.max_turns) for _ in instructions]
+    pool = user_turns(ctx, sum(lengths))
+    turns, safety, start = [], [], 0
+    for n in lengths:
+        turns.append([text for text, _ in pool[start:start + n]])
+        safety.append([flag for _, flag in pool[start:start + n]])
+        start += n
+
+    check = load_checker(ctx.cfg) if g.filter else None
+    last_turn: dict[int, list[str]] = {}  # dialogue -> its last turn's samples that follow the instruction
+
+    def follows(d: int, text: str) -> bool:
+        return check is None or check(instructions[d], text) is not False
+
+    def pick(d: int, t: int, texts: list[str]) -> str | None:
+        # the first sample that does not break the instruction; none: the dialogue ends. At
+        # the last turn every such sample is kept for best_last_replies to rank; before it
+        # the checker (maybe a judge model) stops at the first
+        if g.rank_last_turn and t == len(turns[d]):
+            ok = [x for x in texts if follows(d, x)]
+            if ok:
+                last_turn[d] = ok
+            return ok[0] if ok else None
+        return next((x for x in texts if follows(d, x)), None)
+
+    sampler = load_sampler(ctx.cfg, policy)
+    tokenizer = load_tokenizer(policy, trust_remote_code=ctx.cfg.model.trust_remote_code)
+    fit = token_fitter(tokenizer, g.max_length)
+    # a training row must fit the fine-tuning length too: TRL cuts from the right, which
+    # would cut the only reply that teaches
+    fit_row = token_fitter(tokenizer, min(g.max_length, ctx.cfg.rs.train.max_length))
+    shown = [[user_message(i, u) for u in us] for i, us in zip(instructions, turns, strict=True)]
+    replies = converse(sampler, [[] for _ in instructions], shown, g.temperature, g.max_new_tokens, fit,
+                       n=g.samples_per_turn if g.filter else 1, pick=pick, desc=f"GAtt dialogues (round {ctx.round})",
+                       first_draw=g.first_draw if g.filter else 0)
+    reranked = best_last_replies(ctx, shown, safety, replies, last_turn)
+    examples, dropped = [], 0
+    broken = sum(len(rs) < len(us) for us, rs in zip(turns, replies, strict=True))
+    for ins, us, rs in zip(instructions, turns, replies, strict=True):
+        if rs:
+            system = ins.short if rng.random() < g.shorten else ins.text
+            ex = training_example(system, list(zip(us, rs, strict=False)))
+            msgs, n = fit_row(ex["prompt"] + ex["completion"])
+            dropped += n
+            examples.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+    if dropped:
+        log.info("GAtt round %d: dropped %d middle turns from training dialogues to fit %d tokens (system prompt kept)",
+                 ctx.round, dropped, min(g.max_length, ctx.cfg.rs.train.max_length))
+    out_dir = ctx.stage_dir() / "gatt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "examples.jsonl", "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex) + "\n")
+    turns_kept = [(len(ex["prompt"]) - 1) // 2 + 1 for ex in examples]
+    stats = {"round": ctx.round, "n_dialogues": len(instructions), "n_examples": len(examples),
+             "ended_by_filter": broken, "last_reply_reranked": reranked, "middle_turns_dropped": dropped,
+             "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
+             "baseline_model": ctx.state.artifacts["gatt_baseline"]}
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    log.info("GAtt round %d: %d examples from %d dialogues (%d ended where no sample followed the instruction), "
+             "%.1f turns on average",
+             ctx.round, len(examples), len(instructions), broken, stats["mean_turns"])
+    return rows + examples
+
+
+def none(rows: list[dict], ctx) -> list[dict]:
+    return rows
+
+
+@hookimpl(trylast=True)
+def register_augmenters(register):
+    register("gatt", gatt)
+    register("none", none)

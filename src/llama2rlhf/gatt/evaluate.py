@@ -1,0 +1,83 @@
+"""Ghost Attention's multi-turn evaluation on held-out dialogues (paper 3.3, Table 30).
+
+Each dialogue gives an instruction once, in the system prompt (the toy world's, or on real
+data one of ``gatt.constraints=list``), then held-out requests turn after turn; the policy
+answers greedily with its own earlier replies in the context, and every reply is checked
+against the instruction by the selected checker (``checker=source``, ``checker=text`` for
+free text). Reported for the model GAtt started from (``gatt.baseline_adherence_by_turn``)
+and for the latest policy (``gatt.adherence_by_turn``), keys being turn numbers as strings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+
+def heldout_dialogues(ctx) -> tuple[list, list[list[str]]]:
+    """The evaluation's instructions and user turns: the same for every model of a run."""
+    from llama2rlhf.gatt.augmenter import constraint_source
+    from llama2rlhf.gatt.dialogue import ToyConstraints
+
+    n, turns = ctx.cfg.eval.gatt_dialogues, ctx.cfg.eval.gatt_turns
+    rng = random.Random(f"{ctx.cfg.seed}:gatt-eval")
+    if ctx.world is not None:
+        source = ToyConstraints(ctx.cfg.gatt.max_constraints, list(ctx.cfg.gatt.toy_kinds))
+        pool = [p.text for p in ctx.world.prompts("heldout", n * turns, purpose="gatt-eval")]
+    else:
+        from llama2rlhf.data.round_prompts import round_prompts
+
+        source = constraint_source(ctx.cfg)
+        held_out = [p.messages[-1]["content"] for p in round_prompts(ctx, "gatt-eval", n * turns, heldout=True)]
+        if not held_out:
+            raise ValueError("the GAtt evaluation needs held-out prompts: data.prompt_path has none held out "
+                             "(data.eval_fraction)")
+        pool = [held_out[i % len(held_out)] for i in range(n * turns)]  # a small share repeats
+    instructions = [source.sample(rng) for _ in range(n)]
+    return instructions, [pool[d * turns:(d + 1) * turns] for d in range(n)]
+
+
+def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
+    """Adherence by turn of ``model_path``, kept in ``cache`` (a resumed run reuses it)."""
+    from llama2rlhf.gatt.augmenter import load_checker, token_fitter
+    from llama2rlhf.gatt.dialogue import adherence_by_turn
+    from llama2rlhf.runtime.models import load_tokenizer
+    from llama2rlhf.sampling import load_sampler
+
+    if cache.exists():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    instructions, turns = heldout_dialogues(ctx)
+    fit = token_fitter(load_tokenizer(model_path, trust_remote_code=ctx.cfg.model.trust_remote_code),
+                       ctx.cfg.eval.gatt_max_length)
+    out = adherence_by_turn(load_sampler(ctx.cfg, model_path), load_checker(ctx.cfg), instructions, turns,
+                            ctx.cfg.eval.max_new_tokens, fit)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def gatt_metrics(ctx) -> dict[str, Any]:
+    """This round's adherence by turn, once GAtt has started, in the last round (every
+    round with ``eval.gatt_every_round``); also sets ``summary["gatt"]``
+    (baseline against the latest policy), which the run report plots."""
+    if ctx.cfg.eval.gatt_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
+        return {}
+    if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.eval.gatt_every_round:
+        return {}
+    baseline = model_adherence(ctx, ctx.state.artifacts["gatt_baseline"], ctx.run_dir / "gatt" / "baseline_adherence.json")
+    now = model_adherence(ctx, ctx.artifact("policy"), ctx.stage_dir() / "gatt_adherence.json")
+    start = max(1, ctx.cfg.gatt.start_round)
+    baseline_name = "SFT" if start == 1 else f"RLHF-V{start - 1}"  # the policy the first GAtt round sampled from
+    ctx.summary["gatt"] = {
+        "start_round": start,
+        "baseline": baseline_name,
+        "baseline_model": ctx.state.artifacts["gatt_baseline"],
+        "model": ctx.artifact("policy"),
+        "round": ctx.round,
+        "n_dialogues": ctx.cfg.eval.gatt_dialogues,
+        "baseline_adherence_by_turn": baseline,
+        "adherence_by_turn": now,
+    }
+    return {"gatt_adherence_by_turn": now}

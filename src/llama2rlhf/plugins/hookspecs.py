@@ -1,0 +1,245 @@
+"""Hook specifications: the plugin author's manual.
+
+Every hook here is implemented by the built-in plugins (modules of this package that register themselves, listed in ``llama2rlhf.plugins.BUILTIN_PLUGINS``) and may be
+implemented by any installed package that declares an entry point in the ``llama2rlhf``
+group::
+
+    [project.entry-points.llama2rlhf]
+    my_plugin = "my_package.plugin"
+
+and marks its functions with ``llama2rlhf.hookimpl``. The ``register_*`` hooks follow one
+pattern (borrowed from simonw/llm): the hook receives a ``register`` callable and calls
+``register(name, thing)`` once per thing it provides. ``name`` is what the matching Hydra
+config group selects (``reward_loss=<name>``, ``sampler=<name>`` ...); two plugins
+registering the same name in the same kind is an error that names both.
+
+Keep module-level imports of torch, transformers and trl out of plugin modules: the CLI
+imports every plugin to build its config groups, and should start in well under a second.
+Import heavy libraries inside the functions you register.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from hydra.core.config_store import ConfigStore
+
+    from llama2rlhf.runtime.run import RunContext
+
+hookspec = pluggy.HookspecMarker("llama2rlhf")
+
+Register = Callable[[str, Any], None]
+
+
+@hookspec
+def register_reward_losses(register: Register) -> None:
+    """Register pairwise reward-model losses (paper 3.2.2).
+
+    Call ``register(name, loss)`` where ``loss`` is either
+
+    * a callable ``loss(r_chosen, r_rejected, margin, **options) -> Tensor`` returning a
+      scalar; ``r_chosen`` and ``r_rejected`` are float tensors of shape ``(batch,)`` and
+      ``margin`` is a tensor of the same shape or ``None`` when the data carries no
+      preference strength; or
+    * a :class:`llama2rlhf.RewardLoss`, which wraps such a callable together with a
+      ``margins`` table (strength label -> margin) that the reward stage uses to turn each
+      pair's annotated strength into its ``margin`` (paper Table 27).
+
+    Every ``reward_loss`` node has ``margin_scale`` (default 1), which the reward stage
+    multiplies the ``margins`` table by; it is not passed to the loss. ``options`` are the
+    other extra keys of the selected ``reward_loss`` config node, so a loss
+    with parameters registers its own structured config in :func:`register_configs` under
+    group ``reward_loss`` and reads them as keyword arguments. Selected with
+    ``reward_loss=<name>``.
+    """
+
+
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Register generation back ends used for rejection sampling and data collection.
+
+    Call ``register(name, factory)``; ``factory(model, tokenizer, cfg)`` returns an object
+    with ``sample(prompts, n, temperature, max_new_tokens) -> list[list[Sample]]``: for each
+    prompt (in order) ``n`` completions with their token counts. Selected with
+    ``sampler=<name>``.
+
+    Optionally the object has ``keep_prefixes()``, a context manager: Ghost Attention
+    samples its dialogues turn by turn inside it (each prompt the one before plus a reply
+    and a user turn), so a sampler can keep what it computed for a prompt and run only
+    the new tokens of the next (the ``hf`` sampler does). It yields an object with
+    ``hits`` and ``hit_tokens`` counts, or None.
+    """
+
+
+@hookspec
+def register_selectors(register: Register) -> None:
+    """Register selection strategies for rejection sampling (paper 3.2.3).
+
+    Call ``register(name, select)`` with
+    ``select(candidates: list[Candidate], history: list[Candidate]) -> list[Candidate]``.
+    ``candidates`` are this round's samples, ``history`` the samples kept in earlier
+    rounds; both are :class:`llama2rlhf.sampling.candidates.Candidate` (prompt id, prompt messages,
+    completion, ``score`` from the newest reward model, ``round`` and the prompt's ``meta``).
+    Return the candidates that become fine-tuning data: at most one per prompt for the
+    built-ins ``best_of_k`` and ``best_over_history``, but a selector may keep several, or
+    none for a prompt (a threshold, a diversity rule). A selector with options takes them
+    as keyword arguments, ``select(candidates, history, **options)``: they are the extra
+    keys of the selected ``selector`` config node (give them a node in
+    :func:`register_configs`, group ``selector``). Selected with ``selector=<name>``.
+    """
+
+
+@hookspec
+def register_augmenters(register: Register) -> None:
+    """Register transforms of rejection sampling's fine-tuning data (Ghost Attention, paper 3.3).
+
+    Call ``register(name, augment)`` with ``augment(rows: list[dict], ctx: RunContext) ->
+    list[dict]``. ``rows`` are this round's fine-tuning examples (the kept samples) in a TRL
+    conversational format: ``{"messages": [...]}`` or ``{"prompt": [...], "completion":
+    [...]}``; return the rows to fine-tune on, the given ones included unless you mean to
+    drop them. Prompt-completion rows train on the completion only (TRL masks the prompt),
+    which is how the built-in ``gatt`` teaches only the last turn of a dialogue; rows of
+    both formats may be mixed. ``ctx`` gives the config (``ctx.cfg``; a plugin's options
+    live in its ``augmenter`` node), ``ctx.round``, the policy to sample from
+    (``ctx.artifact("policy")``, e.g. through ``llama2rlhf.sampling.load_sampler``), the
+    toy world (``ctx.world``, ``None`` on real data) and ``ctx.stage_dir()`` for files.
+    Called once per rejection-sampling fine-tune; return ``rows`` unchanged in rounds you
+    skip. Selected with ``augmenter=<name>`` (``gatt`` by default, ``none`` to switch off).
+    """
+
+
+@hookspec
+def register_checkers(register: Register) -> None:
+    """Register checkers of Ghost Attention's instructions (paper 3.3).
+
+    Call ``register(name, make_check)`` with ``make_check(cfg) -> check`` and
+    ``check(instruction, reply: str) -> bool | None``: True where the reply follows the
+    instruction, False where it breaks it, None where it cannot tell (the reply is kept).
+    ``instruction`` is a ``llama2rlhf.gatt.dialogue.Instruction``: ``text`` as the user
+    or system prompt states it, ``short`` the paper's short form, ``keys`` its parts as
+    ``"kind:value"`` strings (``"language:capitals"``, ``"persona:Napoleon"``,
+    ``"hobby:chess"``). With ``gatt.filter`` the ``gatt`` augmenter keeps, at each turn, the
+    first of ``gatt.samples_per_turn`` replies the checker does not reject, and ends the
+    dialogue where it rejects them all. Selected with ``checker=<name>``; the built-in
+    ``source`` asks the constraint source (the toy world checks its constraints;
+    ``gatt.constraints=list`` cannot check free text, so every reply is kept): a checker
+    plugin is how real-data instructions get filtered, by rules or by a judge model.
+    """
+
+
+@hookspec
+def register_stages(register: Register) -> None:
+    """Register pipeline stages (sft, reward, rejection_sampling, ppo, ...).
+
+    Call ``register(name, stage)`` where ``stage(ctx: RunContext) -> dict`` runs one stage
+    of the pipeline: it reads its inputs from ``ctx`` (config, run directory, the paths of
+    earlier stages' outputs), writes its outputs under ``ctx.stage_dir()`` (its own folder
+    in this round, named as the stage runs: a stage that runs twice in a round runs the
+    second time as ``<name>_after_<previous stage>``) and returns
+    the metrics that go into ``summary.json`` (under the stage's name, or under
+    ``stage.summary_key`` if the function has that attribute; ``None`` merges them into
+    the round's entry). ``ctx.round`` is 0 before the RLHF rounds and k in round k. A stage
+    that finished is recorded in ``state.json`` and skipped when the run is resumed;
+    ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...) to the paths
+    a stage produced for later ones. ``pipeline.stages`` lists the stages run once, in
+    order, ``pipeline.round_stages`` those run in every round, and ``pipeline.ppo_stages``
+    those run after rejection sampling in ``pipeline.ppo_rounds`` (built-ins: ``ppo``,
+    ``rloo``, ``grpo``).
+
+    Under ``accelerate launch`` every process calls the stage with the same ``ctx``: train
+    with a transformers or TRL trainer on all of them (save with
+    ``llama2rlhf.runtime.models.save_trained_model``), and put sampling, scoring and file writes in
+    ``llama2rlhf.runtime.distributed.main_process_only(fn, ...)``, which runs ``fn`` on the main
+    process and returns its result on every process. Afterwards every process takes the
+    main process's metrics, ``ctx.state`` and ``ctx.summary``. The built-in stages call
+    samplers, selectors, augmenters and annotators on the main process only.
+    """
+
+
+@hookspec
+def register_reward_combiners(register: Register) -> None:
+    """Register rules that turn several reward models' scores into one reward.
+
+    Call ``register(name, combiner)`` with a :class:`llama2rlhf.RewardCombiner`:
+    ``RewardCombiner(fn, needs=("helpfulness", "safety"))`` where
+    ``fn(scores: dict[str, Tensor], is_safety: Tensor, **options) -> Tensor``. ``scores``
+    maps each reward model the run trained (``"helpfulness"``; ``"safety"`` when the data
+    has safety labels) to its raw scores, all of one shape (``(batch,)`` when scoring
+    replies, ``(batch, tokens)`` inside TRL's PPO, where every position is scored);
+    ``is_safety`` is a bool tensor that broadcasts against them, True for safety prompts.
+    Return a float tensor of the scores' shape, higher is better; keep it elementwise, so
+    the reward of one reply never depends on the others in its batch. The pipeline then
+    whitens it with fixed statistics (``reward.whiten``).
+
+    The selected combiner is the one reward used everywhere: rejection-sampling scores,
+    PPO/RLOO/GRPO rewards and the reward-model judge of evaluation. ``options`` are the
+    extra keys of the ``reward`` config node (give them a node in
+    :func:`register_configs`, group ``reward``). Llama 2's piecewise rule is the built-in
+    ``llama2`` (paper 3.2.3, "PPO"), the default; ``single`` reads the helpfulness model
+    only. Selected with ``reward=<name>``.
+    """
+
+
+@hookspec
+def register_annotators(register: Register) -> None:
+    """Register preference annotators: who labels a pair of responses (paper 3.2.1).
+
+    Call ``register(name, factory)``; ``factory(cfg, world)`` returns an object with
+    ``annotate(pairs: list[PairToLabel], workdir: Path) -> list[dict]``. Each returned row
+    is a comparison in TRL's explicit-prompt preference format (``prompt``, ``chosen``,
+    ``rejected`` as message lists) plus ``id`` (the pair's) and ``strength`` (one of
+    ``llama2rlhf.data.strength.STRENGTHS``), in the order of ``pairs``. ``workdir`` is
+    this round's folder, for annotators that exchange files. An annotator whose labels
+    are not ready raises :class:`llama2rlhf.recipe.annotation.AwaitingLabels`: the run stops
+    with its message and continues the round when started again. ``world`` is the toy
+    world, or ``None`` with real data. Selected with ``annotator=<name>``.
+    """
+
+
+@hookspec
+def register_configs(config_store: "ConfigStore") -> None:
+    """Store a plugin's structured config nodes in Hydra's ConfigStore.
+
+    Use it to give a registered thing its own typed options, for example::
+
+        @dataclass
+        class HingeConfig(RewardLossConfig):
+            name: str = "hinge"
+            width: float = 1.0
+
+        @hookimpl
+        def register_configs(config_store):
+            config_store.store(group="reward_loss", name="hinge", node=HingeConfig)
+
+    ``reward_loss=hinge reward_loss.width=2`` then type-checks ``width``. A registered name
+    without a node of its own gets a plain node (just ``name``) automatically.
+    """
+
+
+@hookspec
+def on_stage_start(ctx: "RunContext", stage: str, round: int) -> None:
+    """Called before a stage runs (observers: loggers, progress reports); under
+    ``accelerate launch`` on the main process only, as are the two hooks below."""
+
+
+@hookspec
+def on_stage_end(ctx: "RunContext", stage: str, round: int, metrics: dict[str, Any]) -> None:
+    """Called after a stage finished, with the metrics it returned."""
+
+
+@hookspec
+def on_round_end(ctx: "RunContext", round: int, summary: dict[str, Any]) -> None:
+    """Called after each RLHF round with that round's summary entry."""
+
+
+@hookspec
+def on_run_end(ctx: "RunContext", summary: dict[str, Any]) -> None:
+    """Called once at the end of a pipeline run, after its last stage and round (also when a
+    resumed run had nothing left to do), with the whole ``summary.json`` content.
+    ``summary["final"]`` holds the end-of-run numbers under names that do not depend on the
+    number of rounds (``rm_accuracy``, ``gold_reward``, ``task_accuracy``,
+    ``win_rate_vs_sft``, ``round``; see ``llama2rlhf.evaluation.final``), for loggers and
+    sweeps. Not called when a stage raised."""

@@ -1,0 +1,123 @@
+"""The pipeline: base model, the configured stages, then the RLHF rounds.
+
+Each stage runs once per run directory: a finished stage is recorded in ``state.json``
+with the artifacts it produced, and skipped when the same run directory is used again.
+
+Under ``accelerate launch`` every process runs this same loop: stages train on every
+process, the observer hooks run on the main process only, and after each stage every
+process takes the main process's metrics and state (``llama2rlhf.runtime.distributed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from llama2rlhf.runtime import distributed
+from llama2rlhf import plugins
+from llama2rlhf.evaluation.final import final_metrics
+from llama2rlhf.config import ppo_rounds
+from llama2rlhf.runtime.run import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def make_world(cfg: Any):
+    if cfg.data.source != "toy":
+        return None
+    from llama2rlhf.toyworld import ToyWorld, WorldSpec
+
+    return ToyWorld(WorldSpec(**dict(cfg.toyworld)))
+
+
+def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
+    """Run stage ``name`` unless done; ``as_name`` runs it a second time in a round under
+    another key, folder and summary entry (rejection sampling after PPO)."""
+    as_name = as_name or name
+    key = ctx.stage_key(as_name)
+    if ctx.state.is_done(key):
+        log.info("stage %s already done in %s; skipping", key, ctx.run_dir)
+        return
+    stage = plugins.get("stages", name)
+    hook = plugins.get_plugin_manager().hook
+    ctx.current_stage = as_name
+    distributed.main_process_only(hook.on_stage_start, ctx=ctx, stage=name, round=ctx.round)
+    log.info("stage %s (plugin %s)", key, stage.plugin)
+    started = time.perf_counter()
+    with stage.blame("stage"):
+        metrics = stage.obj(ctx) or {}
+    seconds = time.perf_counter() - started
+    # what the main process did alone (sampling, scoring, evaluation) is in its metrics and
+    # state only: every process carries on from those
+    metrics = distributed.from_main(metrics)
+    ctx.sync_from_main()
+    target = ctx.summary if ctx.round == 0 else ctx.round_summary()
+    # a stage may name its summary key (``summary_key``), or None to merge into the round
+    summary_key = getattr(stage.obj, "summary_key", name)
+    if as_name != name:  # rs -> rs_after_ppo
+        summary_key = (summary_key or name) + as_name[len(name):]
+    if summary_key is None:
+        target.update(metrics)
+    else:
+        target[summary_key] = metrics
+    ctx.summary.setdefault("timings", {})[key] = round(seconds, 2)
+    ctx.log_metrics(key, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    ctx.save_summary()
+    ctx.state.mark_done(key)
+    distributed.main_process_only(hook.on_stage_end, ctx=ctx, stage=name, round=ctx.round, metrics=metrics)
+
+
+def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
+    """(stage, name it runs as) for round ``k``: ``pipeline.round_stages``, with
+    ``pipeline.ppo_stages`` after rejection sampling in a PPO round (paper 3.2.3: RLHF-V5 is
+    rejection sampling on top of V4's PPO model). A stage that already ran in the round runs
+    again as ``<stage>_after_<the stage before it>``."""
+    stages = list(cfg.pipeline.round_stages)
+    if k in ppo_rounds(cfg):
+        at = stages.index("rejection_sampling") + 1 if "rejection_sampling" in stages else len(stages)
+        stages[at:at] = list(cfg.pipeline.ppo_stages)
+    plan: list[tuple[str, str]] = []
+    for i, name in enumerate(stages):
+        seen = any(n == name for n, _ in plan)
+        plan.append((name, f"{name}_after_{stages[i - 1]}" if seen else name))
+    return plan
+
+
+def run(cfg: Any, run_dir: Path) -> RunContext:
+    from llama2rlhf.reward.combined import MODEL_ARTIFACTS, own_reward_models
+    from llama2rlhf.runtime.models import build_base
+
+    distributed.setup(cfg)
+    # one run directory, the main process's: Hydra's ${now:...} can differ between processes
+    run_dir = Path(distributed.from_main(str(run_dir)))
+    ctx = RunContext.open(cfg, run_dir, make_world(cfg))
+    distributed.wait_for_everyone()  # all have read state.json before the main process rewrites it
+    ctx.summary["num_processes"] = distributed.num_processes()
+    if not ctx.state.is_done("base"):
+        # the starting checkpoints: the policy's, and reward models the config names itself
+        own = {MODEL_ARTIFACTS[name]: path for name, path in own_reward_models(cfg).items()}
+        ctx.state.mark_done("base", {**distributed.main_process_only(build_base, cfg, ctx.world, run_dir / "base"),
+                                     **own})
+    for name in cfg.pipeline.stages:
+        run_stage(ctx, name)
+    # RLHF-V1 .. V<rounds> (paper 3.2.3): fresh comparisons from the newest policy, a new
+    # reward model, rejection sampling, evaluation
+    hook = plugins.get_plugin_manager().hook
+    for k in range(1, cfg.pipeline.rounds + 1):
+        ctx.round = k
+        for name, as_name in round_plan(cfg, k):
+            run_stage(ctx, name, as_name)
+        if not ctx.state.is_done(f"round_{k}"):
+            distributed.main_process_only(hook.on_round_end, ctx=ctx, round=k, summary=ctx.round_summary())
+            ctx.state.mark_done(f"round_{k}")
+    ctx.round = 0
+    ctx.summary["final"] = final_metrics(ctx.summary)
+    ctx.save_summary()
+    # rewritten on every run, a resumed one too, so it always matches summary.json
+    from llama2rlhf.evaluation.report import write_report
+
+    distributed.main_process_only(write_report, run_dir, ctx.summary, cfg)
+    distributed.main_process_only(hook.on_run_end, ctx=ctx, summary=ctx.summary)
+    return ctx

@@ -1,0 +1,159 @@
+"""The ``rejection_sampling`` stage (paper 3.2.3, "Rejection Sampling").
+
+K samples per prompt from the newest policy at the temperature a per-round search found
+best (Figs. 7-8), scored by the newest reward models through the selected combiner
+(``reward=<name>``); a selector (``selector=...``) keeps
+the training data, by default the best sample per prompt over this and every earlier
+round, all re-scored by the newest reward model ("from RLHF-V4 on"); then supervised
+fine-tuning on what was kept, from the latest policy (``rs.init_from=previous``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama2rlhf.runtime import distributed
+from llama2rlhf import plugins
+from llama2rlhf.sampling.candidates import Candidate
+from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
+from llama2rlhf.data.formats import unify_sft_formats
+from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
+from llama2rlhf.data.round_prompts import round_prompts
+from llama2rlhf.sampling import load_sampler
+from llama2rlhf.sampling.temperature import search_temperature
+from llama2rlhf.recipe.sft import train_sft
+
+
+def _history(ctx) -> list[Candidate]:
+    """Samples kept in earlier rounds, once each (the same text kept twice is one sample)."""
+    seen, out = set(), []
+    for j in range(1, ctx.round):
+        path = ctx.state.artifacts.get(f"round_{j}/kept")
+        for _, row in read_jsonl(path) if path else ():
+            c = Candidate.from_dict(row)
+            if (c.prompt_id, c.completion) not in seen:
+                seen.add((c.prompt_id, c.completion))
+                out.append(c)
+    return out
+
+
+def _gold(ctx, candidates: list[Candidate], kept: list[Candidate]) -> dict[str, float]:
+    """Toy world only: how right the kept samples are, and whether the reward model can
+    pick a right sample at all: its pick per prompt against a random sample
+    (``sample_correct``) and against the best any selector could do (``any_correct``)."""
+    if ctx.world is None or not kept:
+        return {}
+    from llama2rlhf.toyworld.tasks import Prompt
+
+    def correct(c: Candidate) -> bool:
+        return ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion).correct
+
+    by_prompt: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_prompt.setdefault(c.prompt_id, []).append(c)
+    picks, means, anys = [], [], []
+    family_picks: dict[str, list[bool]] = {}
+    for group in by_prompt.values():
+        right = [correct(c) for c in group]
+        picks.append(right[max(range(len(group)), key=lambda i: group[i].score)])
+        means.append(sum(right) / len(right))
+        anys.append(any(right))
+        family_picks.setdefault(group[0].meta["toy_prompt"]["family"], []).append(picks[-1])
+    kept_scores = [ctx.world.score(Prompt.from_dict(c.meta["toy_prompt"]), c.completion) for c in kept]
+    n = len(by_prompt)
+    return {"kept_gold_reward": sum(s.reward for s in kept_scores) / len(kept_scores),
+            "kept_correct": sum(s.correct for s in kept_scores) / len(kept_scores),
+            "rm_pick_correct": sum(picks) / n, "sample_correct": sum(means) / n, "any_correct": sum(anys) / n,
+            # where the RM can and cannot judge: RS helps a family only where its pick beats greedy
+            "rm_pick_correct_by_family": {f: sum(v) / len(v) for f, v in sorted(family_picks.items())}}
+
+
+def augment(ctx, rows: list[dict]) -> list[dict]:
+    """The selected augmenter (``augmenter=<name>``, Ghost Attention by default) over the
+    fine-tuning rows; a third-party augmenter that fails is named in the error."""
+    item = plugins.get("augmenters", ctx.cfg.augmenter.name)
+    with item.blame("augmenter"):
+        out = item.obj(rows, ctx)
+    return unify_sft_formats(list(out))
+
+
+def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[Candidate]:
+    """The selected selector (``selector=<name>``) over this round's candidates and the history;
+    the extra keys of its config node are its options, passed as keyword arguments. A
+    third-party selector that fails is named in the error."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg.selector, resolve=True)
+    item = plugins.get("selectors", options.pop("name"))
+    with item.blame("selector"):
+        return list(item.obj(candidates, history, **options))
+
+
+def rejection_sampling_stage(ctx) -> dict[str, Any]:
+    cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
+    # sampling, scoring, selection and augmentation on the main process alone; every
+    # process then fine-tunes on the rows it kept (llama2rlhf.runtime.distributed)
+    rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
+    init = ctx.artifact("policy") if rs.init_from == "previous" else ctx.artifact(rs.init_from)
+    out = train_sft(cfg, rs.train, init, ctx.artifact("tokenizer"), rows, ctx.stage_dir())
+    ctx.state.artifacts["policy"] = out["model_path"]
+    ctx.state.artifacts[f"round_{k}/kept"] = str(ctx.stage_dir() / "kept.jsonl")
+    return {**metrics, "train_loss": out["train_loss"]}
+
+
+def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
+    """The fine-tuning rows (kept samples, then the augmenter's) and the stage's metrics but training's."""
+    import torch
+
+    cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
+    out_dir = ctx.stage_dir()  # rejection_sampling, or rejection_sampling_after_ppo
+    prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
+    policy = ctx.artifact("policy")
+    torch.manual_seed(cfg.seed * 1000 + 500 + k)  # a re-run round draws the same samples
+    sampler = load_sampler(cfg, policy)
+    reward = CombinedReward.for_run(ctx)
+
+    def sample_and_score(items, t, n, desc):
+        samples = sampler.sample([p.messages for p in items], n, t, rs.max_new_tokens, desc=desc)
+        flat_p = [p.messages for p, ss in zip(items, samples, strict=True) for _ in ss]
+        flat_c = [s.text for ss in samples for s in ss]
+        flags = [is_safety_prompt(p.meta) for p, ss in zip(items, samples, strict=True) for _ in ss]
+        flat = reward.score(flat_p, flat_c, flags)
+        return samples, [flat[i * n:(i + 1) * n] for i in range(len(items))]
+
+    search = prompts[: rs.search_prompts]
+    temperature, curves = search_temperature(
+        lambda t, n: sample_and_score(search, t, n, f"temperature search (T={t:g})")[1], list(rs.temperatures), rs.k)
+
+    samples, scores = sample_and_score(prompts, temperature, rs.k, f"rejection sampling (K={rs.k}, T={temperature:g})")
+    candidates = [Candidate(p.id, p.messages, s.text, sc, k, p.meta)
+                  for p, ss, scs in zip(prompts, samples, scores, strict=True) for s, sc in zip(ss, scs, strict=True)]
+    history = _history(ctx)
+    if history:
+        rescored = reward.score([c.prompt for c in history], [c.completion for c in history],
+                                [is_safety_prompt(c.meta) for c in history], desc="re-scoring history")
+        history = [c.rescored(s) for c, s in zip(history, rescored, strict=True)]
+    kept = select(cfg, candidates, history)
+    write_jsonl(out_dir / "candidates.jsonl", [c.to_dict() for c in candidates])
+    write_jsonl(out_dir / "kept.jsonl", [c.to_dict() for c in kept])
+    sampler = reward = None  # free the models before fine-tuning
+
+    if not kept:
+        raise RuntimeError(f"selector {cfg.selector.name!r} kept no samples in round {k}; nothing to fine-tune on")
+    rows = [{"messages": c.prompt + [{"role": "assistant", "content": c.completion}]} for c in kept]
+    n_kept_rows = len(rows)
+    rows = augment(ctx, rows)
+    return rows, {
+        "temperature": temperature,
+        "best_of_n": curves,
+        "k": rs.k,
+        "n_prompts": len(prompts),
+        "n_kept": len(kept),
+        "kept_from_earlier_rounds": sum(c.round < k for c in kept),
+        "kept_mean_score": sum(c.score for c in kept) / len(kept),
+        **_gold(ctx, candidates, kept),
+        "n_augmented": len(rows) - n_kept_rows,
+    }
+
+
+rejection_sampling_stage.summary_key = "rs"

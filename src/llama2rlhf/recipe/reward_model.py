@@ -1,0 +1,277 @@
+"""The ``reward`` stage: TRL's RewardTrainer with a pluggable pairwise loss (paper 3.2.2).
+
+Reward models start from the latest SFT checkpoint ("we initialize our reward models from
+pretrained chat model checkpoints"), with a new scalar head: a helpfulness model on every
+comparison and, when the data labels safety prompts, a safety model on those mixed 90/10
+with helpfulness ones. The loss comes from the ``register_reward_losses`` registry
+(``reward_loss=<name>``); a loss with a ``margins`` table turns each pair's annotated
+strength into the margin ``m`` of ``-log sigmoid(r_c - r_r - m)`` (Table 27). After
+training, accuracy is reported per strength bucket on held-out pairs (Table 8).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from llama2rlhf import RewardLoss, plugins
+from llama2rlhf.runtime import distributed
+from llama2rlhf.data.formats import LoadReport, limited, load_preferences
+from llama2rlhf.data.sources import where
+from llama2rlhf.runtime.models import load_reward_model, load_tokenizer, peft_config, save_trained_model
+from llama2rlhf.reward.pair_tokens import tokenize_pairs
+from llama2rlhf.reward.scoring import Cuts, model_max_length
+from llama2rlhf.runtime.loggers import trainer_callbacks
+from llama2rlhf.recipe.training_args import build_args
+
+log = logging.getLogger(__name__)
+
+
+def selected_loss(cfg: Any) -> tuple[str, Any, dict[str, Any]]:
+    """(name, loss, options) for ``cfg.reward_loss``; ``margin_scale`` is the reward stage's,
+    not an option of the loss."""
+    options = OmegaConf.to_container(cfg.reward_loss, resolve=True)
+    name = options.pop("name")
+    options.pop("margin_scale", None)
+    return name, plugins.get("reward_losses", name).obj, options
+
+
+def with_margins(rows: list[dict], loss: Any, source: str, scale: float = 1.0) -> list[dict]:
+    """Add each row's ``margin`` from its ``strength`` when the loss has a margin table,
+    times ``scale`` (``reward_loss.margin_scale``).
+
+    A ``margin`` column already in the data wins: the user set it on purpose.
+    """
+    margins = loss.margins if isinstance(loss, RewardLoss) else None
+    if margins is None or not rows or "margin" in rows[0] or "strength" not in rows[0]:
+        return rows
+    out = []
+    for i, row in enumerate(rows):
+        if row["strength"] not in margins:
+            raise ValueError(f"{source}: row {i + 1}: field 'strength': {row['strength']!r} has no margin in the "
+                             f"loss's table ({', '.join(margins)})")
+        out.append({**row, "margin": scale * float(margins[row["strength"]])})
+    return out
+
+
+def _trainer_class():
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+    from trl import RewardTrainer
+
+    from llama2rlhf.runtime.speedups.packed_preferences import packed_rewards
+
+    class PluggableLossRewardTrainer(RewardTrainer):
+        """RewardTrainer whose loss is a registered reward loss rather than a fixed formula."""
+
+        def __init__(self, *args, reward_loss, loss_options=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.reward_loss = reward_loss
+            self.loss_options = loss_options or {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            margin = inputs.pop("margin", None)
+            ends = inputs.pop("sequence_ends", None)  # a padding-free batch (llama2rlhf.runtime.speedups.packed_preferences)
+            if ends is None:
+                inputs["use_cache"] = False
+                outputs = model(**inputs)
+            else:
+                outputs = SequenceClassifierOutputWithPast(logits=packed_rewards(model, inputs, ends).unsqueeze(-1))
+            r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            loss = self.reward_loss(r_chosen, r_rejected, margin, **self.loss_options)
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
+            with torch.no_grad():
+                gather = self.accelerator.gather_for_metrics
+                self._metrics[mode]["accuracy"].append(gather((r_chosen > r_rejected).float().mean()).mean().item())
+                self._metrics[mode]["margin"].append(gather((r_chosen - r_rejected).mean()).mean().item())
+                self._metrics[mode]["mean_reward"].append(gather(outputs.logits.mean()).mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return PluggableLossRewardTrainer
+
+
+def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict], out_dir: Path, source: str,
+                 epochs: float | None = None) -> dict:
+    from datasets import Dataset
+    from trl import RewardConfig
+
+    name, loss, options = selected_loss(cfg)
+    rows = with_margins(list(rows), loss, source, scale=cfg.reward_loss.margin_scale)
+    keep = ("prompt", "chosen", "rejected", "margin")
+    if len({("margin" in r) for r in rows}) > 1:
+        raise ValueError(f"{source}: some comparisons have a margin and some do not; give all or none")
+    # a reward model's own tokenizer without a chat template gets the plain one
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.model.trust_remote_code, fallback_template="plain")
+    model = load_reward_model(init_path, cfg, tokenizer)
+    stage_cfg = cfg.reward_model
+    # cut to what the model reads, the way scoring cuts (TRL would drop the longer pairs);
+    # token ids kept from earlier rounds' stages, so TRL does not render every comparison again
+    cuts = Cuts()
+    pairs = tokenize_pairs(rows, tokenizer, model_max_length(model, tokenizer, stage_cfg.max_length), cuts)
+    if cuts.conversations:
+        log.warning("%s: %d of %d conversations were longer than the reward model reads and were cut (%s)",
+                    source, cuts.conversations, 2 * len(rows), cuts.as_dict())
+    dataset = Dataset.from_list(pairs or [{k: r[k] for k in keep if k in r} for r in rows])
+    collator = None
+    packable = getattr(model, "score", None) is not None  # transformers' decoder classifiers
+    if stage_cfg.padding_free and not packable:
+        log.warning("reward_model.padding_free: %s has no `score` head to read per token (an encoder classifier?); "
+                    "training on padded batches", type(model).__name__)
+    if stage_cfg.padding_free and packable:
+        from llama2rlhf.runtime.speedups.packed_attention import use_for_padding_free
+        from llama2rlhf.runtime.speedups.packed_preferences import collate
+
+        # transformers' sdpa would attend across the whole padding-free row, masking most of it
+        use_for_padding_free(model)
+        collator = collate
+    overrides = {"num_train_epochs": epochs} if epochs is not None else {}
+    args = build_args(RewardConfig, stage_cfg, cfg, out_dir / "trainer", max_length=stage_cfg.max_length,
+                      per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, **overrides)
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
+        peft_config=peft_config(cfg, "SEQ_CLS", model), reward_loss=loss, loss_options=options,
+        callbacks=trainer_callbacks(cfg),
+    )
+    result = trainer.train()
+    model_dir = out_dir / "model"
+    save_trained_model(trainer, model_dir, lambda: load_reward_model(init_path, cfg, tokenizer))
+    return {"reward_loss": name, "train_loss": result.training_loss, "train_steps": result.global_step,
+            "n_pairs": len(dataset), "truncated": cuts.as_dict(), "num_processes": trainer.accelerator.num_processes,
+            "model_path": str(model_dir)}
+
+
+def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
+    """(train rows, held-out rows, where they came from)."""
+    cfg = ctx.cfg
+    if cfg.data.source == "toy":
+        return (ctx.world.seed_comparisons(cfg.data.n_pairs, "train"),
+                ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
+    if not cfg.data.preference_path:
+        raise ValueError("data.source=files needs data.preference_path (JSONL or a data set of preference pairs)")
+    rows = limited(_load_pairs(ctx, "preferences", cfg.data.preference_path, where(cfg.data)), cfg, "preferences")
+    if cfg.data.preference_eval_path:
+        held_out = _load_pairs(ctx, "preference_eval", cfg.data.preference_eval_path, where(cfg.data, evaluation=True))
+        return rows, held_out, cfg.data.preference_path
+    n_eval = max(1, int(len(rows) * cfg.data.eval_fraction))
+    return rows[n_eval:], rows[:n_eval], cfg.data.preference_path
+
+
+def _load_pairs(ctx, use: str, path: str, keywords: dict[str, Any]) -> list[dict]:
+    report = LoadReport()
+    rows = load_preferences(path, on_bad_row=ctx.cfg.data.on_bad_row, report=report, **keywords).to_list()
+    ctx.record_data(use, report)
+    if ctx.cfg.data.safety is not None:
+        rows = [{"safety": ctx.cfg.data.safety, **row} for row in rows]  # a row's own label wins
+    return rows
+
+
+def row_is_safety(row: dict) -> bool | None:
+    """The comparison's safety label; None when the data has none."""
+    return row.get("safety")
+
+
+def safety_mixture(rows: list[dict], seed: int) -> list[dict]:
+    """The safety reward model's data (paper 3.2.2): every safety comparison, mixed with
+    helpfulness comparisons in a 90/10 proportion, so that it also sees safe replies."""
+    import math
+    import random
+
+    safety = [r for r in rows if r.get("safety")]
+    helpful = [r for r in rows if not r.get("safety")]
+    n_helpful = min(len(helpful), math.ceil(len(safety) / 9))
+    return safety + random.Random(f"{seed}:safety-mixture").sample(helpful, n_helpful)
+
+
+def _start(ctx, name: str) -> tuple[str, str, float]:
+    """(checkpoint, tokenizer, epochs) the ``name`` reward model (helpfulness, safety) trains from."""
+    from llama2rlhf.reward.combined import MODEL_ARTIFACTS, own_reward_models
+
+    stage_cfg, artifact = ctx.cfg.reward_model, MODEL_ARTIFACTS[name]
+    if ctx.round > 0 and stage_cfg.round_init_from == "previous" and artifact in ctx.state.artifacts:
+        # continue from last round's RM for fewer epochs over all comparisons so far:
+        # the same data as retraining from SFT (paper 3.2.3), at a fraction of the cost
+        return ctx.artifact(artifact), ctx.artifact(artifact), stage_cfg.round_epochs
+    own = own_reward_models(ctx.cfg)
+    start = own.get(name) or own.get("helpfulness")
+    if start:  # a reward model of its own, with its own tokenizer
+        return start, start, stage_cfg.num_train_epochs
+    return ctx.artifact(stage_cfg.init_from), ctx.artifact("tokenizer"), stage_cfg.num_train_epochs
+
+
+def reward_stage(ctx) -> dict[str, Any]:
+    """The helpfulness reward model on every comparison, and, when the comparisons carry
+    safety labels, a safety reward model (paper 3.2.2); then the whitening statistics of
+    the combined reward (``llama2rlhf.reward.combined``)."""
+    from llama2rlhf.reward.combined import MODEL_ARTIFACTS
+
+    cfg = ctx.cfg
+    train_rows, eval_rows, source = preference_rows(ctx)
+    rows = train_rows + collected_comparisons(ctx)
+    n_collected = len(rows) - len(train_rows)
+    out_dir = ctx.stage_dir("reward")
+    init, tokenizer, epochs = _start(ctx, "helpfulness")
+    out = train_reward(cfg, init, tokenizer, rows, out_dir, source, epochs=epochs)
+    ctx.state.artifacts[MODEL_ARTIFACTS["helpfulness"]] = out["model_path"]
+    paths = {"helpfulness": out["model_path"]}
+    safety_out = None
+    if any(row_is_safety(r) for r in rows):
+        init, tokenizer, epochs = _start(ctx, "safety")
+        safety_out = train_reward(cfg, init, tokenizer, safety_mixture(rows, cfg.seed), out_dir / "safety", source,
+                                  epochs=epochs)
+        ctx.state.artifacts[MODEL_ARTIFACTS["safety"]] = paths["safety"] = safety_out["model_path"]
+
+    # the held-out comparisons, scored once by every model: bucket accuracies and whitening,
+    # on the main process alone (its state and summary reach the others after the stage)
+    return distributed.main_process_only(_score_held_out, ctx, paths, eval_rows, out, safety_out, n_collected)
+
+
+def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict, safety_out: dict | None,
+                    n_collected: int) -> dict[str, Any]:
+    import json
+
+    from llama2rlhf.reward.combined import WHITENING_ARTIFACT, CombinedReward
+    from llama2rlhf.evaluation.rm_accuracy import bucket_accuracy, pair_conversations
+
+    cfg, stage_cfg, out_dir = ctx.cfg, ctx.cfg.reward_model, ctx.stage_dir("reward")
+    reward = CombinedReward(cfg, paths, batch_size=stage_cfg.eval_batch_size)
+    scores = reward.model_scores(pair_conversations(eval_rows), desc="held-out comparisons")
+    n = len(eval_rows)
+    strengths = [r.get("strength") for r in eval_rows]
+    acc = bucket_accuracy(scores["helpfulness"][:n].tolist(), scores["helpfulness"][n:].tolist(), strengths)
+    (ctx.summary if ctx.round == 0 else ctx.round_summary())["rm_accuracy"] = acc
+    metrics = {**{k: v for k, v in out.items() if k != "model_path"}, "n_collected": n_collected,
+               "rm_accuracy": acc, "held_out_truncated": reward.cuts.as_dict()}
+    flags = [bool(row_is_safety(r)) for r in eval_rows]
+    if safety_out is not None:
+        safe = [i for i in range(n) if flags[i]]
+        by_safety = scores["safety"].tolist()
+        metrics["safety"] = {**{k: v for k, v in safety_out.items() if k != "model_path"},
+                             "rm_accuracy": bucket_accuracy([by_safety[i] for i in safe],
+                                                            [by_safety[n + i] for i in safe],
+                                                            [strengths[i] for i in safe])}
+    whitening = reward.fit_whitening(scores, flags + flags)
+    stats_path = out_dir / "whitening.json"
+    stats_path.write_text(json.dumps(whitening, indent=2) + "\n", encoding="utf-8")
+    ctx.state.artifacts[WHITENING_ARTIFACT] = str(stats_path)
+    metrics["whitening"] = whitening
+    if reward.fallback:
+        metrics["reward_fallback"] = reward.fallback
+    return metrics
+
+
+def collected_comparisons(ctx) -> list[dict]:
+    """Every comparison collected from the policy so far (paper 3.2.1); round 0 is a
+    ``collect`` stage listed in ``pipeline.stages``, before the first reward model."""
+    from llama2rlhf.data.jsonl import read_jsonl
+
+    rows = []
+    for k in range(0, ctx.round + 1):
+        path = ctx.state.artifacts.get(f"round_{k}/comparisons")
+        if path:
+            rows += [row for _, row in read_jsonl(path)]
+    return rows

@@ -1,0 +1,40 @@
+"""Turning a stage's TrainConfig into the TRL config class of its trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from llama2rlhf.runtime.distributed import uses_cpu
+from llama2rlhf.runtime.models import use_bf16
+from llama2rlhf.runtime.loggers import report_to
+
+# TrainConfig fields that are ours, not TrainingArguments fields
+_OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss",
+         "round_init_from", "round_epochs", "padding_free", "name_or_path", "safety_name_or_path"}
+
+
+def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(),
+               **overrides: Any):
+    """``config_cls(**fields)``: TrainConfig fields but ``exclude``, then ``extra_args``, then ``overrides``."""
+    fields = OmegaConf.to_container(stage_cfg, resolve=True) if not isinstance(stage_cfg, dict) else dict(stage_cfg)
+    extra = fields.pop("extra_args", {}) or {}
+    kwargs = {k: v for k, v in fields.items() if k not in _OURS and k not in exclude}
+    kwargs.update(
+        output_dir=str(output_dir),
+        bf16=use_bf16(str(stage_cfg.bf16)),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="no",  # the stage saves the final model itself, in one place
+        # logger=wandb: transformers' own W&B integration reports into the stage's run
+        # (a sweep's pipeline-wide run takes the trainer's curves from trainer_callbacks)
+        report_to=report_to(cfg),
+        # said outright on a machine without a GPU too: under accelerate launch a trainer
+        # that is not told would train each process on its own (llama2rlhf.runtime.distributed)
+        use_cpu=uses_cpu(cfg),
+    )
+    kwargs.update(extra)
+    kwargs.update(overrides)
+    return config_cls(**kwargs)

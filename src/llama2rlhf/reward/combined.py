@@ -1,0 +1,174 @@
+"""The one reward of the pipeline (paper 3.2.3): reward models -> combiner -> whitening.
+
+Llama 2 trained a helpfulness and a safety reward model and fed PPO
+``WHITEN(LOGIT(R_c))`` with ``R_c`` chosen piecewise between them. Here the selected
+combiner (``reward=<name>``, see ``register_reward_combiners``) does the piecewise part and
+this module the rest, for every consumer: rejection sampling, evaluation's reward-model
+judge, and TRL's PPO/RLOO/GRPO trainers (``llama2rlhf.reward.trl_rewards``).
+
+WHITEN uses fixed statistics, not the batch's: the mean and standard deviation of the
+combined reward over both replies of every held-out comparison of the reward stage,
+computed once after the reward models are trained (``fit_whitening``) and saved with them
+as ``whitening.json``. So a reply's reward never depends on the batch it was scored in,
+and rewards of different rounds' samples (``best_over_history``) stay comparable within a
+round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from llama2rlhf import plugins
+from llama2rlhf.reward.scoring import Cuts, model_max_length, score_conversations, tokenize_conversations
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+# reward-model name -> the run artifact that holds its checkpoint
+MODEL_ARTIFACTS = {"helpfulness": "reward", "safety": "reward_safety"}
+WHITENING_ARTIFACT = "reward_whitening"
+
+
+def is_safety_prompt(meta: dict[str, Any] | None) -> bool:
+    """A safety prompt (paper 3.2.1's adversarial prompts): the toy world's unsafe family, or a
+    ``safety`` field that is true in the prompt's or comparison's row."""
+    meta = meta or {}
+    toy = meta.get("toy_prompt")
+    if toy is not None:
+        return toy.get("family") == "unsafe"
+    return bool(meta.get("safety", False))
+
+
+def own_reward_models(cfg: Any) -> dict[str, str]:
+    """The reward models the config names itself (``reward_model.name_or_path``,
+    ``reward_model.safety_name_or_path``), by name: the run's reward models from the start."""
+    paths = {"helpfulness": cfg.reward_model.name_or_path, "safety": cfg.reward_model.safety_name_or_path}
+    return {name: path for name, path in paths.items() if path}
+
+
+def selected_combiner(cfg: Any, available: Sequence[str]):
+    """(name, combiner, options, fallback) for ``cfg.reward``; ``single`` when the selected one
+    needs a reward model the run does not have (``llama2`` without safety labels in the
+    data), with ``fallback`` saying so (None otherwise)."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg.reward, resolve=True)
+    name = options.pop("name")
+    options.pop("whiten", None)
+    combiner = plugins.get("reward_combiners", name).obj
+    missing = [m for m in getattr(combiner, "needs", ("helpfulness",)) if m not in available]
+    if missing:
+        fallback = (f"reward={name} needs the {', '.join(missing)} reward model(s), which this run does not have (no "
+                    "safety labels in the data, and no reward_model.safety_name_or_path); using reward=single")
+        log.warning("%s", fallback)
+        return "single", plugins.get("reward_combiners", "single").obj, {}, fallback
+    return name, combiner, options, None
+
+
+def _same_tokenizer(a, b) -> bool:
+    return (type(a) is type(b) and a.chat_template == b.chat_template and a.pad_token_id == b.pad_token_id
+            and a.get_vocab() == b.get_vocab())
+
+
+class CombinedReward:
+    """Scores replies with every trained reward model and combines them into one reward."""
+
+    def __init__(self, cfg: Any, model_paths: dict[str, str], whitening: dict[str, float] | None = None,
+                 batch_size: int = 64):
+        from llama2rlhf.runtime.distributed import device_for
+        from llama2rlhf.runtime.models import load_reward_model, load_tokenizer
+
+        if "helpfulness" not in model_paths:
+            raise ValueError(f"a helpfulness reward model is required; got {', '.join(model_paths) or '(none)'}")
+        self.cfg = cfg
+        device = device_for(cfg)
+        # each model renders conversations with its own tokenizer (saved with it), which need
+        # not be the policy's; one without a chat template gets the plain one. Models whose
+        # tokenizers agree share one object, so model_scores tokenizes once for them
+        self.tokenizers, self.models = {}, {}
+        for name, path in model_paths.items():
+            tok = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code, fallback_template="plain")
+            self.tokenizers[name] = next((t for t in self.tokenizers.values() if _same_tokenizer(t, tok)), tok)
+            self.models[name] = load_reward_model(path, cfg, self.tokenizers[name]).to(device).eval()
+        self.tokenizer = self.tokenizers["helpfulness"]
+        self.combiner_name, self.combiner, self.options, self.fallback = selected_combiner(cfg, list(self.models))
+        self.whitening = whitening if cfg.reward.whiten else None
+        self.batch_size = batch_size
+        self.cuts = Cuts()  # what scoring cut from conversations longer than a model reads
+        self._record = None  # (name, value) -> None: where for_run notes the fallback and the cuts
+
+    @classmethod
+    def for_run(cls, ctx) -> "CombinedReward":
+        """The newest reward models of a run and their whitening statistics; the combiner's
+        fallback and what scoring cuts go into the running stage's summary (``reward_notes``)."""
+        paths = {name: ctx.state.artifacts[a] for name, a in MODEL_ARTIFACTS.items() if a in ctx.state.artifacts}
+        stats_path = ctx.state.artifacts.get(WHITENING_ARTIFACT)
+        stats = json.loads(Path(stats_path).read_text(encoding="utf-8")) if stats_path else None
+        reward = cls(ctx.cfg, paths, stats, batch_size=ctx.cfg.reward_model.eval_batch_size)
+        key = ctx.stage_key(ctx.current_stage)
+        reward._record = lambda name, value: ctx.summary.setdefault("reward_notes", {}).setdefault(key, {}).update(
+            {name: value})
+        if reward.fallback:
+            reward._record("fallback", reward.fallback)
+        return reward
+
+    def model_scores(self, conversations: Sequence[Messages], desc: str | None = None) -> dict[str, Any]:
+        """Each reward model's raw scores of full conversations, as float tensors; a
+        conversation longer than a model reads is cut (``reward_scoring.fit_conversation``)."""
+        import torch
+
+        tokenized = {}  # once per tokenizer and length, for all the models that share them
+        scores = {}
+        for name, model in self.models.items():
+            tokenizer = self.tokenizers[name]
+            limit = model_max_length(model, tokenizer)
+            key = (id(tokenizer), limit)
+            if key not in tokenized:
+                tokenized[key] = tokenize_conversations(tokenizer, conversations, limit)
+                self.cuts.add(tokenized[key].cuts)
+            scores[name] = torch.tensor(score_conversations(model, tokenizer, conversations, self.batch_size,
+                                                            desc=f"{desc} ({name})" if desc else None,
+                                                            tokenized=tokenized[key]))
+        if self._record is not None and self.cuts.conversations:
+            self._record("truncated", self.cuts.as_dict())
+        return scores
+
+    def combine(self, scores: dict[str, Any], is_safety, whiten: bool = True):
+        """The combiner's output for raw ``scores`` (tensors), whitened unless ``whiten`` is False."""
+        import torch
+
+        with plugins.get("reward_combiners", self.combiner_name).blame("reward combiner"):
+            combined = self.combiner(scores, is_safety, **self.options)
+        if not isinstance(combined, torch.Tensor):
+            raise plugins.PluginError(f"reward combiner {self.combiner_name!r} returned {type(combined).__name__}, "
+                                      "not a tensor")
+        if whiten and self.whitening:
+            combined = (combined - self.whitening["mean"]) / self.whitening["std"]
+        return combined
+
+    def score_conversations(self, conversations: Sequence[Messages], is_safety: Sequence[bool],
+                            desc: str | None = None) -> list[float]:
+        import torch
+
+        scores = self.model_scores(conversations, desc)
+        return self.combine(scores, torch.tensor(list(is_safety), dtype=torch.bool)).tolist()
+
+    def score(self, prompts: Sequence[Messages], completions: Sequence[str], is_safety: Sequence[bool],
+              desc: str | None = None) -> list[float]:
+        """The reward of each (prompt, completion), in input order."""
+        conversations = [list(p) + [{"role": "assistant", "content": c}]
+                         for p, c in zip(prompts, completions, strict=True)]
+        return self.score_conversations(conversations, is_safety, desc)
+
+    def fit_whitening(self, scores: dict[str, Any], is_safety: Sequence[bool]) -> dict[str, float]:
+        """Mean and standard deviation of the unwhitened reward, from raw ``scores``
+        (:meth:`model_scores`) of the calibration conversations."""
+        import torch
+
+        raw = self.combine(scores, torch.tensor(list(is_safety), dtype=torch.bool), whiten=False).double()
+        std = float(raw.std()) if raw.numel() > 1 else 1.0
+        return {"mean": float(raw.mean()), "std": std if std > 1e-8 else 1.0, "n": int(raw.numel()),
+                "combiner": self.combiner_name}
