@@ -53,6 +53,22 @@ def job_config(*overrides: str, cwd: Path) -> dict:
 # --- the defaults ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", [["llama2rlhf"], [sys.executable, "-m", "llama2rlhf"]], ids=["script", "module"])
+def test_help_lists_the_subcommands(tmp_path, command):
+    if command == ["llama2rlhf"]:
+        command = cli_command()
+        if command[0] == sys.executable:
+            pytest.skip("no llama2rlhf script beside this Python")
+    proc = subprocess.run([*command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for line in ("llama2rlhf plugins", "llama2rlhf accelerate-config NAME", "llama2rlhf-report RUN_DIR",
+                 "python -m llama2rlhf"):
+        assert line in proc.stdout, proc.stdout[:2000]
+    assert "reward_loss: bradley_terry, " in proc.stdout  # Hydra's config groups follow
+    assert not (tmp_path / "outputs").exists()
+
+
+
 def test_default_config_from_any_directory(tmp_path):
     proc, out, _ = run_cli("--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, out
