@@ -1,4 +1,4 @@
-"""The run report: ``report.md`` and its PNG plots (DESIGN.md, "Run directory").
+"""The run report: ``report.md`` and its PNG plots (docs/design.md, "Run directory").
 
 The pipeline writes it when a run ends (a resumed run too); ``llama2rlhf-report RUN_DIR``
 rebuilds it from what the run directory holds: ``summary.json``, and Hydra's

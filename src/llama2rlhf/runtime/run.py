@@ -1,6 +1,6 @@
 """The run directory and its state: what a stage reads, writes and records.
 
-Layout under Hydra's run dir (DESIGN.md, "Run directory")::
+Layout under Hydra's run dir (docs/design.md, "Run directory")::
 
     state.json        finished stages and artifact paths, rewritten atomically
     summary.json      the numbers a person reads first, rewritten after every stage
