@@ -157,6 +157,47 @@ def test_plugin_option_does_not_leak_into_other_losses(tmp_path):
     assert "width" in out
 
 
+# --- Ghost Attention's node, typed and stored by the gatt package ------------------------
+
+
+def test_gatt_node_has_its_defaults_and_the_evaluation_settings(tmp_path):
+    from dataclasses import asdict
+
+    from llama2rlhf.gatt.config import GattConfig
+
+    cfg = job_config("pipeline=paper", cwd=tmp_path)  # paper.yaml leaves gatt as it is
+    assert cfg["gatt"] == asdict(GattConfig())
+    assert cfg["gatt"]["eval_turns"] == 20 and cfg["gatt"]["eval_every_round"] is False
+    assert not any(key.startswith("gatt") for key in cfg["eval"])
+    toy = job_config("gatt.eval_turns=3", "gatt.eval_every_round=true", cwd=tmp_path)["gatt"]
+    assert toy["eval_turns"] == 3 and toy["eval_every_round"] is True
+    assert toy["start_round"] == 1 and toy["eval_dialogues"] == 50  # pipeline/toy.yaml's
+
+
+def test_mistyped_gatt_key_fails_naming_the_key(tmp_path):
+    proc, out, _ = run_cli("gatt.eval_turn=3", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Key 'eval_turn' not in 'GattConfig'" in out
+    proc, out, _ = run_cli("gatt.eval_turns=abc", cwd=tmp_path)
+    assert proc.returncode != 0 and "'abc'" in out and "Integer" in out
+    proc, out, _ = run_cli("eval.gatt_turns=3", cwd=tmp_path)  # the node of evaluation has no GAtt keys
+    assert proc.returncode != 0 and "gatt_turns" in out
+
+
+def test_the_lower_config_layer_leaves_the_gatt_node_to_the_gatt_package(fresh):
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    from llama2rlhf.config import Config, store_configs
+    from llama2rlhf.gatt.config import GattConfig
+
+    with pytest.raises(MissingMandatoryValue, match="gatt"):
+        _ = OmegaConf.structured(Config).gatt
+    store_configs()
+    assert ConfigStore.instance().repo["gatt"]["default.yaml"].node == OmegaConf.structured(GattConfig)
+
+
 # --- in-process: the structured configs --------------------------------------------------
 
 

@@ -200,11 +200,12 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     from llama2rlhf import sampling
     from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.config import GattConfig
     from llama2rlhf.runtime.run import RunContext
 
     cfg = OmegaConf.structured(Config)
-    cfg.gatt.update(start_round=2, n_dialogues=12, min_turns=2, max_turns=6, toy_kinds=["language"],
-                    shorten=0.0, filter=True, max_length=4096)
+    cfg.gatt = GattConfig(start_round=2, n_dialogues=12, min_turns=2, max_turns=6, toy_kinds=["language"],
+                      shorten=0.0, filter=True, max_length=4096)
     cfg.checker.name = "source"  # the toy world's own checks
     cfg.rs.train.max_length = 60
     tokenizer.save_pretrained(tmp_path / "policy")
@@ -309,6 +310,7 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, re
     from llama2rlhf import sampling
     from llama2rlhf.gatt.augmenter import gatt, load_checker
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.config import GattConfig
     from llama2rlhf.runtime.run import RunContext
 
     seen = []
@@ -321,8 +323,8 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, re
 
     register_one("register_checkers", "custom", make_check)
     cfg = OmegaConf.structured(Config)
-    cfg.gatt.update(start_round=1, n_dialogues=3, min_turns=2, max_turns=2, toy_kinds=["language"], shorten=0.0,
-                    samples_per_turn=8, first_draw=4)
+    cfg.gatt = GattConfig(start_round=1, n_dialogues=3, min_turns=2, max_turns=2, toy_kinds=["language"], shorten=0.0,
+                      samples_per_turn=8, first_draw=4)
     cfg.checker.name = "custom"
     tokenizer.save_pretrained(tmp_path / "policy")
     ctx = RunContext.open(cfg, tmp_path / "run", world)
@@ -373,11 +375,12 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
     from llama2rlhf import sampling
     from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.config import GattConfig
     from llama2rlhf.runtime.run import RunContext
 
     cfg = OmegaConf.structured(Config)
-    cfg.gatt.update(start_round=1, n_dialogues=6, min_turns=2, max_turns=4, toy_kinds=["language"], shorten=0.0,
-                    filter=True, samples_per_turn=4, rank_last_turn=rank)
+    cfg.gatt = GattConfig(start_round=1, n_dialogues=6, min_turns=2, max_turns=4, toy_kinds=["language"], shorten=0.0,
+                      filter=True, samples_per_turn=4, rank_last_turn=rank)
     cfg.checker.name = "source"
     tokenizer.save_pretrained(tmp_path / "policy")
     ctx = RunContext.open(cfg, tmp_path / "run", world)

@@ -25,7 +25,7 @@ TINY = [
     # Ghost Attention: four dialogues of up to three turns,
     # unfiltered (a tiny model breaks every instruction), evaluated over three turns
     "gatt.n_dialogues=4", "gatt.max_turns=3", "gatt.max_new_tokens=10", "gatt.filter=false",
-    "eval.gatt_dialogues=4", "eval.gatt_turns=3",
+    "gatt.eval_dialogues=4", "gatt.eval_turns=3",
     # W&B is the default logger; the tests about it keep it, the others skip its start-up
     "logger=none",
 ]
@@ -459,7 +459,7 @@ def test_the_real_preset_runs_its_whole_plan_on_a_small_model(tmp_path):
                    f"data.prompt_path={hh}", "data.limit=24", "data.eval_fraction=0.25", "data.n_eval_prompts=4",
                    "collect.n_prompts=6", "rs.n_prompts=6", "rs.search_prompts=2", "ppo.n_prompts=8",
                    "collect.max_new_tokens=8", "rs.max_new_tokens=8", "ppo.max_new_tokens=8", "gatt.max_new_tokens=8",
-                   "eval.max_new_tokens=8", "gatt.n_dialogues=2", "eval.gatt_dialogues=2", "eval.gatt_turns=2",
+                   "eval.max_new_tokens=8", "gatt.n_dialogues=2", "gatt.eval_dialogues=2", "gatt.eval_turns=2",
                    tiny=["logger=none"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -33,11 +33,12 @@ def test_checker_name_selects_it_and_the_source_checker_cannot_check_list_instru
 
     from llama2rlhf.gatt.augmenter import load_checker
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.config import GattConfig
 
     cfg = OmegaConf.structured(Config)
     cfg.checker.name = "example_mentions"
     check = load_checker(cfg)
     assert check(NAPOLEON_CHESS, "Napoleon plays chess.") is True and check(NAPOLEON_CHESS, "No.") is False
     cfg.checker.name = "source"
-    cfg.gatt.constraints = "list"
+    cfg.gatt = GattConfig(constraints="list")
     assert load_checker(cfg)(NAPOLEON_CHESS, "No.") is None  # the list source cannot check

@@ -217,14 +217,6 @@ class AnnotatorConfig:
 class EvalConfig:
     batch_size: int = 64
     max_new_tokens: int = 32
-    # Ghost Attention's multi-turn evaluation (paper Table 30): adherence to a system
-    # instruction at every turn up to gatt_turns, on gatt_dialogues held-out dialogues
-    gatt_turns: int = 20
-    gatt_dialogues: int = 100
-    gatt_max_length: int = 4096  # dialogues longer than this lose middle turns
-    # measure it in the last round only (with the baseline), or in every round from
-    # gatt.start_round on: each measurement is gatt_dialogues x gatt_turns greedy replies
-    gatt_every_round: bool = False
 
 
 @dataclass
@@ -297,50 +289,6 @@ class PPOStageConfig(TrainConfig):
 
 
 @dataclass
-class GattConfig:
-    """Ghost Attention (paper 3.3), the ``gatt`` augmenter's settings (``augmenter=gatt``)."""
-
-    start_round: int = 4  # Llama 2 applied GAtt after RLHF-V3
-    n_dialogues: int = 1000
-    # each dialogue has a turn count drawn from [min_turns, max_turns]; its example
-    # teaches the reply to its last turn
-    min_turns: int = 2
-    max_turns: int = 20
-    # "toy": the toy world's verifiable constraints, of toy_kinds; "list": the lists below
-    # (real data)
-    constraints: str = "toy"
-    toy_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])
-    max_constraints: int = 2  # instructions combine 1..max_constraints kinds
-    figures: list[str] = field(default_factory=lambda: ["Napoleon", "Marie Curie", "Shakespeare", "Cleopatra"])
-    languages: list[str] = field(default_factory=lambda: ["French", "Spanish", "German", "Italian"])
-    hobbies: list[str] = field(default_factory=lambda: ["tennis", "chess", "gardening", "jazz"])
-    # share of training system prompts given in the short form ("Figure: Napoleon."); the
-    # paper: half of them
-    shorten: float = 0.5
-    # where the constraint source can check a reply (the toy world's can, free-text lists
-    # cannot): sample samples_per_turn replies per turn, keep the first that follows the
-    # instruction, and end the dialogue when none does
-    filter: bool = True
-    samples_per_turn: int = 4
-    # with filter: draw this many replies per turn first, and the rest of samples_per_turn
-    # only for the dialogues none of them followed; the kept reply is the same rule (the
-    # first that follows, of up to samples_per_turn), for fewer samples. 0: all at once
-    first_draw: int = 0
-    # of the last turn's samples that follow the instruction, keep the one the round's
-    # reward scores best rather than the first (the last reply is what the example teaches;
-    # following the instruction does not make it right). Needs the round's reward models
-    rank_last_turn: bool = True
-    temperature: float = 0.7
-    max_new_tokens: int = 128
-    # dialogues longer than this (tokens) lose whole middle turns, never the system prompt
-    max_length: int = 4096
-    # the round's dialogues are sampled once: the rejection sampling after PPO (RLHF-V5's)
-    # fine-tunes a model that already learned them through the RS model, and takes them
-    # again instead of sampling as many more from the PPO model. false: sample afresh
-    once_per_round: bool = True
-
-
-@dataclass
 class PipelineConfig:
     name: str = "default"
     stages: list[str] = field(default_factory=lambda: ["sft", "reward"])
@@ -378,7 +326,10 @@ class Config:
     collect: CollectConfig = field(default_factory=CollectConfig)
     rs: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
-    gatt: GattConfig = field(default_factory=GattConfig)
+    # Ghost Attention's node (llama2rlhf.gatt.config.GattConfig), typed by the gatt package,
+    # which stores it through register_configs (this lower layer cannot import it);
+    # conf/config.yaml selects it in its defaults
+    gatt: Any = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0

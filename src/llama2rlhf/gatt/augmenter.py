@@ -196,3 +196,11 @@ def none(rows: list[dict], ctx) -> list[dict]:
 def register_augmenters(register):
     register("gatt", gatt)
     register("none", none)
+
+
+@hookimpl
+def register_configs(config_store):
+    """The ``gatt`` node: Ghost Attention's settings (:mod:`llama2rlhf.gatt.config`)."""
+    from llama2rlhf.gatt.config import store_config
+
+    store_config(config_store)

@@ -16,7 +16,7 @@ Llama 2's recipe, step by step, as the ``gatt`` augmenter runs it:
    ("Figure: Napoleon"), as the paper varied it.
 
 Evaluation gives the instruction once, in the system prompt, and checks every reply up
-to ``eval.gatt_turns`` turns (:func:`adherence_by_turn`; the paper's Table 30).
+to ``gatt.eval_turns`` turns (:func:`adherence_by_turn`; the paper's Table 30).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class ListConstraints:
     def __init__(self, figures: Sequence[str], languages: Sequence[str], hobbies: Sequence[str], max_constraints: int = 2):
         self.pools = {k: list(v) for k, v in (("figures", figures), ("languages", languages), ("hobbies", hobbies)) if v}
         if not self.pools:
-            raise ValueError("augmenter.constraints=list needs at least one of figures, languages, hobbies")
+            raise ValueError("gatt.constraints=list needs at least one of figures, languages, hobbies")
         self.max_constraints = max_constraints
 
     def sample(self, rng: random.Random) -> Instruction:

@@ -21,7 +21,7 @@ def heldout_dialogues(ctx) -> tuple[list, list[list[str]]]:
     from llama2rlhf.gatt.augmenter import constraint_source
     from llama2rlhf.gatt.dialogue import ToyConstraints
 
-    n, turns = ctx.cfg.eval.gatt_dialogues, ctx.cfg.eval.gatt_turns
+    n, turns = ctx.cfg.gatt.eval_dialogues, ctx.cfg.gatt.eval_turns
     rng = random.Random(f"{ctx.cfg.seed}:gatt-eval")
     if ctx.world is not None:
         source = ToyConstraints(ctx.cfg.gatt.max_constraints, list(ctx.cfg.gatt.toy_kinds))
@@ -50,7 +50,7 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
         return json.loads(cache.read_text(encoding="utf-8"))
     instructions, turns = heldout_dialogues(ctx)
     fit = token_fitter(load_tokenizer(model_path, trust_remote_code=ctx.cfg.model.trust_remote_code),
-                       ctx.cfg.eval.gatt_max_length)
+                       ctx.cfg.gatt.eval_max_length)
     out = adherence_by_turn(load_sampler(ctx.cfg, model_path), load_checker(ctx.cfg), instructions, turns,
                             ctx.cfg.eval.max_new_tokens, fit)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -60,11 +60,11 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
 
 def gatt_metrics(ctx) -> dict[str, Any]:
     """This round's adherence by turn, once GAtt has started, in the last round (every
-    round with ``eval.gatt_every_round``); also sets ``summary["gatt"]``
+    round with ``gatt.eval_every_round``); also sets ``summary["gatt"]``
     (baseline against the latest policy), which the run report plots."""
-    if ctx.cfg.eval.gatt_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
+    if ctx.cfg.gatt.eval_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
         return {}
-    if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.eval.gatt_every_round:
+    if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.gatt.eval_every_round:
         return {}
     baseline = model_adherence(ctx, ctx.state.artifacts["gatt_baseline"], ctx.run_dir / "gatt" / "baseline_adherence.json")
     now = model_adherence(ctx, ctx.artifact("policy"), ctx.stage_dir() / "gatt_adherence.json")
@@ -76,7 +76,7 @@ def gatt_metrics(ctx) -> dict[str, Any]:
         "baseline_model": ctx.state.artifacts["gatt_baseline"],
         "model": ctx.artifact("policy"),
         "round": ctx.round,
-        "n_dialogues": ctx.cfg.eval.gatt_dialogues,
+        "n_dialogues": ctx.cfg.gatt.eval_dialogues,
         "baseline_adherence_by_turn": baseline,
         "adherence_by_turn": now,
     }
