@@ -126,3 +126,25 @@ def test_no_import_circle(graph):
         if m not in state:
             visit(m)
     assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_artifact_names_are_the_constants_of_runtime_artifacts():
+    """``ctx.artifact(...)`` and ``....artifacts[...]`` (``.get``, ``.setdefault``) take a name
+    from ``llama2rlhf.runtime.artifacts`` (or a config value), never a string literal."""
+    literal = (ast.Constant, ast.JoinedStr)
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            key = None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                owner = node.func.value
+                if node.func.attr == "artifact" or (
+                        node.func.attr in ("get", "setdefault") and isinstance(owner, ast.Attribute)
+                        and owner.attr == "artifacts"):
+                    key = node.args[0]
+            elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) \
+                    and node.value.attr == "artifacts":
+                key = node.slice
+            if isinstance(key, literal) and not (isinstance(key, ast.Constant) and not isinstance(key.value, str)):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "artifact names as string literals:\n" + "\n".join(found)

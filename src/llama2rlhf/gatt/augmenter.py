@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 from llama2rlhf import hookimpl
+from llama2rlhf.runtime import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ def best_last_replies(ctx, shown: list[list[str]], safety: list[list[bool]], rep
     answer, which the fine-tuning then taught (in the toy run, the capital of one land given
     for every question of a dialogue). This is rejection sampling (paper 3.2.3) within the
     dialogue. Without a reward model yet, the first candidate stays."""
-    from llama2rlhf.reward.combined import MODEL_ARTIFACTS, CombinedReward
+    from llama2rlhf.reward.combined import CombinedReward
 
-    if not candidates or not any(a in ctx.state.artifacts for a in MODEL_ARTIFACTS.values()):
+    if not candidates or not any(a in ctx.state.artifacts for a in artifacts.REWARD_MODELS.values()):
         return 0
     reward = CombinedReward.for_run(ctx)
     flat = [(d, text) for d, texts in sorted(candidates.items()) for text in texts]
@@ -117,9 +118,9 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
         return rows + examples
     if not 1 <= g.min_turns <= g.max_turns:
         raise ValueError(f"gatt: need 1 <= min_turns <= max_turns, got {g.min_turns} and {g.max_turns}")
-    policy = ctx.artifact("policy")
+    policy = ctx.artifact(artifacts.POLICY)
     # the model GAtt started from: evaluation reports adherence before and after it
-    ctx.state.artifacts.setdefault("gatt_baseline", policy)
+    ctx.state.artifacts.setdefault(artifacts.GATT_BASELINE, policy)
     rng = random.Random(f"{ctx.cfg.seed}:gatt:{ctx.round}")
     source = constraint_source(ctx.cfg)
     instructions = [source.sample(rng) for _ in range(g.n_dialogues)]
@@ -180,7 +181,7 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     stats = {"round": ctx.round, "n_dialogues": len(instructions), "n_examples": len(examples),
              "ended_by_filter": broken, "last_reply_reranked": reranked, "middle_turns_dropped": dropped,
              "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
-             "baseline_model": ctx.state.artifacts["gatt_baseline"]}
+             "baseline_model": ctx.state.artifacts[artifacts.GATT_BASELINE]}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     log.info("GAtt round %d: %d examples from %d dialogues (%d ended where no sample followed the instruction), "
              "%.1f turns on average",

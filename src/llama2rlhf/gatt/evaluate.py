@@ -15,6 +15,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llama2rlhf.runtime import artifacts
+
 
 def heldout_dialogues(ctx) -> tuple[list, list[list[str]]]:
     """The evaluation's instructions and user turns: the same for every model of a run."""
@@ -62,19 +64,20 @@ def gatt_metrics(ctx) -> dict[str, Any]:
     """This round's adherence by turn, once GAtt has started, in the last round (every
     round with ``gatt.eval_every_round``); also sets ``summary["gatt"]``
     (baseline against the latest policy), which the run report plots."""
-    if ctx.cfg.gatt.eval_turns < 1 or "gatt_baseline" not in ctx.state.artifacts:
+    if ctx.cfg.gatt.eval_turns < 1 or artifacts.GATT_BASELINE not in ctx.state.artifacts:
         return {}
     if ctx.round != ctx.cfg.pipeline.rounds and not ctx.cfg.gatt.eval_every_round:
         return {}
-    baseline = model_adherence(ctx, ctx.state.artifacts["gatt_baseline"], ctx.run_dir / "gatt" / "baseline_adherence.json")
-    now = model_adherence(ctx, ctx.artifact("policy"), ctx.stage_dir() / "gatt_adherence.json")
+    baseline = model_adherence(ctx, ctx.state.artifacts[artifacts.GATT_BASELINE],
+                               ctx.run_dir / "gatt" / "baseline_adherence.json")
+    now = model_adherence(ctx, ctx.artifact(artifacts.POLICY), ctx.stage_dir() / "gatt_adherence.json")
     start = max(1, ctx.cfg.gatt.start_round)
     baseline_name = "SFT" if start == 1 else f"RLHF-V{start - 1}"  # the policy the first GAtt round sampled from
     ctx.summary["gatt"] = {
         "start_round": start,
         "baseline": baseline_name,
-        "baseline_model": ctx.state.artifacts["gatt_baseline"],
-        "model": ctx.artifact("policy"),
+        "baseline_model": ctx.state.artifacts[artifacts.GATT_BASELINE],
+        "model": ctx.artifact(artifacts.POLICY),
         "round": ctx.round,
         "n_dialogues": ctx.cfg.gatt.eval_dialogues,
         "baseline_adherence_by_turn": baseline,

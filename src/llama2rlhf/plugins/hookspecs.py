@@ -143,8 +143,9 @@ def register_stages(register: Register) -> None:
     ``stage.summary_key`` if the function has that attribute; ``None`` merges them into
     the round's entry). ``ctx.round`` is 0 before the RLHF rounds and k in round k. A stage
     that finished is recorded in ``state.json`` and skipped when the run is resumed;
-    ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...) to the paths
-    a stage produced for later ones. ``pipeline.stages`` lists the stages run once, in
+    ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...; the built-in ones
+    are constants of ``llama2rlhf.runtime.artifacts``) to the paths a stage produced for
+    later ones. ``pipeline.stages`` lists the stages run once, in
     order, ``pipeline.round_stages`` those run in every round, and ``pipeline.ppo_stages``
     those run after rejection sampling in ``pipeline.ppo_rounds`` (built-ins: ``ppo``,
     ``rloo``, ``grpo``).

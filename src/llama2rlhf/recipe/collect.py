@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
 from llama2rlhf.recipe.annotation import PairToLabel
 from llama2rlhf.reward.combined import is_safety_prompt
@@ -27,7 +28,7 @@ def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
 
     cfg, k = ctx.cfg, ctx.round
     torch.manual_seed(cfg.seed * 1000 + k)
-    sampler = load_sampler(cfg, ctx.artifact("policy"))
+    sampler = load_sampler(cfg, ctx.artifact(artifacts.POLICY))
     messages = [p.messages for p in prompts]
     a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")
             for t in temperatures)
@@ -78,7 +79,7 @@ def _collect(ctx) -> dict[str, Any]:
             row["safety"] = is_safety_prompt(pair.meta)
     path = out_dir / "comparisons.jsonl"
     write_jsonl(path, rows)
-    ctx.state.artifacts[f"round_{k}/comparisons"] = str(path)
+    ctx.state.artifacts[artifacts.comparisons(k)] = str(path)
     return {
         "n_prompts": len(prompts),
         "n_pairs": len(rows),

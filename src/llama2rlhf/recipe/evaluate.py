@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf.reward.combined import CombinedReward
 from llama2rlhf.gatt.evaluate import gatt_metrics
 from llama2rlhf.evaluation.heldout import heldout_prompts, heldout_replies
@@ -31,8 +32,8 @@ def _evaluate(ctx) -> dict[str, Any]:
     if ctx.world is None:
         return _evaluate_real(ctx)
     prompts = heldout_prompts(ctx)
-    ours = heldout_replies(ctx, ctx.artifact("policy"), ctx.stage_dir("evaluate") / "heldout_replies.jsonl")
-    sft = heldout_replies(ctx, ctx.artifact("sft"), ctx.run_dir / "sft" / "heldout_replies.jsonl")
+    ours = heldout_replies(ctx, ctx.artifact(artifacts.POLICY), ctx.stage_dir("evaluate") / "heldout_replies.jsonl")
+    sft = heldout_replies(ctx, ctx.artifact(artifacts.SFT), ctx.run_dir / "sft" / "heldout_replies.jsonl")
     metrics = gold_metrics(ctx.world, prompts, ours)
     gold_ours = [s.reward for s in ctx.world.score_many(prompts, ours)]
     gold_sft = [s.reward for s in ctx.world.score_many(prompts, sft)]
@@ -58,8 +59,9 @@ def _evaluate_real(ctx) -> dict[str, Any]:
     prompts = round_prompts(ctx, "eval", ctx.cfg.data.n_eval_prompts, heldout=True)
     if not prompts:
         return {}
-    ours = heldout_replies(ctx, ctx.artifact("policy"), ctx.stage_dir("evaluate") / "heldout_replies.jsonl", prompts)
-    sft = heldout_replies(ctx, ctx.artifact("sft"), ctx.run_dir / "sft" / "heldout_replies.jsonl", prompts)
+    ours = heldout_replies(ctx, ctx.artifact(artifacts.POLICY), ctx.stage_dir("evaluate") / "heldout_replies.jsonl",
+                           prompts)
+    sft = heldout_replies(ctx, ctx.artifact(artifacts.SFT), ctx.run_dir / "sft" / "heldout_replies.jsonl", prompts)
     reward = CombinedReward.for_run(ctx)
     msgs, flags = [p.messages for p in prompts], [is_safety_prompt(p.meta) for p in prompts]
     n = len(msgs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
 from llama2rlhf.evaluation.final import final_metrics
 from llama2rlhf.config import ppo_rounds
@@ -86,7 +87,7 @@ def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
 
 
 def run(cfg: Any, run_dir: Path) -> RunContext:
-    from llama2rlhf.reward.combined import MODEL_ARTIFACTS, own_reward_models
+    from llama2rlhf.reward.combined import own_reward_models
     from llama2rlhf.runtime.models import build_base
 
     distributed.setup(cfg)
@@ -97,7 +98,7 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     ctx.summary["num_processes"] = distributed.num_processes()
     if not ctx.state.is_done("base"):
         # the starting checkpoints: the policy's, and reward models the config names itself
-        own = {MODEL_ARTIFACTS[name]: path for name, path in own_reward_models(cfg).items()}
+        own = {artifacts.REWARD_MODELS[name]: path for name, path in own_reward_models(cfg).items()}
         ctx.state.mark_done("base", {**distributed.main_process_only(build_base, cfg, ctx.world, run_dir / "base"),
                                      **own})
     for name in cfg.pipeline.stages:

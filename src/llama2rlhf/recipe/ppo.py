@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.runtime.models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
 from llama2rlhf.data.round_prompts import round_prompts
@@ -223,7 +224,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         # the critic reads the policy's tokens: it starts as the helpfulness RM where that RM
         # reads them too, else as the policy with a new head (TRL's default)
         same = reads_policy_tokens(reward, tokenizer)
-        value = value_model_in_reward_units(load_reward_model(ctx.artifact("reward") if same else start, cfg,
+        value = value_model_in_reward_units(load_reward_model(ctx.artifact(artifacts.REWARD) if same else start, cfg,
                                                               tokenizer), reward.whitening)
         adapter = combined_reward_model(reward, queries, flags) if same else \
             combined_reward_model(reward, queries, flags, [p.messages for p in prompts], tokenizer)
@@ -273,7 +274,7 @@ def _online_rl_stage(kind: str):
 
         cfg, pcfg = ctx.cfg, ctx.cfg.ppo
         out_dir = ctx.stage_dir()
-        start = ctx.artifact("policy")  # the rejection-sampled model of this round
+        start = ctx.artifact(artifacts.POLICY)  # the rejection-sampled model of this round
         tokenizer = load_tokenizer(start, trust_remote_code=cfg.model.trust_remote_code)
         reward = CombinedReward.for_run(ctx)
         eval_prompts = _eval_prompts(ctx)
@@ -314,7 +315,7 @@ def _online_rl_stage(kind: str):
         after, kl = distributed.main_process_only(
             lambda: (evaluate_policy(ctx, reward, policy_path, eval_prompts),
                      sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens)))
-        ctx.state.artifacts["policy"] = policy_path
+        ctx.state.artifacts[artifacts.POLICY] = policy_path
         metrics: dict[str, Any] = {
             "trainer": kind,
             "kl": kl,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
 from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
@@ -28,7 +29,7 @@ def _history(ctx) -> list[Candidate]:
     """Samples kept in earlier rounds, once each (the same text kept twice is one sample)."""
     seen, out = set(), []
     for j in range(1, ctx.round):
-        path = ctx.state.artifacts.get(f"round_{j}/kept")
+        path = ctx.state.artifacts.get(artifacts.kept(j))
         for _, row in read_jsonl(path) if path else ():
             c = Candidate.from_dict(row)
             if (c.prompt_id, c.completion) not in seen:
@@ -94,10 +95,10 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
     # sampling, scoring, selection and augmentation on the main process alone; every
     # process then fine-tunes on the rows it kept (llama2rlhf.runtime.distributed)
     rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
-    init = ctx.artifact("policy") if rs.init_from == "previous" else ctx.artifact(rs.init_from)
-    out = train_sft(cfg, rs.train, init, ctx.artifact("tokenizer"), rows, ctx.stage_dir())
-    ctx.state.artifacts["policy"] = out["model_path"]
-    ctx.state.artifacts[f"round_{k}/kept"] = str(ctx.stage_dir() / "kept.jsonl")
+    init = ctx.artifact(artifacts.POLICY) if rs.init_from == "previous" else ctx.artifact(rs.init_from)
+    out = train_sft(cfg, rs.train, init, ctx.artifact(artifacts.TOKENIZER), rows, ctx.stage_dir())
+    ctx.state.artifacts[artifacts.POLICY] = out["model_path"]
+    ctx.state.artifacts[artifacts.kept(k)] = str(ctx.stage_dir() / "kept.jsonl")
     return {**metrics, "train_loss": out["train_loss"]}
 
 
@@ -108,7 +109,7 @@ def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
     out_dir = ctx.stage_dir()  # rejection_sampling, or rejection_sampling_after_ppo
     prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
-    policy = ctx.artifact("policy")
+    policy = ctx.artifact(artifacts.POLICY)
     torch.manual_seed(cfg.seed * 1000 + 500 + k)  # a re-run round draws the same samples
     sampler = load_sampler(cfg, policy)
     reward = CombinedReward.for_run(ctx)

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from llama2rlhf import RewardLoss, plugins
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf.data.formats import LoadReport, limited, load_preferences
 from llama2rlhf.data.sources import where
 from llama2rlhf.runtime.models import load_reward_model, load_tokenizer, peft_config, save_trained_model
@@ -189,9 +190,9 @@ def safety_mixture(rows: list[dict], seed: int) -> list[dict]:
 
 def _start(ctx, name: str) -> tuple[str, str, float]:
     """(checkpoint, tokenizer, epochs) the ``name`` reward model (helpfulness, safety) trains from."""
-    from llama2rlhf.reward.combined import MODEL_ARTIFACTS, own_reward_models
+    from llama2rlhf.reward.combined import own_reward_models
 
-    stage_cfg, artifact = ctx.cfg.reward_model, MODEL_ARTIFACTS[name]
+    stage_cfg, artifact = ctx.cfg.reward_model, artifacts.REWARD_MODELS[name]
     if ctx.round > 0 and stage_cfg.round_init_from == "previous" and artifact in ctx.state.artifacts:
         # continue from last round's RM for fewer epochs over all comparisons so far:
         # the same data as retraining from SFT (paper 3.2.3), at a fraction of the cost
@@ -200,15 +201,13 @@ def _start(ctx, name: str) -> tuple[str, str, float]:
     start = own.get(name) or own.get("helpfulness")
     if start:  # a reward model of its own, with its own tokenizer
         return start, start, stage_cfg.num_train_epochs
-    return ctx.artifact(stage_cfg.init_from), ctx.artifact("tokenizer"), stage_cfg.num_train_epochs
+    return ctx.artifact(stage_cfg.init_from), ctx.artifact(artifacts.TOKENIZER), stage_cfg.num_train_epochs
 
 
 def reward_stage(ctx) -> dict[str, Any]:
     """The helpfulness reward model on every comparison, and, when the comparisons carry
     safety labels, a safety reward model (paper 3.2.2); then the whitening statistics of
     the combined reward (``llama2rlhf.reward.combined``)."""
-    from llama2rlhf.reward.combined import MODEL_ARTIFACTS
-
     cfg = ctx.cfg
     train_rows, eval_rows, source = preference_rows(ctx)
     rows = train_rows + collected_comparisons(ctx)
@@ -216,14 +215,14 @@ def reward_stage(ctx) -> dict[str, Any]:
     out_dir = ctx.stage_dir("reward")
     init, tokenizer, epochs = _start(ctx, "helpfulness")
     out = train_reward(cfg, init, tokenizer, rows, out_dir, source, epochs=epochs)
-    ctx.state.artifacts[MODEL_ARTIFACTS["helpfulness"]] = out["model_path"]
+    ctx.state.artifacts[artifacts.REWARD] = out["model_path"]
     paths = {"helpfulness": out["model_path"]}
     safety_out = None
     if any(row_is_safety(r) for r in rows):
         init, tokenizer, epochs = _start(ctx, "safety")
         safety_out = train_reward(cfg, init, tokenizer, safety_mixture(rows, cfg.seed), out_dir / "safety", source,
                                   epochs=epochs)
-        ctx.state.artifacts[MODEL_ARTIFACTS["safety"]] = paths["safety"] = safety_out["model_path"]
+        ctx.state.artifacts[artifacts.REWARD_SAFETY] = paths["safety"] = safety_out["model_path"]
 
     # the held-out comparisons, scored once by every model: bucket accuracies and whitening,
     # on the main process alone (its state and summary reach the others after the stage)
@@ -234,7 +233,7 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
                     n_collected: int) -> dict[str, Any]:
     import json
 
-    from llama2rlhf.reward.combined import WHITENING_ARTIFACT, CombinedReward
+    from llama2rlhf.reward.combined import CombinedReward
     from llama2rlhf.evaluation.rm_accuracy import bucket_accuracy, pair_conversations
 
     cfg, stage_cfg, out_dir = ctx.cfg, ctx.cfg.reward_model, ctx.stage_dir("reward")
@@ -257,7 +256,7 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
     whitening = reward.fit_whitening(scores, flags + flags)
     stats_path = out_dir / "whitening.json"
     stats_path.write_text(json.dumps(whitening, indent=2) + "\n", encoding="utf-8")
-    ctx.state.artifacts[WHITENING_ARTIFACT] = str(stats_path)
+    ctx.state.artifacts[artifacts.REWARD_WHITENING] = str(stats_path)
     metrics["whitening"] = whitening
     if reward.fallback:
         metrics["reward_fallback"] = reward.fallback
@@ -271,7 +270,7 @@ def collected_comparisons(ctx) -> list[dict]:
 
     rows = []
     for k in range(0, ctx.round + 1):
-        path = ctx.state.artifacts.get(f"round_{k}/comparisons")
+        path = ctx.state.artifacts.get(artifacts.comparisons(k))
         if path:
             rows += [row for _, row in read_jsonl(path)]
     return rows

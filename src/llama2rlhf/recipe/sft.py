@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf.data.formats import LoadReport, limited, load_sft
 from llama2rlhf.data.sources import where
 from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
@@ -146,8 +147,9 @@ def sft_rows(ctx) -> Any:
 
 def sft_stage(ctx) -> dict[str, Any]:
     cfg = ctx.cfg
-    out = train_sft(cfg, cfg.sft, ctx.artifact("base"), ctx.artifact("tokenizer"), sft_rows(ctx), ctx.stage_dir("sft"))
-    ctx.state.artifacts["sft"] = ctx.state.artifacts["policy"] = out["model_path"]
+    out = train_sft(cfg, cfg.sft, ctx.artifact(artifacts.BASE), ctx.artifact(artifacts.TOKENIZER), sft_rows(ctx),
+                    ctx.stage_dir("sft"))
+    ctx.state.artifacts[artifacts.SFT] = ctx.state.artifacts[artifacts.POLICY] = out["model_path"]
     metrics = {k: v for k, v in out.items() if k != "model_path"}
     if ctx.world is not None:
         from llama2rlhf.evaluation.heldout import evaluate_checkpoint

@@ -23,13 +23,11 @@ from typing import Any, Sequence
 
 from llama2rlhf import plugins
 from llama2rlhf.reward.scoring import Cuts, model_max_length, score_conversations, tokenize_conversations
+from llama2rlhf.runtime import artifacts
 
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-# reward-model name -> the run artifact that holds its checkpoint
-MODEL_ARTIFACTS = {"helpfulness": "reward", "safety": "reward_safety"}
-WHITENING_ARTIFACT = "reward_whitening"
 
 
 def is_safety_prompt(meta: dict[str, Any] | None) -> bool:
@@ -104,8 +102,9 @@ class CombinedReward:
     def for_run(cls, ctx) -> "CombinedReward":
         """The newest reward models of a run and their whitening statistics; the combiner's
         fallback and what scoring cuts go into the running stage's summary (``reward_notes``)."""
-        paths = {name: ctx.state.artifacts[a] for name, a in MODEL_ARTIFACTS.items() if a in ctx.state.artifacts}
-        stats_path = ctx.state.artifacts.get(WHITENING_ARTIFACT)
+        paths = {name: ctx.state.artifacts[a] for name, a in artifacts.REWARD_MODELS.items()
+                 if a in ctx.state.artifacts}
+        stats_path = ctx.state.artifacts.get(artifacts.REWARD_WHITENING)
         stats = json.loads(Path(stats_path).read_text(encoding="utf-8")) if stats_path else None
         reward = cls(ctx.cfg, paths, stats, batch_size=ctx.cfg.reward_model.eval_batch_size)
         key = ctx.stage_key(ctx.current_stage)

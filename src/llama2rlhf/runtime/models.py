@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llama2rlhf.data.templates import llama2_chat_template, plain_chat_template
+from llama2rlhf.runtime import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
         tok.save_pretrained(out_dir)
         n = sum(p.numel() for p in model.parameters())
         log.info("built a tiny Llama with %.2fM parameters and a %d-token BPE tokenizer", n / 1e6, len(tok))
-        return {"base": str(out_dir), "tokenizer": str(out_dir)}
+        return {artifacts.BASE: str(out_dir), artifacts.TOKENIZER: str(out_dir)}
     if m.kind == "hf":
         if not m.name_or_path:
             raise ValueError("model.kind=hf needs model.name_or_path (a Hub id or a local folder)")
@@ -68,7 +69,7 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
             base = str(convert_gguf(base, m.gguf_file, out_dir / "model"))
         tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code)
         tok.save_pretrained(out_dir / "tokenizer")
-        return {"base": base, "tokenizer": str(out_dir / "tokenizer")}
+        return {artifacts.BASE: base, artifacts.TOKENIZER: str(out_dir / "tokenizer")}
     raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
 
 
