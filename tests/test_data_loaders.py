@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from llama2rlhf.data.errors import DataError
 from llama2rlhf.data.formats import load_preferences, load_prompts, load_sft
-from llama2rlhf.data.jsonl import append_jsonl, read_jsonl, write_jsonl
+from llama2rlhf.data.jsonl import append_jsonl, read_jsonl, write_json, write_jsonl
 from llama2rlhf.data.strength import STRENGTHS
 
 
@@ -151,6 +152,40 @@ def test_write_jsonl_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -
         write_jsonl(path, [["not", "a", "mapping"]])
     assert path.read_text() == '{"old": true}\n'
     assert os.listdir(tmp_path) == ["out.jsonl"]
+
+
+def test_write_json_round_trips_replaces_and_creates_the_folder(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "summary.json"
+    write_json(path, {"old": True})
+    data = {"prompt": "héllo", "scores": [1, 2.5], "nested": {"diverged": float("nan")}}
+    write_json(path, data)
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("}\n") and "h\\u00e9llo" in text
+    back = json.loads(text)
+    assert back["prompt"] == "héllo" and back["scores"] == [1, 2.5] and math.isnan(back["nested"]["diverged"])
+    write_json(path, {"path": tmp_path}, default=str)  # what JSON has no type for, as the caller says
+    assert json.loads(path.read_text()) == {"path": str(tmp_path)}
+    assert os.listdir(path.parent) == ["summary.json"]
+
+
+def test_write_json_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "stats.json"
+    write_json(path, {"old": True})
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        write_json(path, {"ok": 1, "bad": object()})
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        write_json(path, {"loop": loop})
+    # a failure after the bytes are written (the rename) removes the temporary file too
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        write_json(path, {"new": True})
+    with pytest.raises(OSError, match="disk full"):
+        write_jsonl(tmp_path / "stats.json", [{"new": True}])
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["stats.json"]
 
 
 def test_append_jsonl_appends_and_repairs_missing_newline(tmp_path: Path) -> None:

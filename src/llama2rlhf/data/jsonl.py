@@ -1,8 +1,10 @@
-"""JSON Lines reading and writing: one JSON object per line, UTF-8; and reading a JSON
-array of objects, the other layout data sets are published in.
+"""JSON Lines reading and writing: one JSON object per line, UTF-8; reading a JSON array
+of objects, the other layout data sets are published in; and writing one JSON document.
 
-Reading names the file and 1-based line of any broken row (:class:`DataError`);
-writing never leaves a half-written file behind.
+Reading names the file and 1-based line of any broken row (:class:`DataError`).
+:func:`write_jsonl` and :func:`write_json` are the one way the run writes its JSON files:
+both replace the file atomically (:func:`_replace_atomically`), so a reader, or a run
+killed mid-write, finds the old file or the complete new one, never half of it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from llama2rlhf.data.errors import DataError
@@ -136,22 +138,18 @@ def _encode(rows: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
         yield (json.dumps(dict(row), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Write ``rows`` as JSON Lines, replacing ``path`` atomically; return the row count.
-
-    The rows go to a temporary file in the same directory that is fsynced and then
-    renamed over ``path``, so readers see the old file or the complete new one, and a
-    row that fails to serialise leaves the old file untouched.
-    """
+def _replace_atomically(path: PathLike, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to a temporary file in ``path``'s folder (created if missing), fsync
+    it, then rename it over ``path``; on any failure, ``chunks`` raising included, remove
+    the temporary file and leave ``path`` as it was."""
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
-    count = 0
     try:
         with os.fdopen(fd, "wb") as handle:
-            for line in _encode(rows):
-                handle.write(line)
-                count += 1
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -162,7 +160,40 @@ def write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
             pass
         raise
     _fsync_directory(directory)
+
+
+def write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write ``rows`` as JSON Lines, replacing ``path`` atomically; return the row count.
+
+    A row that fails to serialise (not a mapping, not JSON, NaN) leaves the old file
+    untouched and no temporary file behind.
+    """
+    count = 0
+
+    def lines() -> Iterator[bytes]:
+        nonlocal count
+        for line in _encode(rows):
+            count += 1
+            yield line
+
+    _replace_atomically(path, lines())
     return count
+
+
+def write_json(path: PathLike, data: Any, *, indent: int | None = 2,
+               default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``data`` as one JSON document ending in a newline, replacing ``path``
+    atomically; a value that fails to serialise leaves the old file untouched. Text outside
+    ASCII is escaped (``\\u00e9``), so the file reads the same whatever encoding a reader
+    assumes.
+
+    ``default`` is :func:`json.dumps`'s: what to write for a value JSON has no type for
+    (``str`` for the run's summary and state, whose entries come from plugins too).
+    NaN and infinities are written as Python's :mod:`json` writes and reads them: a
+    metric that diverged is a result to record, where a data row with one is a bug.
+    """
+    text = json.dumps(data, indent=indent, default=default) + "\n"
+    _replace_atomically(path, [text.encode("ascii")])
 
 
 def append_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> int:

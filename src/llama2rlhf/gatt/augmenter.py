@@ -9,12 +9,12 @@ of the training example, whose loss falls on the last reply alone. See
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from typing import Any
 
 from llama2rlhf import hookimpl
+from llama2rlhf.data.jsonl import read_jsonl, write_json, write_jsonl
 from llama2rlhf.runtime import artifacts
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
         return rows
     earlier = ctx.run_dir / ctx.stage_key("rejection_sampling") / "gatt" / "examples.jsonl"
     if g.once_per_round and ctx.current_stage != "rejection_sampling" and earlier.exists():
-        examples = [json.loads(line) for line in earlier.read_text(encoding="utf-8").splitlines()]
+        examples = [row for _, row in read_jsonl(earlier)]
         log.info("GAtt round %d: %d examples sampled earlier in the round (gatt.once_per_round)",
                  ctx.round, len(examples))
         return rows + examples
@@ -173,16 +173,13 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
         log.info("GAtt round %d: dropped %d middle turns from training dialogues to fit %d tokens (system prompt kept)",
                  ctx.round, dropped, min(g.max_length, ctx.cfg.rs.train.max_length))
     out_dir = ctx.stage_dir() / "gatt"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "examples.jsonl", "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps(ex) + "\n")
+    write_jsonl(out_dir / "examples.jsonl", examples)
     turns_kept = [(len(ex["prompt"]) - 1) // 2 + 1 for ex in examples]
     stats = {"round": ctx.round, "n_dialogues": len(instructions), "n_examples": len(examples),
              "ended_by_filter": broken, "last_reply_reranked": reranked, "middle_turns_dropped": dropped,
              "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
              "baseline_model": ctx.state.artifacts[artifacts.GATT_BASELINE]}
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "stats.json", stats)
     log.info("GAtt round %d: %d examples from %d dialogues (%d ended where no sample followed the instruction), "
              "%.1f turns on average",
              ctx.round, len(examples), len(instructions), broken, stats["mean_turns"])

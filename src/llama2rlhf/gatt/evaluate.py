@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llama2rlhf.data.jsonl import write_json
 from llama2rlhf.runtime import artifacts
 
 
@@ -55,8 +56,7 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
                        ctx.cfg.gatt.eval_max_length)
     out = adherence_by_turn(load_sampler(ctx.cfg, model_path), load_checker(ctx.cfg), instructions, turns,
                             ctx.cfg.eval.max_new_tokens, fit)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    write_json(cache, out)
     return out
 
 

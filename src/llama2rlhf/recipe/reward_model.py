@@ -231,8 +231,7 @@ def reward_stage(ctx) -> dict[str, Any]:
 
 def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict, safety_out: dict | None,
                     n_collected: int) -> dict[str, Any]:
-    import json
-
+    from llama2rlhf.data.jsonl import write_json
     from llama2rlhf.reward.combined import CombinedReward
     from llama2rlhf.evaluation.rm_accuracy import bucket_accuracy, pair_conversations
 
@@ -255,7 +254,7 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
                                                             [strengths[i] for i in safe])}
     whitening = reward.fit_whitening(scores, flags + flags)
     stats_path = out_dir / "whitening.json"
-    stats_path.write_text(json.dumps(whitening, indent=2) + "\n", encoding="utf-8")
+    write_json(stats_path, whitening)
     ctx.state.artifacts[artifacts.REWARD_WHITENING] = str(stats_path)
     metrics["whitening"] = whitening
     if reward.fallback:

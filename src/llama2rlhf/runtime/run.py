@@ -15,36 +15,15 @@ writes these files (``llama2rlhf.runtime.distributed``); the others keep the sam
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llama2rlhf.data.jsonl import write_json
 from llama2rlhf.runtime import distributed
 
 STATE_VERSION = 1
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A reader (or a run killed mid-write) sees the old file or the new one, never half.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -68,10 +47,8 @@ class RunState:
     def save(self) -> None:
         if not distributed.is_main_process():
             return
-        write_json_atomic(
-            self.path,
-            {"version": STATE_VERSION, "done": self.done, "artifacts": self.artifacts, "events": self.events},
-        )
+        write_json(self.path, {"version": STATE_VERSION, "done": self.done, "artifacts": self.artifacts,
+                               "events": self.events}, default=str)
 
     def record(self, key: str, event: str, **info: Any) -> None:
         """Note something that happened in a stage (a guard that stopped training, say)."""
@@ -156,11 +133,13 @@ class RunContext:
 
     def save_summary(self) -> None:
         if distributed.is_main_process():
-            write_json_atomic(self.run_dir / "summary.json", self.summary)
+            write_json(self.run_dir / "summary.json", self.summary, default=str)
 
     def log_metrics(self, prefix: str, metrics: dict[str, Any]) -> None:
         if not distributed.is_main_process():
             return
+        # an append-only log, one record per call: appending keeps every earlier record
+        # whatever happens to this one, where rewriting the file would risk them all
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"prefix": prefix, "round": self.round, "time": time.time(), **metrics}, default=str))
             f.write("\n")
