@@ -63,7 +63,7 @@ def _docstring_params(cls: type) -> dict[str, str]:
         if line.strip() not in ("Parameters:", "Args:", "Attributes:"):
             continue
         indent = len(line) - len(line.lstrip())
-        name, body = None, []
+        name, body, body_depth = None, [], 0
         for entry in lines[i + 1:]:
             if not entry.strip():
                 continue
@@ -71,7 +71,7 @@ def _docstring_params(cls: type) -> dict[str, str]:
             if depth <= indent:
                 break
             match = re.match(r"(\w+) \(.*\):\s*$", entry.strip())
-            if match and (name is None or depth < body_depth):
+            if match and (name is None or depth < body_depth):  # a new entry, not a line of one
                 if name:
                     out[name] = _clean(body)
                 name, body, body_depth = match.group(1), [], depth + 1
@@ -153,13 +153,14 @@ def class_doc(cls: type) -> str:
 
 
 def _escape(text: str) -> str:
-    """Markdown-safe text for a table cell: code spans kept, ``|`` ``*`` ``<`` escaped
+    """Markdown-safe text for a table cell: code spans kept as they are (the tables
+    extension reads a ``|`` inside one as text), Markdown's special characters escaped
     outside them."""
     parts = re.split(r"(``.+?``|`[^`]+`)", text)
     out = []
     for i, part in enumerate(parts):
         if i % 2:
-            out.append("`" + part.strip("`").replace("|", "\\|") + "`")
+            out.append("`" + part.strip("`") + "`")
         else:
             out.append(part.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;")
                        .replace("_", "\\_"))
@@ -299,30 +300,28 @@ def _store_group(group: str) -> list[str]:
     return list(ConfigStore.instance().repo.get(group, {}))
 
 
-def default_run_values() -> dict[str, Any]:
-    """The default run's config (``llama2rlhf`` with no overrides), flattened to dotted keys."""
+def default_run_config() -> Any:
+    """The default run's config (``llama2rlhf`` with no overrides), unresolved."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("llama2rlhf.config.conf", version_base="1.3"):
-            cfg = OmegaConf.to_container(compose("config"), resolve=False)
+            return compose("config")
     finally:
         GlobalHydra.instance().clear()
-    flat: dict[str, Any] = {}
 
-    def visit(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and prefix.rstrip(".") not in ("rs.train.extra_args", "sft.extra_args",
-                                                                 "reward_model.extra_args", "ppo.extra_args"):
-            for k, v in node.items():
-                visit(v, f"{prefix}{k}.")
-        else:
-            flat[prefix.rstrip(".")] = node
 
-    visit(cfg, "")
-    return flat
+def run_value(cfg: Any, path: str) -> str | None:
+    """Key ``path`` of ``cfg`` as the reference writes it; None where ``cfg`` has no such key."""
+    from omegaconf import OmegaConf
+
+    absent = object()
+    value = OmegaConf.select(cfg, path, default=absent, throw_on_missing=False)
+    if value is absent:
+        return None
+    return render_value(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
 def configuration_page() -> str:
@@ -330,7 +329,7 @@ def configuration_page() -> str:
     from llama2rlhf import config
 
     with builtins_only():
-        run = default_run_values()
+        run = default_run_config()
         nodes = plugin_nodes()
     lines = [
         "# Configuration reference",
@@ -352,7 +351,7 @@ def configuration_page() -> str:
     sections = []
     for path, cls, field_text, keys in walk(config.Config):
         for k in keys:
-            k.run_default = render_value(run[k.path]) if k.path in run else None
+            k.run_default = run_value(run, k.path)
         all_keys.extend(keys)
         if not path:
             top = keys
@@ -383,7 +382,7 @@ def configuration_page() -> str:
             keys = [Key(f"{group}.{f.name}", type_name(f.type), render_value(default_of(f)), field_doc(cls, f.name), cls)
                     for f in dataclasses.fields(cls) if f.name not in base_fields]
             for k in keys:
-                k.run_default = render_value(run[k.path]) if k.path in run and run.get(f"{group}.name") == name else None
+                k.run_default = run_value(run, k.path) if run_value(run, f"{group}.name") == name else None
             all_keys.extend(keys)
             lines += [f"### `{group}={name}`", ""]
             doc = class_doc(cls)
@@ -435,7 +434,7 @@ def plugin_configs_page() -> str:
         "[configuration reference](reference/configuration.md).",
         "",
     ]
-    for kind, (hook, group) in plugins.KINDS.items():
+    for _kind, (_hook, group) in plugins.KINDS.items():
         base = config.GROUP_SCHEMAS.get(group) if group else None
         if base is None:
             continue
