@@ -275,21 +275,32 @@ def builtins_only() -> Iterator[None]:
             os.environ[plugins.DISABLE_AUTOLOAD_ENV] = before
 
 
-def plugin_nodes() -> dict[str, list[tuple[str, type]]]:
-    """The typed nodes in Hydra's ConfigStore, by group: those whose class adds keys to the
-    group's base schema (call inside ``builtins_only``)."""
+def base_schema(group: str) -> type | None:
+    """The dataclass every node of a plugin group subclasses; None for another group."""
+    from llama2rlhf import config
+
+    return {**config.GROUP_SCHEMAS, "logger": config.LoggerConfig}.get(group)
+
+
+def typed_nodes() -> dict[str, list[tuple[str, type]]]:
+    """The typed nodes in Hydra's ConfigStore, by group (call inside ``builtins_only``):
+    in a plugin group, those whose class adds keys to the group's base schema; in any other
+    group (a node that a package stores for a key of its own), all of them."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from llama2rlhf import config
-
-    groups = {**config.GROUP_SCHEMAS, "logger": config.LoggerConfig}
     out: dict[str, list[tuple[str, type]]] = {}
-    repo = ConfigStore.instance().repo
-    for group, base in groups.items():
-        for file, node in sorted(repo.get(group, {}).items()):
+    for group, entries in sorted(ConfigStore.instance().repo.items()):
+        if group == "hydra" or not isinstance(entries, dict):
+            continue
+        base = base_schema(group)
+        for file, node in sorted(entries.items()):
+            if not hasattr(node, "node"):
+                continue
             cls = OmegaConf.get_type(node.node)
-            if isinstance(cls, type) and issubclass(cls, base) and cls is not base:
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or cls is base:
+                continue
+            if base is None or issubclass(cls, base):
                 out.setdefault(group, []).append((file.removesuffix(".yaml"), cls))
     return out
 
@@ -330,7 +341,7 @@ def configuration_page() -> str:
 
     with builtins_only():
         run = default_run_config()
-        nodes = plugin_nodes()
+        nodes = typed_nodes()
     lines = [
         "# Configuration reference",
         "",
@@ -367,6 +378,9 @@ def configuration_page() -> str:
         doc = class_doc(cls)
         lines += [f"`{cls.__module__}.{cls.__qualname__}`" + (f": {_escape_par(doc)}" if doc else ""), ""]
         lines += _table(keys, with_run=True) + [""]
+    for k in top:
+        if k.path in nodes:  # a node stored in a group of its own: its keys are listed below
+            k.run_default = None
     lines += ["## Top-level keys", ""] + _table(top, with_run=True) + [""]
     lines += [
         "## Plugin options",
@@ -376,18 +390,25 @@ def configuration_page() -> str:
         "plugins add theirs the same way (`llama2rlhf GROUP=NAME --cfg job` shows them).",
         "",
     ]
+    own_nodes = []  # nodes of keys that are not plugin groups: listed beside the others
     for group, group_nodes in nodes.items():
+        base = base_schema(group)
         for name, cls in group_nodes:
-            base_fields = {f.name for f in dataclasses.fields(config.GROUP_SCHEMAS.get(group, config.LoggerConfig))}
+            base_fields = {f.name for f in dataclasses.fields(base)} if base else set()
             keys = [Key(f"{group}.{f.name}", type_name(f.type), render_value(default_of(f)), field_doc(cls, f.name), cls)
                     for f in dataclasses.fields(cls) if f.name not in base_fields]
+            selected = run_value(run, f"{group}.name") == name if base else True
             for k in keys:
-                k.run_default = run_value(run, k.path) if run_value(run, f"{group}.name") == name else None
+                k.run_default = run_value(run, k.path) if selected else None
             all_keys.extend(keys)
-            lines += [f"### `{group}={name}`", ""]
             doc = class_doc(cls)
-            lines += [f"`{cls.__module__}.{cls.__qualname__}`" + (f": {_escape_par(doc)}" if doc else ""), ""]
-            lines += _table(keys, with_run=True) + [""]
+            intro = [f"`{cls.__module__}.{cls.__qualname__}`" + (f": {_escape_par(doc)}" if doc else ""), ""]
+            if base:
+                lines += [f"### `{group}={name}`", ""] + intro + _table(keys, with_run=True) + [""]
+            else:
+                own_nodes += [f"## `{group}`" if name == group else f"## `{group}={name}`", ""]
+                own_nodes += intro + _table(keys, with_run=True) + [""]
+    lines += own_nodes
     _warn_undocumented(all_keys)
     return "\n".join(lines)
 
@@ -402,7 +423,7 @@ def plugin_configs_page() -> str:
     from llama2rlhf import config, plugins
 
     with builtins_only():
-        nodes = plugin_nodes()
+        nodes = typed_nodes()
         names = {kind: sorted(plugins.registry(kind)) for kind in plugins.KINDS}
         loggers = sorted({name.removesuffix(".yaml") for name in _store_group("logger")}
                          | {p.stem for p in (ROOT / "src/llama2rlhf/config/conf/logger").glob("*.yaml")})

@@ -92,22 +92,26 @@ def config_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def plugin_node_keys() -> list[str]:
-    """The keys that the built-in plugins' typed nodes add to their groups."""
+def typed_node_keys() -> list[str]:
+    """The keys of the typed nodes the built-ins store in Hydra's ConfigStore: in a plugin
+    group, those a node adds to the group's base schema; in another group, all."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     from llama2rlhf import config, plugins
 
+    bases = {**config.GROUP_SCHEMAS, "logger": config.LoggerConfig}
     keys = []
     plugins.reset()
     try:
         config.store_configs()
-        for group, base in {**config.GROUP_SCHEMAS, "logger": config.LoggerConfig}.items():
-            base_fields = {f.name for f in dataclasses.fields(base)}
-            for node in ConfigStore.instance().repo.get(group, {}).values():
+        for group, entries in ConfigStore.instance().repo.items():
+            if group == "hydra" or not isinstance(entries, dict):
+                continue
+            base_fields = {f.name for f in dataclasses.fields(bases[group])} if group in bases else set()
+            for node in entries.values():
                 cls = OmegaConf.get_type(node.node)
-                if isinstance(cls, type) and issubclass(cls, base) and cls.__module__.startswith("llama2rlhf."):
+                if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__.startswith("llama2rlhf."):
                     keys += [f"{group}.{f.name}" for f in dataclasses.fields(cls) if f.name not in base_fields]
     finally:
         plugins.reset()
@@ -117,7 +121,7 @@ def plugin_node_keys() -> list[str]:
 def test_every_config_key_is_in_the_generated_reference(site, monkeypatch):
     monkeypatch.setenv("LLAMA2RLHF_DISABLE_AUTOLOAD", "1")
     html = (site / "reference" / "configuration" / "index.html").read_text(encoding="utf-8")
-    keys = config_keys(Config) + plugin_node_keys()
+    keys = config_keys(Config) + typed_node_keys()
     assert {"model.kind", "rs.train.learning_rate", "toyworld.families", "seed", "reward.safety_threshold",
             "sampler.dialogue_cache_mb", "annotator.strength_quantiles", "logger.mode"} <= set(keys)
     missing = [k for k in keys if f"<code>{k}</code>" not in html]
@@ -202,6 +206,26 @@ def test_an_undocumented_config_key_is_a_build_warning(monkeypatch, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"config key mystery has no doc: add a comment above _WithUndocumented.mystery in "
                         f"{Path(__file__).relative_to(ROOT)}"]
+
+
+@dataclass
+class _ProbeNode:
+    """A node a package stores in a group of its own."""
+
+    alpha: int = 1  # the probe's only key
+
+
+def test_a_node_stored_in_a_group_of_its_own_is_listed_with_its_keys():
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo
+    ConfigStore.instance().store(group="docs_probe", name="docs_probe", node=_ProbeNode)
+    try:
+        page = load_hooks().configuration_page()
+    finally:
+        repo.pop("docs_probe", None)
+    section = page[page.index("## `docs_probe`"):]
+    assert "<code>docs_probe.alpha</code> | `int` | `1` | the probe's only key |" in section
 
 
 def test_links_to_repository_files_become_text_and_missing_ones_warn(caplog):
