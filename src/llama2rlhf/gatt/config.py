@@ -31,17 +31,17 @@ class GattConfig:
     # each dialogue has a turn count drawn from [min_turns, max_turns]; its example teaches
     # the reply to its last turn, so longer dialogues teach holding the instruction longer
     min_turns: int = 2
-    max_turns: int = 20
+    max_turns: int = 20  # the most user turns of a dialogue
     # where instructions come from: "toy", the toy world's verifiable constraints of
     # toy_kinds; "list", random combinations of figures, languages and hobbies (real data)
     constraints: str = "toy"
-    toy_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])
+    toy_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])  # constraints=toy
     # instructions combine 1..max_constraints kinds, as the paper combined them at random
     max_constraints: int = 2
     # constraints=list: the paper's kinds of instruction, in its wording
     figures: list[str] = field(default_factory=lambda: ["Napoleon", "Marie Curie", "Shakespeare", "Cleopatra"])
-    languages: list[str] = field(default_factory=lambda: ["French", "Spanish", "German", "Italian"])
-    hobbies: list[str] = field(default_factory=lambda: ["tennis", "chess", "gardening", "jazz"])
+    languages: list[str] = field(default_factory=lambda: ["French", "Spanish", "German", "Italian"])  # constraints=list
+    hobbies: list[str] = field(default_factory=lambda: ["tennis", "chess", "gardening", "jazz"])  # constraints=list
     # share of training system prompts given in the short form ("Figure: Napoleon."), so the
     # model learns both; the paper shortened half of them
     shorten: float = 0.5
@@ -50,7 +50,7 @@ class GattConfig:
     # the instruction, and end the dialogue when none does, so no example teaches a reply
     # that broke it
     filter: bool = True
-    samples_per_turn: int = 4
+    samples_per_turn: int = 4  # replies drawn per turn with filter
     # with filter: draw this many replies per turn first, and the rest of samples_per_turn
     # only for the dialogues none of them followed; the kept reply follows the same rule (the
     # first that follows, of up to samples_per_turn), for fewer samples. 0: all at once
@@ -61,7 +61,7 @@ class GattConfig:
     rank_last_turn: bool = True
     # sampling of the dialogues' replies
     temperature: float = 0.7
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # longest reply per turn
     # dialogues longer than this (tokens) lose whole middle turns, never the system prompt,
     # which carries the instruction
     max_length: int = 4096
@@ -73,7 +73,7 @@ class GattConfig:
     # turn up to eval_turns (0: no evaluation), on eval_dialogues held-out dialogues,
     # answered greedily by the model GAtt started from and by the latest policy
     eval_turns: int = 20
-    eval_dialogues: int = 100
+    eval_dialogues: int = 100  # held-out dialogues of the evaluation
     # evaluation dialogues longer than this (tokens) lose middle turns, as in training
     eval_max_length: int = 4096
     # measure it in the last round only (with the baseline), or in every round from

@@ -51,8 +51,8 @@ _session = _Session()
 @dataclass
 class WandbLoggerConfig(LoggerConfig):
     name: str = "wandb"
-    project: str = "llama2rlhf"
-    entity: Optional[str] = None
+    project: str = "llama2rlhf"  # the W&B project the runs go to
+    entity: Optional[str] = None  # the W&B user or team; null: the logged-in default
     # one group per pipeline run; by default named after the run directory
     group: Optional[str] = None
     # auto: online when logged in, else offline; or online / offline / disabled
@@ -60,7 +60,7 @@ class WandbLoggerConfig(LoggerConfig):
     # the checkpoints each stage produced as model artifacts; null (auto): the toy model's
     # (a few MB each), not a real model's (gigabytes per stage: set true to upload them)
     log_models: Optional[bool] = None
-    table_rows: int = 64
+    table_rows: int = 64  # most rows of each sample table (rejection sampling, evaluation)
 
 
 def active(cfg: Any) -> bool:

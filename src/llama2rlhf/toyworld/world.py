@@ -49,16 +49,16 @@ def _unit(*parts: object) -> float:
 class WorldSpec:
     """Everything that defines a world; also the ``toyworld`` config node."""
 
-    seed: int = 0
-    demo_error_rate: float = 0.25
-    unsafe_fraction: float = 0.1
-    annotator_noise: float = 0.08
-    heldout_fraction: float = 0.15
+    seed: int = 0  # same seed, same world (every random choice derives from it)
+    demo_error_rate: float = 0.25  # mean per-fact rate of the demonstrator's typical mistake, at most 1/3
+    unsafe_fraction: float = 0.1  # share of unsafe prompts, whose right answer is a refusal
+    annotator_noise: float = 0.08  # standard deviation of the simulated rater's noise on gold differences
+    heldout_fraction: float = 0.15  # share of prompt phrasings held out for evaluation
     same_style_pairs: float = 0.5  # share of seed comparisons that differ only in the answer
     demo_signoff_rate: float = 0.7  # demonstrations that end with SIGNOFF
     constrained_fraction: float = 0.1  # demonstrations with a constraint: half system, half in the turn
     dialogue_fraction: float = 0.05  # demonstrations that are dialogues of 2..max_dialogue_turns turns
-    max_dialogue_turns: int = 4
+    max_dialogue_turns: int = 4  # the most turns of a dialogue demonstration
     # which constraints the demonstrations carry (persona, language, hobby)
     constraint_kinds: list[str] = field(default_factory=lambda: ["persona", "language", "hobby"])
     # the safe task families every prompt pool draws from (``tasks.FAMILIES``)
