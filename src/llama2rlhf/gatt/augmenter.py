@@ -78,9 +78,8 @@ def best_last_replies(ctx, shown: list[list[str]], safety: list[list[bool]], rep
     best, for the last user turn as the model saw it; returns how many changed.
 
     The last reply is the one a GAtt example teaches (paper 3.3), and following the
-    instruction says nothing of being right: the first sample in style was often a wrong
-    answer, which the fine-tuning then taught (in the toy run, the capital of one land given
-    for every question of a dialogue). This is rejection sampling (paper 3.2.3) within the
+    instruction says nothing of being right: the first sample in style can be a wrong
+    answer, which the fine-tuning would then teach. This is rejection sampling (paper 3.2.3) within the
     dialogue. Without a reward model yet, the first candidate stays."""
     from llama2rlhf.reward.combined import CombinedReward
 

@@ -2,8 +2,7 @@
 
 Every round's reward stage trains on all comparisons collected so far (paper 3.2.2-3.2.3),
 so TRL's RewardTrainer would render and tokenize the same conversations again in every
-round: in the toy run 9,000 to 13,000 pairs a stage, 10-19 s of chat-template rendering
-each. :func:`tokenize_pairs` gives TRL the ``chosen_ids``/``rejected_ids`` columns itself
+round. :func:`tokenize_pairs` gives TRL the ``chosen_ids``/``rejected_ids`` columns itself
 (TRL then skips its own tokenization), with the ids TRL's would have (the chat template
 over prompt + reply, as ``RewardTrainer`` does), and keeps each conversation's ids for
 the rest of the process, keyed by a digest of its messages and the tokenizer.

@@ -4,8 +4,8 @@ A padding-free batch (``sft.padding_free``) is one row: the examples laid end to
 position ids starting again at 0 where each begins. Flash attention reads the boundaries
 and attends within each example. transformers' ``sdpa`` reads them too, but as a block-
 diagonal mask over the whole row, so it computes every query against every key of the row
-and masks most of it away: with 16 examples of 36 tokens, 16 times the scores it needs,
-which was a third of a toy SFT step on the CPU. ``sdpa_packed`` attends within each
+and masks most of it away: with n examples in a row, n times the scores it needs.
+``sdpa_packed`` attends within each
 example alone: examples of similar length share one causal SDPA call, padded on the right
 to the longest of them (``Layout``), so there is little masked-out work and few calls.
 Models with sliding-window or other non-full attention layers keep transformers' sdpa.
