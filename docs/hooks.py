@@ -259,15 +259,29 @@ def _warn_undocumented(keys: list[Key]) -> None:
 def builtins_only() -> Iterator[None]:
     """The built-in plugins alone, with the config store filled from them: the reference
     is the same whatever else is installed."""
+    import copy
+
+    from hydra.core.config_store import ConfigStore
+
     from llama2rlhf import config, plugins
 
+    # the store is process-wide: nodes that installed plugins stored earlier in this
+    # process would otherwise show up too
+    store = ConfigStore.instance()
+    ours = [k for k in store.repo if k != "hydra"]  # Hydra's own nodes stay as they are
+    saved = {k: copy.deepcopy(store.repo[k]) for k in ours}
     before = os.environ.get(plugins.DISABLE_AUTOLOAD_ENV)
     os.environ[plugins.DISABLE_AUTOLOAD_ENV] = "1"
     plugins.reset()
+    for key in ours:
+        del store.repo[key]
     try:
         config.store_configs()
         yield
     finally:
+        for key in [k for k in store.repo if k != "hydra"]:
+            del store.repo[key]
+        store.repo.update(saved)
         plugins.reset()
         if before is None:
             os.environ.pop(plugins.DISABLE_AUTOLOAD_ENV, None)

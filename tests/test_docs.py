@@ -208,24 +208,11 @@ def test_an_undocumented_config_key_is_a_build_warning(monkeypatch, caplog):
                         f"{Path(__file__).relative_to(ROOT)}"]
 
 
-@dataclass
-class _ProbeNode:
-    """A node a package stores in a group of its own."""
-
-    alpha: int = 1  # the probe's only key
-
-
 def test_a_node_stored_in_a_group_of_its_own_is_listed_with_its_keys():
-    from hydra.core.config_store import ConfigStore
-
-    repo = ConfigStore.instance().repo
-    ConfigStore.instance().store(group="docs_probe", name="docs_probe", node=_ProbeNode)
-    try:
-        page = load_hooks().configuration_page()
-    finally:
-        repo.pop("docs_probe", None)
-    section = page[page.index("## `docs_probe`"):]
-    assert "<code>docs_probe.alpha</code> | `int` | `1` | the probe's only key |" in section
+    # the gatt package stores its node in a group of its own, as a plugin would
+    page = load_hooks().configuration_page()
+    section = page[page.index("## `gatt=default`"):]
+    assert "<code>gatt.eval_turns</code> | `int` | `20` |" in section
 
 
 def test_links_to_repository_files_become_text_and_missing_ones_warn(caplog):
