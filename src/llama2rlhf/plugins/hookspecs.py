@@ -221,9 +221,32 @@ def register_configs(config_store: "ConfigStore") -> None:
 
 
 @hookspec
+def trainer_report_to(cfg: Any, stage: str) -> list[str]:
+    """Names of transformers' reporting integrations for a trainer of ``stage`` (its
+    ``TrainingArguments.report_to``): a logger plugin returns the ones it wants when its
+    logger is selected (``cfg.logger.name``), else ``[]``. Every implementation's names
+    are joined. ``stage`` names the stage that trains (``sft``, ``reward``,
+    ``rejection_sampling``, ``ppo``, ``rloo``, ``grpo``, or a plugin stage that builds its
+    trainer with ``llama2rlhf.recipe.training_args.build_args``); the built-in ``wandb``
+    logger returns ``["wandb"]``. Under ``accelerate launch`` every process calls it (each
+    builds its trainer), as it does :func:`trainer_callbacks`."""
+
+
+@hookspec
+def trainer_callbacks(cfg: Any, stage: str) -> list[Any]:
+    """``transformers.TrainerCallback`` objects for a trainer of ``stage`` (as in
+    :func:`trainer_report_to`): a logger plugin returns its callbacks when its logger is
+    selected, else ``[]``; every implementation's callbacks are joined. The built-in
+    ``wandb`` logger adds one that logs the trainer's curves under the stage's key when one
+    W&B run spans the pipeline (a sweep). Import transformers inside the function."""
+
+
+@hookspec
 def on_stage_start(ctx: "RunContext", stage: str, round: int) -> None:
     """Called before a stage runs (observers: loggers, progress reports); under
-    ``accelerate launch`` on the main process only, as are the two hooks below."""
+    ``accelerate launch`` on the main process only, as are the two hooks below. A logger is
+    an observer that acts when ``ctx.cfg.logger.name`` is its name (a node in group
+    ``logger`` from :func:`register_configs` makes the name selectable)."""
 
 
 @hookspec

@@ -28,8 +28,7 @@ from llama2rlhf.runtime import artifacts
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.runtime.models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
 from llama2rlhf.data.round_prompts import round_prompts
-from llama2rlhf.runtime.loggers import trainer_callbacks
-from llama2rlhf.recipe.training_args import build_args
+from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 from llama2rlhf.runtime.trainer_metrics import TRAINER_METRICS
 
 log = logging.getLogger(__name__)
@@ -216,7 +215,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         dataset = Dataset.from_dict({"input_ids": queries})
         args = build_args(PPOConfig, pcfg, cfg, out_dir / "trainer", exclude=_NOT_PPO,
                           response_length=pcfg.max_new_tokens, stop_token="eos", num_sample_generations=0,
-                          whiten_rewards=False)
+                          whiten_rewards=False, stage=kind)
         policy = load_causal_lm(start, cfg)
         lora = peft_config(cfg, "CAUSAL_LM", policy)
         # with LoRA the reference is the policy with its adapter switched off (TRL's way)
@@ -231,7 +230,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         return PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
                           reward_model=adapter, train_dataset=dataset,
                           value_model=value, eval_dataset=dataset.select(range(min(8, len(dataset)))),
-                          peft_config=lora, callbacks=[callback, *trainer_callbacks(cfg)])
+                          peft_config=lora, callbacks=[callback, *trainer_callbacks(cfg, kind)])
     from llama2rlhf.reward.trl_rewards import reward_function
 
     dataset = Dataset.from_dict({"prompt": [p.messages for p in prompts],
@@ -245,11 +244,11 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
     else:
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
-    args = build_args(Config, pcfg, cfg, out_dir / "trainer", **common)
+    args = build_args(Config, pcfg, cfg, out_dir / "trainer", stage=kind, **common)
     policy = load_causal_lm(start, cfg)
     return Trainer(model=policy, reward_funcs=[reward_function(reward)], args=args,
                    train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg, "CAUSAL_LM", policy),
-                   callbacks=[callback, *trainer_callbacks(cfg)])
+                   callbacks=[callback, *trainer_callbacks(cfg, kind)])
 
 
 def _fit_prompts(prompts: list, tokenizer, max_length: int) -> tuple[list, int]:

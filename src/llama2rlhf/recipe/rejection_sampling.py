@@ -96,7 +96,8 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
     # process then fine-tunes on the rows it kept (llama2rlhf.runtime.distributed)
     rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
     init = ctx.artifact(artifacts.POLICY) if rs.init_from == "previous" else ctx.artifact(rs.init_from)
-    out = train_sft(cfg, rs.train, init, ctx.artifact(artifacts.TOKENIZER), rows, ctx.stage_dir())
+    out = train_sft(cfg, rs.train, init, ctx.artifact(artifacts.TOKENIZER), rows, ctx.stage_dir(),
+                    stage="rejection_sampling")
     ctx.state.artifacts[artifacts.POLICY] = out["model_path"]
     ctx.state.artifacts[artifacts.kept(k)] = str(ctx.stage_dir() / "kept.jsonl")
     return {**metrics, "train_loss": out["train_loss"]}

@@ -25,8 +25,7 @@ from llama2rlhf.data.sources import where
 from llama2rlhf.runtime.models import load_reward_model, load_tokenizer, peft_config, save_trained_model
 from llama2rlhf.reward.pair_tokens import tokenize_pairs
 from llama2rlhf.reward.scoring import Cuts, model_max_length
-from llama2rlhf.runtime.loggers import trainer_callbacks
-from llama2rlhf.recipe.training_args import build_args
+from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +131,12 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
         collator = collate
     overrides = {"num_train_epochs": epochs} if epochs is not None else {}
     args = build_args(RewardConfig, stage_cfg, cfg, out_dir / "trainer", max_length=stage_cfg.max_length,
-                      per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, **overrides)
+                      per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, stage="reward",
+                      **overrides)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
         peft_config=peft_config(cfg, "SEQ_CLS", model), reward_loss=loss, loss_options=options,
-        callbacks=trainer_callbacks(cfg),
+        callbacks=trainer_callbacks(cfg, "reward"),
     )
     result = trainer.train()
     model_dir = out_dir / "model"

@@ -20,8 +20,7 @@ from llama2rlhf.runtime import artifacts
 from llama2rlhf.data.formats import LoadReport, limited, load_sft
 from llama2rlhf.data.sources import where
 from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
-from llama2rlhf.runtime.loggers import trainer_callbacks
-from llama2rlhf.recipe.training_args import build_args
+from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,10 @@ def assistant_masked(rows: Any, tokenizer) -> list[dict[str, list[int]]]:
     return out
 
 
-def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path) -> dict[str, Any]:
-    """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``.
+def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path,
+              stage: str = "sft") -> dict[str, Any]:
+    """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``. ``stage``
+    names the stage that trains, for the logger plugins.
 
     Under ``accelerate launch`` every process calls it with the same ``rows``."""
     from datasets import Dataset
@@ -114,6 +115,7 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         padding_free=stage_cfg.padding_free,
         packing=False,
         dataset_num_proc=None,
+        stage=stage,
     )
     trainer = SFTTrainer(
         model=model,
@@ -121,7 +123,7 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg, "CAUSAL_LM", model),
-        callbacks=trainer_callbacks(cfg),
+        callbacks=trainer_callbacks(cfg, stage),
     )
     if stage_cfg.padding_free:
         trainer.train_dataset = drop_longer_than(trainer.train_dataset, stage_cfg.max_length)

@@ -1,4 +1,5 @@
-"""Turning a stage's TrainConfig into the TRL config class of its trainer."""
+"""Turning a stage's TrainConfig into the TRL config class of its trainer, and what the
+logger plugins give every trainer (``trainer_report_to``, ``trainer_callbacks``)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,31 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from llama2rlhf import plugins
 from llama2rlhf.runtime.distributed import uses_cpu
 from llama2rlhf.runtime.models import use_bf16
-from llama2rlhf.runtime.loggers import report_to
 
 # TrainConfig fields that are ours, not TrainingArguments fields
 _OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss",
          "round_init_from", "round_epochs", "padding_free", "name_or_path", "safety_name_or_path"}
 
 
-def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(),
-               **overrides: Any):
-    """``config_cls(**fields)``: TrainConfig fields but ``exclude``, then ``extra_args``, then ``overrides``."""
+def report_to(cfg: Any, stage: str) -> list[str]:
+    """``report_to`` of a trainer of ``stage``: the integrations every logger plugin names
+    (``trainer_report_to``), each once."""
+    names = [n for result in plugins.get_plugin_manager().hook.trainer_report_to(cfg=cfg, stage=stage) for n in result]
+    return list(dict.fromkeys(names))
+
+
+def trainer_callbacks(cfg: Any, stage: str) -> list[Any]:
+    """Callbacks for a trainer of ``stage``: every logger plugin's (``trainer_callbacks``)."""
+    return [cb for result in plugins.get_plugin_manager().hook.trainer_callbacks(cfg=cfg, stage=stage) for cb in result]
+
+
+def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(), *,
+               stage: str, **overrides: Any):
+    """``config_cls(**fields)``: TrainConfig fields but ``exclude``, then ``extra_args``, then
+    ``overrides``; ``stage`` names the stage that trains, for the logger plugins."""
     fields = OmegaConf.to_container(stage_cfg, resolve=True) if not isinstance(stage_cfg, dict) else dict(stage_cfg)
     extra = fields.pop("extra_args", {}) or {}
     kwargs = {k: v for k, v in fields.items() if k not in _OURS and k not in exclude}
@@ -28,9 +42,8 @@ def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: 
         seed=cfg.seed,
         data_seed=cfg.seed,
         save_strategy="no",  # the stage saves the final model itself, in one place
-        # logger=wandb: transformers' own W&B integration reports into the stage's run
-        # (a sweep's pipeline-wide run takes the trainer's curves from trainer_callbacks)
-        report_to=report_to(cfg),
+        # the logger plugins' integrations (logger=wandb: transformers' own W&B integration)
+        report_to=report_to(cfg, stage),
         # said outright on a machine without a GPU too: under accelerate launch a trainer
         # that is not told would train each process on its own (llama2rlhf.runtime.distributed)
         use_cpu=uses_cpu(cfg),

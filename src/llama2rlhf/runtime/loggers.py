@@ -3,7 +3,8 @@
 Each stage of a pipeline run (``sft``, ``round_2/rejection_sampling`` ...) becomes a W&B
 run with the stage as its ``job_type``, all in one group (the run directory), with the
 resolved Hydra config. While the stage runs, TRL's trainers report through transformers'
-own W&B integration (``report_to=["wandb"]``) into that run; when it ends, the stage's
+own W&B integration into that run (this plugin's ``trainer_report_to`` names ``wandb``;
+its ``trainer_callbacks`` add the pipeline-wide run's curves); when it ends, the stage's
 numbers are logged under its key and set as the run's summary, rejection sampling and
 evaluation add sample tables, and with ``logger.log_models`` (on for the toy model) the checkpoints the
 stage produced are logged as model artifacts. At the end a run of job type ``final`` holds
@@ -210,6 +211,16 @@ def trainer_callbacks(cfg: Any) -> list[Any]:
                          f"{self.prefix}/train/global_step": state.global_step})
 
     return [StageCurves()]
+
+
+@hookimpl(specname="trainer_report_to")
+def _trainer_report_to(cfg: Any, stage: str) -> list[str]:
+    return report_to(cfg)
+
+
+@hookimpl(specname="trainer_callbacks")
+def _trainer_callbacks(cfg: Any, stage: str) -> list[Any]:
+    return trainer_callbacks(cfg)
 
 
 @hookimpl
