@@ -446,22 +446,24 @@ def plugin_configs_page() -> str:
         "",
         "The config group that selects each kind of plugin, and the dataclass in "
         "`llama2rlhf.config` that a plugin's own node subclasses in `register_configs` "
-        "(with `name` set to the registered name; its extra fields reach the plugin as "
-        "options). Generated from `llama2rlhf.plugins.KINDS` and `llama2rlhf.config.GROUP_SCHEMAS` "
+        "(with `name` set to the registered name; its other fields reach the plugin as typed "
+        "keyword arguments, but the keys its base class says the framework reads). Generated from `llama2rlhf.plugins.KINDS` and `llama2rlhf.config.GROUP_SCHEMAS` "
         "when the docs are built.",
         "",
         "| kind | hook | selected by | base config class | built-in names | built-in typed nodes |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for kind, (hook, group) in plugins.KINDS.items():
+    for kind, spec in plugins.KINDS.items():
+        hook, group = spec.hook, spec.group
         base = config.GROUP_SCHEMAS.get(group) if group else None
         where = f"`{group}=<name>`" if group else "`pipeline.stages`, `pipeline.round_stages`, `pipeline.ppo_stages`"
-        base_name = f"`{base.__name__}`" if base else "none (a stage reads `ctx.cfg`)"
+        base_name = f"`{base.__name__}`" if base else "none (registered as `llama2rlhf.Stage`; reads `ctx.cfg`)"
         typed = ", ".join(f"`{n}` (`{c.__name__}`)" for n, c in nodes.get(group, [])) if group else ""
         lines.append(f"| {kind} | `{hook}` | {where} | {base_name} | "
                      f"{', '.join(f'`{n}`' for n in names[kind])} | {typed or '-'} |")
     logger_typed = ", ".join(f"`{n}` (`{c.__name__}`)" for n, c in nodes.get("logger", []))
-    lines.append(f"| logger (observer hooks) | `on_stage_start`, `on_stage_end`, `on_round_end`, `on_run_end` | "
+    lines.append(f"| logger (observer hooks) | `on_stage_start`, `on_stage_end`, `on_round_end`, `on_run_end`, "
+                 f"`trainer_report_to`, `trainer_callbacks` | "
                  f"`logger=<name>` | `LoggerConfig` | {', '.join(f'`{n}`' for n in loggers)} | {logger_typed or '-'} |")
     lines += [
         "",
@@ -469,7 +471,8 @@ def plugin_configs_page() -> str:
         "[configuration reference](reference/configuration.md).",
         "",
     ]
-    for _kind, (_hook, group) in plugins.KINDS.items():
+    for spec in plugins.KINDS.values():
+        group = spec.group
         base = config.GROUP_SCHEMAS.get(group) if group else None
         if base is None:
             continue

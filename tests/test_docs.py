@@ -146,10 +146,10 @@ def test_every_plugin_kind_has_its_base_config_class_listed(site):
     from llama2rlhf.config import GROUP_SCHEMAS
 
     html = (site / "plugin-configs" / "index.html").read_text(encoding="utf-8")
-    for kind, (hook, group) in plugins.KINDS.items():
-        assert f"<code>{hook}</code>" in html, kind
-        if group:
-            assert f"<code>{GROUP_SCHEMAS[group].__name__}</code>" in html, group
+    for kind, spec in plugins.KINDS.items():
+        assert f"<code>{spec.hook}</code>" in html, kind
+        if spec.group:
+            assert f"<code>{GROUP_SCHEMAS[spec.group].__name__}</code>" in html, spec.group
 
 
 # a dataclass for the doc extraction below; its comments are what is tested

@@ -3,6 +3,7 @@ adapter that feeds the combined reward to TRL's PPO."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -67,14 +68,14 @@ def test_combiner_names_the_missing_model():
 
 
 def test_single_reads_helpfulness_and_llama2_falls_back_to_it_without_a_safety_model(caplog):
-    assert selected_combiner(_cfg(), ["helpfulness", "safety"])[0] == "llama2"
-    assert selected_combiner(_cfg(), ["helpfulness", "safety"])[3] is None
+    combiner, fallback = selected_combiner(_cfg(safety_threshold=0.2), ["helpfulness", "safety"])
+    assert (combiner.name, combiner.options, fallback) == ("llama2", {"safety_threshold": 0.2}, None)
     with caplog.at_level("WARNING", logger="llama2rlhf.reward.combined"):
-        name, combiner, options, fallback = selected_combiner(_cfg(safety_threshold=0.2), ["helpfulness"])
-    assert (name, options) == ("single", {})
+        combiner, fallback = selected_combiner(_cfg(safety_threshold=0.2), ["helpfulness"])
+    assert (combiner.name, combiner.options) == ("single", {})
     assert fallback.startswith("reward=llama2 needs the safety reward model(s)") and "using reward=single" in fallback
     assert [r.levelname for r in caplog.records] == ["WARNING"] and caplog.records[0].getMessage() == fallback
-    assert combiner({"helpfulness": torch.tensor([1.5])}, torch.tensor([True])).tolist() == [1.5]
+    assert combiner.call({"helpfulness": torch.tensor([1.5])}, torch.tensor([True])).tolist() == [1.5]
 
 
 def test_is_safety_prompt_reads_toy_family_and_safety_field():
@@ -180,7 +181,8 @@ def test_ppo_adapter_equals_the_combined_reward(saved_rms, tokenizer):
     _, scores, _ = get_reward(adapter, query_responses, tokenizer.pad_token_id, context_length)
     assert scores.tolist() == pytest.approx(expected, abs=1e-4)
     # a third-party combiner feeds PPO through the same adapter
-    reward.combiner, reward.options = RewardCombiner(lambda s, f: s["helpfulness"] - s["safety"], needs=()), {}
+    reward.combiner = dataclasses.replace(reward.combiner, obj=RewardCombiner(lambda s, f: s["helpfulness"] - s["safety"],
+                                                                               needs=()), options={})
     _, scores, _ = get_reward(adapter, query_responses, tokenizer.pad_token_id, context_length)
     by_hand = [(h - s - 0.7) / 3.0 for h, s in zip(raw["helpfulness"], raw["safety"], strict=True)]
     assert scores.tolist() == pytest.approx(by_hand, abs=1e-4)
@@ -207,7 +209,8 @@ def test_a_failing_combiner_is_named_with_its_plugin(saved_rms, monkeypatch):
     monkeypatch.setitem(plugins._registries["reward_combiners"], "broken",
                         Registered("broken", RewardCombiner(broken), "my_plugin", "my-dist"))
     reward = CombinedReward(_cfg(name="broken"), saved_rms)
-    with pytest.raises(PluginError, match=r"reward combiner 'broken' of plugin 'my_plugin' \(my-dist\) failed: KeyError"):
+    with pytest.raises(PluginError, match=r"reward combiner 'broken' of plugin 'my_plugin' \(distribution my-dist\) "
+                                          r"failed: KeyError"):
         reward.score_conversations(CONVS, SAFETY)
 
 

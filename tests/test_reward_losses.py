@@ -100,6 +100,6 @@ def test_margin_scale_is_the_reward_stages_not_an_option_of_the_loss():
     from llama2rlhf.recipe.reward_model import selected_loss
 
     cfg = OmegaConf.create({"reward_loss": {"name": "margin_small", "margin_scale": 2.0}})
-    name, loss, options = selected_loss(cfg)
-    assert name == "margin_small" and options == {}
-    assert loss.margins == MARGINS_SMALL
+    loss = selected_loss(cfg)
+    assert loss.name == "margin_small" and loss.options == {}
+    assert loss.obj.margins == MARGINS_SMALL

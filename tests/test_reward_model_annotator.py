@@ -93,7 +93,7 @@ def config(**annotator):
 
 
 def make(cfg):
-    return plugins.get("annotators", "reward_model").obj(cfg, None)  # no toy world: real data
+    return plugins.selected("annotators", cfg).call(cfg, None)  # no toy world: real data
 
 
 def user(text: str) -> list[dict]:

@@ -17,8 +17,8 @@ def rm_trainer_factory(world, tokenizer, tmp_path):
     from llama2rlhf.recipe.reward_model import _trainer_class, with_margins
 
     def make(loss_name, options):
-        loss = plugins.get("reward_losses", loss_name).obj
-        rows = with_margins(world.seed_comparisons(16), loss, "toy")
+        loss = plugins.named("reward_losses", loss_name, options)
+        rows = with_margins(world.seed_comparisons(16), loss.obj, "toy")
         keep = ("prompt", "chosen", "rejected", "margin")
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=2, num_key_value_heads=2, num_labels=1,
@@ -29,7 +29,7 @@ def rm_trainer_factory(world, tokenizer, tmp_path):
                             use_cpu=True, dataset_num_proc=None, max_length=256)
         return _trainer_class()(model=model, args=args,
                                 train_dataset=Dataset.from_list([{k: r[k] for k in keep if k in r} for r in rows]),
-                                processing_class=tokenizer, reward_loss=loss, loss_options=options)
+                                processing_class=tokenizer, reward_loss=loss)
 
     return make
 

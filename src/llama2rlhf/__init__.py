@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import pluggy
 
@@ -49,4 +49,30 @@ class RewardCombiner:
         return self.fn(scores, is_safety, **options)
 
 
-__all__ = ["RewardCombiner", "RewardLoss", "hookimpl", "__version__"]
+class _RegisteredName:
+    def __repr__(self) -> str:
+        return "Stage.NAME"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage, registered with ``register_stages`` and listed by name in
+    ``pipeline.stages``, ``pipeline.round_stages`` or ``pipeline.ppo_stages``.
+
+    ``run(ctx) -> dict`` runs it (see ``llama2rlhf.plugins.hookspecs.register_stages``) and
+    returns its metrics. ``summary_key`` is where ``summary.json`` keeps them: by default
+    (``Stage.NAME``) under the name the stage is registered as, under another key when
+    given (several stages may share one, as ``ppo``, ``rloo`` and ``grpo`` do), or merged
+    into the round's entry with ``None``.
+    """
+
+    NAME: ClassVar[Any] = _RegisteredName()
+
+    run: Callable[[Any], Mapping[str, Any] | None]
+    summary_key: str | None = NAME
+
+    def __call__(self, ctx):
+        return self.run(ctx)
+
+
+__all__ = ["RewardCombiner", "RewardLoss", "Stage", "hookimpl", "__version__"]

@@ -72,9 +72,9 @@ class ShorterAnnotator:
         return rows
 
 
-def make_shorter_annotator(cfg: Any, world: Any) -> ShorterAnnotator:
-    """The ``register_annotators`` factory: ``factory(cfg, world)``; the toy world is not needed."""
-    options = getattr(cfg, "annotator", None)
-    if options is None:
-        return ShorterAnnotator()
-    return ShorterAnnotator(options.unit, list(options.thresholds))
+def make_shorter_annotator(cfg: Any, world: Any, *, unit: str = "words",
+                           thresholds: Sequence[float] = (0.5, 0.25, 0.1)) -> ShorterAnnotator:
+    """The ``register_annotators`` factory: ``factory(cfg, world, **options)``, the options
+    being the ``annotator`` node's fields but ``name`` (:class:`ExampleShorterConfig`); the
+    toy world is not needed."""
+    return ShorterAnnotator(unit, list(thresholds))

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from llama2rlhf.config import AugmenterConfig
 
 NAME = "example_system_prompt"
+DEFAULT_SYSTEM_PROMPTS = ("You are a helpful assistant.", "Answer briefly and accurately.")
 
 
 @dataclass
 class ExampleSystemPromptConfig(AugmenterConfig):
     name: str = NAME
-    system_prompts: list[str] = field(default_factory=lambda: [
-        "You are a helpful assistant.",
-        "Answer briefly and accurately.",
-    ])
+    system_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEM_PROMPTS))
     # share of the rows without a system message that get a copy (0..1)
     share: float = 1.0
 
@@ -61,14 +60,14 @@ def with_system_prompts(rows: list[dict], system_prompts: list[str], share: floa
     return out
 
 
-def system_prompt_augment(rows: list[dict], ctx) -> list[dict]:
+def system_prompt_augment(rows: list[dict], ctx, *, system_prompts: Sequence[str] = DEFAULT_SYSTEM_PROMPTS,
+                          share: float = 1.0) -> list[dict]:
     """The augmenter contract (:func:`llama2rlhf.plugins.hookspecs.register_augmenters`):
-    ``augment(rows, ctx) -> rows``; options come from ``ctx.cfg.augmenter``."""
+    ``augment(rows, ctx, **options) -> rows``; the options are the ``augmenter`` node's
+    fields but ``name`` (:class:`ExampleSystemPromptConfig`)."""
     from llama2rlhf.data.jsonl import write_jsonl
 
-    options = ctx.cfg.augmenter
-    variants = with_system_prompts(rows, list(options.system_prompts), float(options.share),
-                                   salt=f"{ctx.cfg.seed}:{ctx.round}")
+    variants = with_system_prompts(rows, list(system_prompts), share, salt=f"{ctx.cfg.seed}:{ctx.round}")
     out_dir = ctx.stage_dir() / NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "variants.jsonl", variants)

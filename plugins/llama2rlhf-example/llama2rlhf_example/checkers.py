@@ -24,4 +24,6 @@ def mentions(instruction: Any, reply: str) -> bool | None:
 
 
 def make_mentions_checker(cfg: Any):
+    """The ``register_checkers`` factory: ``make_check(cfg, **options) -> check``; this checker
+    has no options (its ``checker`` node is the plain one, just ``name``)."""
     return mentions

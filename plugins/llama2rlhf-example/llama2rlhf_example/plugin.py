@@ -30,7 +30,7 @@ Rules worth copying:
 
 from __future__ import annotations
 
-from llama2rlhf import RewardCombiner, RewardLoss, hookimpl
+from llama2rlhf import RewardCombiner, RewardLoss, Stage, hookimpl
 from llama2rlhf.data.strength import MARGINS_SMALL
 
 from . import annotators, augmenters, checkers, loggers, reward_combiners, reward_losses, samplers, selectors, stages
@@ -63,7 +63,7 @@ def register_reward_combiners(register):
 
 @hookimpl
 def register_samplers(register):
-    """``sampler=example_distinct``: a factory ``(model, tokenizer, cfg) -> sampler``."""
+    """``sampler=example_distinct``: a factory ``(model_path, cfg, **options) -> sampler``."""
     register(samplers.NAME, samplers.make_distinct_sampler)
 
 
@@ -75,25 +75,28 @@ def register_selectors(register):
 
 @hookimpl
 def register_augmenters(register):
-    """``augmenter=example_system_prompt``: ``augment(rows, ctx) -> rows``."""
+    """``augmenter=example_system_prompt``: ``augment(rows, ctx, **options) -> rows``."""
     register(augmenters.NAME, augmenters.system_prompt_augment)
 
 
 @hookimpl
 def register_checkers(register):
-    """``checker=example_mentions``: a factory ``(cfg) -> check(instruction, reply)``."""
+    """``checker=example_mentions``: a factory ``(cfg, **options) -> check(instruction, reply)``."""
     register(checkers.NAME, checkers.make_mentions_checker)
 
 
 @hookimpl
 def register_stages(register):
-    """``example_length_report``, run where a pipeline list names it (``pipeline.round_stages``)."""
-    register(stages.NAME, stages.length_report_stage)
+    """``example_length_report``, run where a pipeline list names it (``pipeline.round_stages``).
+    A stage is registered as a :class:`llama2rlhf.Stage`; its metrics go into ``summary.json``
+    under its name (``Stage(run, summary_key=...)`` for another key, ``None`` for the round's
+    entry itself)."""
+    register(stages.NAME, Stage(stages.length_report_stage))
 
 
 @hookimpl
 def register_annotators(register):
-    """``annotator=example_shorter``: a factory ``(cfg, world) -> annotator``."""
+    """``annotator=example_shorter``: a factory ``(cfg, world, **options) -> annotator``."""
     register(annotators.NAME, annotators.make_shorter_annotator)
 
 
@@ -103,8 +106,10 @@ def register_configs(config_store):
 
     Without a node the name would still be selectable (the core stores a plain node with
     just ``name``), but ``reward_loss.width=...`` would be an unknown key. Each node
-    subclasses the group's schema from :mod:`llama2rlhf.config` and sets ``name``.
-    ``logger`` is not a registry kind: a node there is all a logger needs to be selectable.
+    subclasses the group's schema from :mod:`llama2rlhf.config` and sets ``name``; its
+    other fields reach the registered thing as keyword arguments, typed as declared.
+    ``logger`` is not a registry kind: a node there is all a logger needs to be selectable
+    (``summary.json`` names this plugin as the logger's, from the node).
     """
     config_store.store(group="reward_loss", name=reward_losses.NAME, node=ExampleHingeConfig)
     config_store.store(group="sampler", name=samplers.NAME, node=samplers.ExampleDistinctConfig)

@@ -46,8 +46,9 @@ def correlation(x: list[float], y: list[float]) -> float | None:
 
 
 def length_report_stage(ctx) -> dict[str, Any]:
-    """The stage contract (:func:`llama2rlhf.plugins.hookspecs.register_stages`): ``stage(ctx) -> metrics``,
-    outputs under ``ctx.stage_dir()``."""
+    """The stage contract (:func:`llama2rlhf.plugins.hookspecs.register_stages`): ``run(ctx) -> metrics``,
+    outputs under ``ctx.stage_dir()``; registered as ``Stage(length_report_stage)``, so its
+    metrics are under its name in the round's entry of ``summary.json``."""
     from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
     from llama2rlhf.runtime.models import load_tokenizer
 

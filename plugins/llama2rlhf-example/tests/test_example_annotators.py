@@ -53,13 +53,16 @@ def test_bad_options(kwargs, message):
         ShorterAnnotator(**kwargs)
 
 
-def test_factory_reads_the_annotator_node(fresh_plugins, tmp_path):
+def test_factory_gets_the_annotator_node_as_options(fresh_plugins, tmp_path):
     from omegaconf import OmegaConf
 
-    factory = fresh_plugins.get("annotators", "example_shorter").obj
-    assert factory is make_shorter_annotator
-    annotator = factory(OmegaConf.create({"annotator": {"name": "example_shorter", "unit": "chars",
-                                                        "thresholds": [0.9, 0.6, 0.3]}}), None)
+    from llama2rlhf_example.annotators import ExampleShorterConfig
+
+    cfg = OmegaConf.create({"annotator": OmegaConf.structured(ExampleShorterConfig(unit="chars",
+                                                                                    thresholds=[0.9, 0.6, 0.3]))})
+    item = fresh_plugins.selected("annotators", cfg)
+    assert item.obj is make_shorter_annotator and item.options == {"unit": "chars", "thresholds": [0.9, 0.6, 0.3]}
+    annotator = item.call(cfg, None)
     assert annotator.unit == "chars" and annotator.thresholds == [0.9, 0.6, 0.3]
     [row] = annotator.annotate([pair(0, "abcdefghij", "a b c d")], tmp_path)
     assert row["strength"] == "slightly_better"  # a 0.3 gap under these thresholds

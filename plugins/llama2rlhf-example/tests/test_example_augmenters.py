@@ -65,10 +65,13 @@ def test_a_row_of_no_known_format_is_named():
         with_system_prompts([rows(1)[0], {"text": "raw"}], SYSTEMS, 1.0, salt="s")
 
 
-def test_augment_returns_the_rows_and_their_copies_and_writes_them(make_ctx):
+def test_augment_returns_the_rows_and_their_copies_and_writes_them(fresh_plugins, make_ctx):
+    """Called as the rejection-sampling stage calls it: the ``augmenter`` node's keys as options."""
     ctx = make_ctx(round=2, augmenter={"name": "example_system_prompt", "system_prompts": SYSTEMS, "share": 1.0})
     given = rows(4)
-    out = system_prompt_augment(given, ctx)
+    item = fresh_plugins.selected("augmenters", ctx.cfg)
+    assert item.obj is system_prompt_augment and item.options == {"system_prompts": SYSTEMS, "share": 1.0}
+    out = item.call(given, ctx)
     assert out[:4] == given and len(out) == 8
     written = [json.loads(x) for x in
                (ctx.run_dir / "round_2" / "rejection_sampling" / "example_system_prompt" / "variants.jsonl")

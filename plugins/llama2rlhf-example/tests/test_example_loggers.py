@@ -83,13 +83,13 @@ def test_a_missing_metric_is_named(make_ctx, caplog):
 
 def test_stage_events_through_the_pipeline(fresh_plugins, make_ctx):
     """The core calls the observer around every stage it runs (here a stage of a test plugin)."""
-    from llama2rlhf import hookimpl
+    from llama2rlhf import Stage, hookimpl
     from llama2rlhf.recipe.pipeline import run_stage
 
     class Stages:
         @hookimpl
         def register_stages(self, register):
-            register("count", lambda ctx: {"n": 3, "nested": {"x": 0.5}, "label": "text"})
+            register("count", Stage(lambda ctx: {"n": 3, "nested": {"x": 0.5}, "label": "text"}))
 
     fresh_plugins.get_plugin_manager().register(Stages(), name="stages_for_test")
     ctx = make_ctx(round=2, stage="", logger=ON)

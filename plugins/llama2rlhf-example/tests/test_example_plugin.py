@@ -141,9 +141,9 @@ def test_hydra_composes_the_plugin_node(fresh_plugins):
 
     from llama2rlhf.recipe.reward_model import selected_loss
 
-    name, loss, options = selected_loss(cfg)
-    assert name == "example_hinge" and options == {"width": 0.5}
-    assert loss(t(R_CHOSEN), t(R_REJECTED), None, **options).item() == pytest.approx(0.5, abs=1e-6)
+    loss = selected_loss(cfg)
+    assert loss.name == "example_hinge" and loss.options == {"width": 0.5}
+    assert loss.call(t(R_CHOSEN), t(R_REJECTED), None).item() == pytest.approx(0.5, abs=1e-6)
 
 
 def test_cautious_combiner_takes_the_worse_score(fresh_plugins):
@@ -158,5 +158,5 @@ def test_cautious_combiner_takes_the_worse_score(fresh_plugins):
     from llama2rlhf.reward.combined import selected_combiner
 
     cfg = OmegaConf.create({"reward": {"name": "example_cautious", "whiten": True}})
-    assert selected_combiner(cfg, ["helpfulness", "safety"])[0] == "example_cautious"
-    assert selected_combiner(cfg, ["helpfulness"])[0] == "single"
+    assert selected_combiner(cfg, ["helpfulness", "safety"])[0].name == "example_cautious"
+    assert selected_combiner(cfg, ["helpfulness"])[0].name == "single"

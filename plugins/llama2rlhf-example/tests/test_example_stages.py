@@ -87,5 +87,6 @@ def test_a_failing_plugin_stage_is_named_by_the_pipeline(fresh_plugins, report_c
     from llama2rlhf.recipe.pipeline import run_stage
 
     with pytest.raises(fresh_plugins.PluginError,
-                       match=r"stage 'example_length_report' of plugin 'example' \(llama2rlhf-example\) failed"):
+                       match=r"stage 'example_length_report' of plugin 'example' \(distribution llama2rlhf-example\) "
+                             r"failed"):
         run_stage(report_ctx, "example_length_report")

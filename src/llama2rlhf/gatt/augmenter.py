@@ -43,20 +43,12 @@ def token_fitter(tokenizer, max_length: int):
 
 
 def load_checker(cfg: Any):
-    """The selected checker (``checker=<name>``) as ``check(instruction, reply)``; a
-    third-party checker that fails is named in the error."""
+    """The selected checker (``checker=<name>``, made with its options) as
+    ``check(instruction, reply)``; a third-party checker that fails is named in the error."""
     from llama2rlhf import plugins
 
-    item = plugins.get("checkers", cfg.checker.name)
-    check = item.obj(cfg)
-
-    def blamed(instruction, reply: str) -> bool | None:
-        with item.blame("checker"):
-            return check(instruction, reply)
-
-    # called once per sampled reply: the built-ins' errors pass through blame anyway, so
-    # they skip its wrapper
-    return check if item.distribution == "llama2rlhf" else blamed
+    item = plugins.selected("checkers", cfg)
+    return item.wrap(item.call(cfg))
 
 
 def user_turns(ctx, n: int) -> list[tuple[str, bool]]:

@@ -1,7 +1,13 @@
-"""The plugin manager: built-ins and third-party packages, one registry per kind.
+"""The plugin manager: built-ins and third-party packages, one registry per kind, and the
+resolver that every call of a plugin's code goes through.
 
 Built-in plugins are registered through the same manager as third-party ones; third-party
 packages come in through the ``llama2rlhf`` entry-point group.
+
+:func:`selected` is "the thing of kind K that the config selects, with its typed options"
+(:func:`named` the same for a thing named elsewhere, as ``pipeline.stages`` names stages);
+its :meth:`Selected.call` runs the thing with its options as keyword arguments, and a
+third-party plugin that fails there is named in a one-line :class:`PluginError`.
 
 Environment variables:
 
@@ -11,16 +17,19 @@ Environment variables:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
 
 import pluggy
 
+from llama2rlhf import Stage
 from llama2rlhf.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "llama2rlhf"
@@ -41,21 +50,37 @@ BUILTIN_PLUGINS = {
     "stages": "llama2rlhf.recipe.stages",
 }
 
-# registry kind -> (hook name, Hydra config group that selects one of its names, or None)
+BUILTIN_DISTRIBUTION = "llama2rlhf"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One registry kind: the hook that fills it, the Hydra config group that selects one of
+    its names (None: named elsewhere, as stages are), what errors call one of its things,
+    and the keys of that group's base config class that the framework reads itself
+    (documented there; never passed to the plugin as options)."""
+
+    hook: str
+    group: str | None
+    label: str
+    framework_keys: tuple[str, ...] = ()
+
+
 KINDS = {
-    "reward_losses": ("register_reward_losses", "reward_loss"),
-    "samplers": ("register_samplers", "sampler"),
-    "selectors": ("register_selectors", "selector"),
-    "augmenters": ("register_augmenters", "augmenter"),
-    "checkers": ("register_checkers", "checker"),
-    "stages": ("register_stages", None),
-    "reward_combiners": ("register_reward_combiners", "reward"),
-    "annotators": ("register_annotators", "annotator"),
+    "reward_losses": Kind("register_reward_losses", "reward_loss", "reward loss", ("margin_scale",)),
+    "samplers": Kind("register_samplers", "sampler", "sampler"),
+    "selectors": Kind("register_selectors", "selector", "selector"),
+    "augmenters": Kind("register_augmenters", "augmenter", "augmenter"),
+    "checkers": Kind("register_checkers", "checker", "checker"),
+    "stages": Kind("register_stages", None, "stage"),
+    "reward_combiners": Kind("register_reward_combiners", "reward", "reward combiner", ("whiten",)),
+    "annotators": Kind("register_annotators", "annotator", "annotator"),
 }
 
 
 class PluginError(RuntimeError):
-    """A plugin failed to load or registered something wrong; the message names it."""
+    """A plugin failed to load, registered something wrong, or failed when called; the
+    message names it (one line)."""
 
 
 @dataclass(frozen=True)
@@ -67,20 +92,106 @@ class Registered:
     plugin: str
     distribution: str | None
 
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A registered thing as a run uses it: the plugin that provided it and its options.
+
+    ``options`` are the extra keys of its config node, typed as the node's dataclass types
+    them (the built-ins' nodes and :func:`hookspecs.register_configs` nodes), less the keys
+    the framework reads itself (``Kind.framework_keys``); ``recorded`` is the same as plain
+    JSON values, for ``summary.json``.
+    """
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    distribution: str | None
+    version: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    recorded: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
     @contextmanager
-    def blame(self, what: str) -> Iterator[None]:
-        """Re-raise a third-party plugin's failure inside the block as a PluginError that
-        names it (``what`` says which kind, e.g. "selector"); the built-ins' own errors pass
-        through unchanged."""
+    def blame(self, passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+        """Re-raise a third-party plugin's failure inside the block as a one-line PluginError
+        that names it; the built-ins' own errors, PluginErrors and the exception types in
+        ``passthrough`` (signals a plugin raises on purpose) pass through unchanged."""
         try:
             yield
         except PluginError:
             raise
         except Exception as exc:
-            if self.distribution == "llama2rlhf":
+            if self.builtin or isinstance(exc, passthrough):
                 raise
-            raise PluginError(f"{what} {self.name!r} of plugin {self.plugin!r} ({self.distribution}) failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"{KINDS[self.kind].label} {self.name!r} of plugin {self.plugin!r} (distribution "
+                              f"{self.distribution or 'unknown'}) failed: {type(exc).__name__}: {_one_line(exc)}"
+                              ) from exc
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """``obj(*args, **kwargs, **options)`` under :meth:`blame`."""
+        with self.blame():
+            return self.obj(*args, **kwargs, **self.options)
+
+    def wrap(self, product: Any, *methods: str, passthrough: tuple[type[BaseException], ...] = ()) -> Any:
+        """What the thing made (a sampler, a check, an annotator) with its calls under
+        :meth:`blame`: ``methods`` of an object, or the product itself when it is a bare
+        callable and no methods are named. The built-ins' products come back as they are."""
+        if self.builtin:
+            return product
+        if not methods:
+            @functools.wraps(product)
+            def blamed(*args: Any, **kwargs: Any) -> Any:
+                with self.blame(passthrough):
+                    return product(*args, **kwargs)
+
+            return blamed
+        return Blamed(product, self, methods, passthrough)
+
+    def record(self) -> dict[str, Any]:
+        """The entry of ``summary.json``'s ``plugins``."""
+        return {"name": self.name, "plugin": self.plugin, "distribution": self.distribution,
+                "version": self.version, "options": dict(self.recorded)}
+
+
+class Blamed:
+    """A third-party plugin's product whose named methods run under its :meth:`Selected.blame`;
+    every other attribute, read or set, is the product's own (``__wrapped__`` is the product)."""
+
+    __slots__ = ("__wrapped__", "_selected", "_methods", "_passthrough")
+
+    def __init__(self, product: Any, selected: Selected, methods: tuple[str, ...],
+                 passthrough: tuple[type[BaseException], ...] = ()):
+        object.__setattr__(self, "__wrapped__", product)
+        object.__setattr__(self, "_selected", selected)
+        object.__setattr__(self, "_methods", frozenset(methods))
+        object.__setattr__(self, "_passthrough", passthrough)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.__wrapped__, name)
+        if name not in self._methods or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def blamed(*args: Any, **kwargs: Any) -> Any:
+            with self._selected.blame(self._passthrough):
+                return attr(*args, **kwargs)
+
+        return blamed
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__wrapped__, name, value)
+
+    def __repr__(self) -> str:
+        return f"Blamed({self.__wrapped__!r})"
 
 
 _pm: pluggy.PluginManager | None = None
@@ -118,7 +229,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     for name, module_name in BUILTIN_PLUGINS.items():
         pm.register(importlib.import_module(module_name), name=name)
-        _plugin_dists[name] = "llama2rlhf"
+        _plugin_dists[name] = BUILTIN_DISTRIBUTION
     if not _env_flag(DISABLE_AUTOLOAD_ENV):
         _load_entry_points(pm)
     if _env_flag(TRACE_ENV):
@@ -143,7 +254,7 @@ def registry(kind: str) -> dict[str, Registered]:
     if kind in _registries:
         return _registries[kind]
     pm = get_plugin_manager()
-    hook_name = KINDS[kind][0]
+    hook_name = KINDS[kind].hook
     found: dict[str, Registered] = {}
     # pluggy traces calls made through pm.hook; these are made one implementation at a
     # time, so they go through its tracer by hand (a no-op unless LLAMA2RLHF_TRACE_HOOKS).
@@ -162,6 +273,13 @@ def registry(kind: str) -> dict[str, Registered]:
                     f"({other.distribution or 'unknown distribution'}) and by plugin {_plugin!r} "
                     f"({_plugin_dists.get(_plugin, 'unknown distribution')})"
                 )
+            if kind == "stages" and not isinstance(obj, Stage):
+                raise PluginError(
+                    f"plugin {_plugin!r} ({_plugin_dists.get(_plugin, 'unknown distribution')}) registered stage "
+                    f"{name!r} as a {type(obj).__name__}, not a llama2rlhf.Stage: register({name!r}, Stage(run))"
+                )
+            if kind == "stages" and obj.summary_key is Stage.NAME:
+                obj = dataclasses.replace(obj, summary_key=name)
             found[name] = Registered(name, obj, _plugin, _plugin_dists.get(_plugin))
 
         hooktrace(hook_name, {"plugin": plugin})
@@ -187,6 +305,88 @@ def get(kind: str, name: str) -> Registered:
     return things[name]
 
 
+def distribution_of(plugin: str) -> str | None:
+    """The distribution that installed a loaded plugin (``llama2rlhf`` for the built-ins)."""
+    get_plugin_manager()
+    return _plugin_dists.get(plugin)
+
+
+@functools.lru_cache(maxsize=None)
+def version_of(distribution: str | None) -> str | None:
+    """The installed version of a distribution, or None (not installed, or unknown)."""
+    if not distribution:
+        return None
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def node_options(kind: str, node: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(name, options, the options as plain JSON values) of a config node of ``kind``'s group.
+
+    A structured node (a dataclass, or an OmegaConf node typed by one) gives its options
+    typed by its fields; a plain mapping gives them as they are. ``name`` and the kind's
+    ``framework_keys`` are not options.
+    """
+    from omegaconf import OmegaConf
+
+    group = KINDS[kind].group
+    if OmegaConf.is_config(node) and OmegaConf.is_missing(node, "name"):
+        raise PluginError(f"{group}.name is not set; choose one of: {', '.join(sorted(registry(kind)))}")
+    if OmegaConf.is_config(node):
+        plain = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+        typed = OmegaConf.to_object(node)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        plain = OmegaConf.to_container(OmegaConf.structured(node), resolve=True, enum_to_str=True)
+        typed = node
+    elif isinstance(node, Mapping):
+        plain, typed = dict(node), dict(node)
+    else:
+        raise PluginError(f"the {group} config node must be a mapping with a name, got "
+                          f"{type(node).__name__}")
+    values = ({f.name: getattr(typed, f.name) for f in dataclasses.fields(typed)}
+              if dataclasses.is_dataclass(typed) else dict(typed))
+    name = values.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"{group}.name must name a registered {KINDS[kind].label}, got {name!r}")
+    skip = set(KINDS[kind].framework_keys)
+    options = {k: v for k, v in values.items() if k not in skip}
+    return name, options, {k: plain[k] for k in options}
+
+
+def named(kind: str, name: str, options: Mapping[str, Any] | None = None) -> Selected:
+    """The thing of ``kind`` registered as ``name``, with ``options`` (none by default): for
+    things a list names (``pipeline.stages``) or the framework picks itself."""
+    item = get(kind, name)
+    options = dict(options or {})
+    return Selected(kind, item.name, item.obj, item.plugin, item.distribution, version_of(item.distribution),
+                    options, options)
+
+
+def selected(kind: str, cfg: Any) -> Selected:
+    """The thing of ``kind`` that ``cfg`` selects (``<group>.name``), with the other keys of
+    its config node as its options."""
+    if kind not in KINDS:
+        raise KeyError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
+    group = KINDS[kind].group
+    if group is None:
+        raise KeyError(f"{kind} are not selected by a config group; use plugins.named({kind!r}, name)")
+    name, options, recorded = node_options(kind, cfg[group] if isinstance(cfg, Mapping) else getattr(cfg, group))
+    item = get(kind, name)
+    return Selected(kind, item.name, item.obj, item.plugin, item.distribution, version_of(item.distribution),
+                    options, recorded)
+
+
+def register(plugin: Any, name: str, distribution: str | None = None) -> None:
+    """Register a plugin object or module in the process's manager, as if ``distribution``
+    had installed it (plugins defined in-process, tests); the registries are built anew."""
+    get_plugin_manager().register(plugin, name=name)
+    if distribution is not None:
+        _plugin_dists[name] = distribution
+    _registries.clear()
+
+
 def describe() -> list[dict[str, Any]]:
     """What each loaded plugin is and registers (for ``llama2rlhf plugins``)."""
     pm = get_plugin_manager()
@@ -197,12 +397,7 @@ def describe() -> list[dict[str, Any]]:
     out = []
     for name, module in pm.list_name_plugin():
         dist = _plugin_dists.get(name)
-        version = None
-        if dist:
-            try:
-                version = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
+        version = version_of(dist)
         out.append(
             {
                 "name": name,
@@ -213,4 +408,4 @@ def describe() -> list[dict[str, Any]]:
                 "registers": {k: sorted(v) for k, v in sorted(by_plugin.get(name, {}).items())},
             }
         )
-    return sorted(out, key=lambda p: (p["distribution"] != "llama2rlhf", p["name"]))
+    return sorted(out, key=lambda p: (p["distribution"] != BUILTIN_DISTRIBUTION, p["name"]))

@@ -265,20 +265,15 @@ def check_judge(path: str, cfg: Any) -> None:
         raise ValueError(f"annotator judge {path!r} has {config.num_labels} outputs; a reward model has one")
 
 
-def reward_model_options(cfg: Any) -> RewardModelAnnotatorConfig:
-    """``cfg.annotator`` as the typed node, with its defaults for keys a plain node lacks."""
-    from omegaconf import DictConfig, OmegaConf
-
-    node = cfg.annotator
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(vars(node))
-    known = {f.name for f in fields(RewardModelAnnotatorConfig)}
-    return RewardModelAnnotatorConfig(**{k: v for k, v in values.items() if k in known})
-
-
-def make_reward_model_annotator(cfg: Any, world: Any) -> RewardModelAnnotator:
+def make_reward_model_annotator(cfg: Any, world: Any, **options: Any) -> RewardModelAnnotator:
+    """``annotator=reward_model``; ``options`` are the fields of :class:`RewardModelAnnotatorConfig`
+    but ``name`` (its defaults for those not given)."""
     if cfg is None:
         raise ValueError("annotator=reward_model needs the run's config (annotator.name_or_path, device, model.dtype)")
-    return RewardModelAnnotator(cfg, reward_model_options(cfg))
+    unknown = sorted(set(options) - {f.name for f in fields(RewardModelAnnotatorConfig)})
+    if unknown:
+        raise ValueError(f"annotator=reward_model has no option {', '.join('annotator.' + k for k in unknown)}")
+    return RewardModelAnnotator(cfg, RewardModelAnnotatorConfig(**options))
 
 
 def make_toy_annotator(cfg: Any, world: Any) -> ToyAnnotator:

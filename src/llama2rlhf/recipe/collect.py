@@ -16,7 +16,7 @@ from typing import Any
 from llama2rlhf.runtime import distributed
 from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
-from llama2rlhf.recipe.annotation import PairToLabel
+from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.reward.combined import is_safety_prompt
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.round_prompts import round_prompts
@@ -55,6 +55,16 @@ def _with_run_checkpoints(ctx):
     return OmegaConf.merge(ctx.cfg, {"annotator": {key: ctx.artifact(name) for key, name in names.items()}})
 
 
+def load_annotator(ctx):
+    """The selected annotator (``annotator=<name>``), made with the run's config and the toy
+    world, its options as keyword arguments (``run:<artifact>`` values resolved); a
+    third-party annotator that fails is named in the error, except when it raises
+    ``AwaitingLabels``, which stops the run as it means to."""
+    cfg = _with_run_checkpoints(ctx)
+    item = plugins.selected("annotators", cfg)
+    return item.wrap(item.call(cfg, ctx.world), "annotate", passthrough=(AwaitingLabels,))
+
+
 def _collect(ctx) -> dict[str, Any]:
     cfg, k = ctx.cfg, ctx.round
     out_dir = ctx.stage_dir("collect")
@@ -62,7 +72,7 @@ def _collect(ctx) -> dict[str, Any]:
     if len(temperatures) != 2:
         raise ValueError(f"collect.temperatures must hold two temperatures (one per response), got {temperatures}")
     # the annotator first: a bad annotator setting stops the stage before the sampling, not after
-    annotator = plugins.get("annotators", cfg.annotator.name).obj(_with_run_checkpoints(ctx), ctx.world)
+    annotator = load_annotator(ctx)
     prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
     pairs_path = out_dir / "pairs.jsonl"
     if pairs_path.exists():

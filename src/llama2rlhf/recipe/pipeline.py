@@ -41,22 +41,20 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     if ctx.state.is_done(key):
         log.info("stage %s already done in %s; skipping", key, ctx.run_dir)
         return
-    stage = plugins.get("stages", name)
+    stage = plugins.named("stages", name)
     hook = plugins.get_plugin_manager().hook
     ctx.current_stage = as_name
     distributed.main_process_only(hook.on_stage_start, ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
     started = time.perf_counter()
-    with stage.blame("stage"):
-        metrics = stage.obj(ctx) or {}
+    metrics = stage.call(ctx) or {}
     seconds = time.perf_counter() - started
     # what the main process did alone (sampling, scoring, evaluation) is in its metrics and
     # state only: every process carries on from those
     metrics = distributed.from_main(metrics)
     ctx.sync_from_main()
     target = ctx.summary if ctx.round == 0 else ctx.round_summary()
-    # a stage may name its summary key (``summary_key``), or None to merge into the round
-    summary_key = getattr(stage.obj, "summary_key", name)
+    summary_key = stage.obj.summary_key  # None: merged into the round's entry
     if as_name != name:  # rs -> rs_after_ppo
         summary_key = (summary_key or name) + as_name[len(name):]
     if summary_key is None:

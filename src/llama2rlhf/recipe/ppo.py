@@ -335,7 +335,6 @@ def _online_rl_stage(kind: str):
         return metrics
 
     stage.__name__ = f"{kind}_stage"
-    stage.summary_key = "ppo"
     return stage
 
 

@@ -71,23 +71,20 @@ def _gold(ctx, candidates: list[Candidate], kept: list[Candidate]) -> dict[str, 
 
 def augment(ctx, rows: list[dict]) -> list[dict]:
     """The selected augmenter (``augmenter=<name>``, Ghost Attention by default) over the
-    fine-tuning rows; a third-party augmenter that fails is named in the error."""
-    item = plugins.get("augmenters", ctx.cfg.augmenter.name)
-    with item.blame("augmenter"):
-        out = item.obj(rows, ctx)
-    return unify_sft_formats(list(out))
+    fine-tuning rows, with its options; a third-party augmenter that fails is named in the
+    error."""
+    item = plugins.selected("augmenters", ctx.cfg)
+    with item.blame():
+        out = list(item.call(rows, ctx))
+    return unify_sft_formats(out)
 
 
 def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[Candidate]:
-    """The selected selector (``selector=<name>``) over this round's candidates and the history;
-    the extra keys of its config node are its options, passed as keyword arguments. A
-    third-party selector that fails is named in the error."""
-    from omegaconf import OmegaConf
-
-    options = OmegaConf.to_container(cfg.selector, resolve=True)
-    item = plugins.get("selectors", options.pop("name"))
-    with item.blame("selector"):
-        return list(item.obj(candidates, history, **options))
+    """The selected selector (``selector=<name>``) over this round's candidates and the history,
+    with its options; a third-party selector that fails is named in the error."""
+    item = plugins.selected("selectors", cfg)
+    with item.blame():
+        return list(item.call(candidates, history))
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
@@ -156,6 +153,3 @@ def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
         **_gold(ctx, candidates, kept),
         "n_augmented": len(rows) - n_kept_rows,
     }
-
-
-rejection_sampling_stage.summary_key = "rs"

@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from llama2rlhf import RewardLoss, plugins
 from llama2rlhf.runtime import distributed
 from llama2rlhf.runtime import artifacts
@@ -30,13 +28,10 @@ from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 log = logging.getLogger(__name__)
 
 
-def selected_loss(cfg: Any) -> tuple[str, Any, dict[str, Any]]:
-    """(name, loss, options) for ``cfg.reward_loss``; ``margin_scale`` is the reward stage's,
-    not an option of the loss."""
-    options = OmegaConf.to_container(cfg.reward_loss, resolve=True)
-    name = options.pop("name")
-    options.pop("margin_scale", None)
-    return name, plugins.get("reward_losses", name).obj, options
+def selected_loss(cfg: Any) -> plugins.Selected:
+    """The selected reward loss (``reward_loss=<name>``) with its options; ``margin_scale`` is
+    the reward stage's, not an option of the loss."""
+    return plugins.selected("reward_losses", cfg)
 
 
 def with_margins(rows: list[dict], loss: Any, source: str, scale: float = 1.0) -> list[dict]:
@@ -67,10 +62,9 @@ def _trainer_class():
     class PluggableLossRewardTrainer(RewardTrainer):
         """RewardTrainer whose loss is a registered reward loss rather than a fixed formula."""
 
-        def __init__(self, *args, reward_loss, loss_options=None, **kwargs):
+        def __init__(self, *args, reward_loss: plugins.Selected, **kwargs):
             super().__init__(*args, **kwargs)
             self.reward_loss = reward_loss
-            self.loss_options = loss_options or {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
@@ -82,7 +76,7 @@ def _trainer_class():
             else:
                 outputs = SequenceClassifierOutputWithPast(logits=packed_rewards(model, inputs, ends).unsqueeze(-1))
             r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            loss = self.reward_loss(r_chosen, r_rejected, margin, **self.loss_options)
+            loss = self.reward_loss.call(r_chosen, r_rejected, margin)
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
             with torch.no_grad():
@@ -100,8 +94,8 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     from datasets import Dataset
     from trl import RewardConfig
 
-    name, loss, options = selected_loss(cfg)
-    rows = with_margins(list(rows), loss, source, scale=cfg.reward_loss.margin_scale)
+    loss = selected_loss(cfg)
+    rows = with_margins(list(rows), loss.obj, source, scale=cfg.reward_loss.margin_scale)
     keep = ("prompt", "chosen", "rejected", "margin")
     if len({("margin" in r) for r in rows}) > 1:
         raise ValueError(f"{source}: some comparisons have a margin and some do not; give all or none")
@@ -135,13 +129,13 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
                       **overrides)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
-        peft_config=peft_config(cfg, "SEQ_CLS", model), reward_loss=loss, loss_options=options,
+        peft_config=peft_config(cfg, "SEQ_CLS", model), reward_loss=loss,
         callbacks=trainer_callbacks(cfg, "reward"),
     )
     result = trainer.train()
     model_dir = out_dir / "model"
     save_trained_model(trainer, model_dir, lambda: load_reward_model(init_path, cfg, tokenizer))
-    return {"reward_loss": name, "train_loss": result.training_loss, "train_steps": result.global_step,
+    return {"reward_loss": loss.name, "train_loss": result.training_loss, "train_steps": result.global_step,
             "n_pairs": len(dataset), "truncated": cuts.as_dict(), "num_processes": trainer.accelerator.num_processes,
             "model_path": str(model_dir)}
 

@@ -1,8 +1,8 @@
-"""Built-in pipeline stages."""
+"""Built-in pipeline stages, registered with where their metrics go in ``summary.json``."""
 
 from __future__ import annotations
 
-from llama2rlhf import hookimpl
+from llama2rlhf import Stage, hookimpl
 
 
 @hookimpl(trylast=True)
@@ -15,11 +15,13 @@ def register_stages(register):
     from llama2rlhf.recipe.reward_model import reward_stage
     from llama2rlhf.recipe.sft import sft_stage
 
-    register("sft", sft_stage)
-    register("reward", reward_stage)
-    register("collect", collect_stage)
-    register("rejection_sampling", rejection_sampling_stage)
-    register("evaluate", evaluate_stage)
-    register("ppo", ppo_stage)
-    register("rloo", rloo_stage)
-    register("grpo", grpo_stage)
+    register("sft", Stage(sft_stage))
+    register("reward", Stage(reward_stage))
+    register("collect", Stage(collect_stage))
+    register("rejection_sampling", Stage(rejection_sampling_stage, summary_key="rs"))
+    # its numbers go straight into the round's entry (rounds[i])
+    register("evaluate", Stage(evaluate_stage, summary_key=None))
+    # the online RL trainers are alternatives for one step of the round: one key for all
+    register("ppo", Stage(ppo_stage, summary_key="ppo"))
+    register("rloo", Stage(rloo_stage, summary_key="ppo"))
+    register("grpo", Stage(grpo_stage, summary_key="ppo"))

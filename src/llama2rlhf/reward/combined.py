@@ -47,23 +47,19 @@ def own_reward_models(cfg: Any) -> dict[str, str]:
     return {name: path for name, path in paths.items() if path}
 
 
-def selected_combiner(cfg: Any, available: Sequence[str]):
-    """(name, combiner, options, fallback) for ``cfg.reward``; ``single`` when the selected one
-    needs a reward model the run does not have (``llama2`` without safety labels in the
-    data), with ``fallback`` saying so (None otherwise)."""
-    from omegaconf import OmegaConf
-
-    options = OmegaConf.to_container(cfg.reward, resolve=True)
-    name = options.pop("name")
-    options.pop("whiten", None)
-    combiner = plugins.get("reward_combiners", name).obj
-    missing = [m for m in getattr(combiner, "needs", ("helpfulness",)) if m not in available]
+def selected_combiner(cfg: Any, available: Sequence[str]) -> tuple[plugins.Selected, str | None]:
+    """(combiner, fallback) for ``cfg.reward``: the selected combiner with its options, or
+    ``single`` (no options) when the selected one needs a reward model the run does not have
+    (``llama2`` without safety labels in the data), with ``fallback`` saying so (None
+    otherwise)."""
+    combiner = plugins.selected("reward_combiners", cfg)
+    missing = [m for m in getattr(combiner.obj, "needs", ("helpfulness",)) if m not in available]
     if missing:
-        fallback = (f"reward={name} needs the {', '.join(missing)} reward model(s), which this run does not have (no "
-                    "safety labels in the data, and no reward_model.safety_name_or_path); using reward=single")
+        fallback = (f"reward={combiner.name} needs the {', '.join(missing)} reward model(s), which this run does not "
+                    "have (no safety labels in the data, and no reward_model.safety_name_or_path); using reward=single")
         log.warning("%s", fallback)
-        return "single", plugins.get("reward_combiners", "single").obj, {}, fallback
-    return name, combiner, options, None
+        return plugins.named("reward_combiners", "single"), fallback
+    return combiner, None
 
 
 def _same_tokenizer(a, b) -> bool:
@@ -92,7 +88,8 @@ class CombinedReward:
             self.tokenizers[name] = next((t for t in self.tokenizers.values() if _same_tokenizer(t, tok)), tok)
             self.models[name] = load_reward_model(path, cfg, self.tokenizers[name]).to(device).eval()
         self.tokenizer = self.tokenizers["helpfulness"]
-        self.combiner_name, self.combiner, self.options, self.fallback = selected_combiner(cfg, list(self.models))
+        self.combiner, self.fallback = selected_combiner(cfg, list(self.models))
+        self.combiner_name = self.combiner.name
         self.whitening = whitening if cfg.reward.whiten else None
         self.batch_size = batch_size
         self.cuts = Cuts()  # what scoring cut from conversations longer than a model reads
@@ -139,8 +136,7 @@ class CombinedReward:
         """The combiner's output for raw ``scores`` (tensors), whitened unless ``whiten`` is False."""
         import torch
 
-        with plugins.get("reward_combiners", self.combiner_name).blame("reward combiner"):
-            combined = self.combiner(scores, is_safety, **self.options)
+        combined = self.combiner.call(scores, is_safety)
         if not isinstance(combined, torch.Tensor):
             raise plugins.PluginError(f"reward combiner {self.combiner_name!r} returned {type(combined).__name__}, "
                                       "not a tensor")
