@@ -68,12 +68,17 @@ def compare(hand, ours, repeats: int, n: int):
 
 
 def load_policy(path: str | None, world, device: str = "cpu"):
-    """(model in eval mode on ``device``, tokenizer): a saved policy, or the toy tokenizer and a
-    tiny random Llama."""
+    """(model in eval mode on ``device``, tokenizer): a saved policy, loaded as the ``hf``
+    sampler's factory loads it (``llama2rlhf.sampling.load_policy``, in float32), or the toy
+    tokenizer and a tiny random Llama."""
     if path:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from omegaconf import OmegaConf
 
-        return AutoModelForCausalLM.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+        from llama2rlhf.sampling import load_policy as load_saved
+
+        cfg = OmegaConf.create({"model": {"dtype": "float32", "trust_remote_code": False}, "device": device})
+        model, tokenizer = load_saved(path, cfg)
+        return model.eval(), tokenizer
     from llama2rlhf.toyworld.model import build_tiny_llama
     from llama2rlhf.toyworld.tokenizer import build_tokenizer
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama2rlhf import plugins
-
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Act as Newton. You love chess."},
@@ -18,10 +16,34 @@ PROMPTS = [
 
 @pytest.fixture()
 def sampler(tokenizer, tiny_llama):
-    factory = plugins.get("samplers", "hf").obj
-    s = factory(tiny_llama, tokenizer)
-    s.show_progress = False
-    return s
+    from llama2rlhf.sampling.hf import HFSampler
+
+    return HFSampler(tiny_llama, tokenizer, show_progress=False)
+
+
+def test_the_factory_loads_the_saved_policy_with_the_node_options(tokenizer, tiny_llama, tmp_path):
+    """``sampler=hf`` as the stages build it: ``load_sampler(cfg, policy folder)``, the
+    ``sampler`` node's fields arriving typed as the factory's keyword arguments."""
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.config import Config
+    from llama2rlhf.sampling import Sampler, load_sampler
+    from llama2rlhf.sampling.hf import HFSampler, HFSamplerConfig
+
+    tiny_llama.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"device": "cpu", "model": {"dtype": "float32"}})
+    cfg.sampler = OmegaConf.structured(HFSamplerConfig(batch_tokens=999, dialogue_cache_mb=64))
+    got = load_sampler(cfg, str(tmp_path / "policy"))
+    assert isinstance(got, HFSampler) and isinstance(got, Sampler)  # a built-in comes back unwrapped
+    assert (got.batch_tokens, got.dialogue_cache_mb, got.device.type) == (999, 64.0, "cpu")
+    assert got.model.name_or_path == str(tmp_path / "policy")
+    got.show_progress = False
+    assert sampler_texts(got) == sampler_texts(HFSampler(tiny_llama.eval(), tokenizer, show_progress=False))
+
+
+def sampler_texts(s) -> list[str]:
+    return [x.text for ss in s.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=6) for x in ss]
 
 
 def _greedy_alone(model, tokenizer, messages, max_new_tokens):

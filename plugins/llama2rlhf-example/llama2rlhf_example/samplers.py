@@ -2,7 +2,7 @@
 
 Rejection sampling keeps the best of K samples per prompt (paper 3.2.3, Fig. 7); two equal
 samples are one candidate scored twice. This sampler wraps another registered sampler
-(``hf``, through the registry, as any plugin may), and where a prompt's K samples repeat
+(``hf``, through ``llama2rlhf.plugins.named``, as any plugin may), and where a prompt's K samples repeat
 a text, samples that prompt again up to ``redraws`` times and puts fresh texts in place
 of the repeats. The contract still holds: ``n`` samples per prompt, in prompt order, each
 with its own token count. With ``log_path`` set, every call appends one JSON line: how
@@ -62,7 +62,10 @@ class DistinctSampler:
         self.redraws = redraws
         self.log_path = Path(log_path) if log_path else None
 
-    def sample(self, prompts, n: int, temperature: float, max_new_tokens: int, desc: str = "sampling"):
+    def sample(self, prompts, n: int, temperature: float, max_new_tokens: int, desc: Optional[str] = None):
+        """The sampler contract (:class:`llama2rlhf.sampling.Sampler`); ``desc`` labels the
+        progress output (and this sampler's log lines)."""
+        desc = desc or "sampling"
         started = time.perf_counter()
         out = self.inner.sample(prompts, n, temperature, max_new_tokens, desc=desc)
         before = sum(distinct(ss) for ss in out)
@@ -96,10 +99,16 @@ class DistinctSampler:
         append_jsonl(self.log_path, [line])
 
 
-def make_distinct_sampler(model, tokenizer, cfg: Any = None) -> DistinctSampler:
-    """The ``register_samplers`` factory: ``factory(model, tokenizer, cfg)`` -> a sampler."""
+def make_distinct_sampler(model_path: str, cfg: Any, *, redraws: int = 1, log_path: Optional[str] = None,
+                          **inner_options: Any) -> DistinctSampler:
+    """The ``register_samplers`` factory: ``factory(model_path, cfg, **options)`` -> a sampler.
+
+    ``options`` are the fields of the ``sampler`` node but ``name`` (typed as
+    :class:`ExampleDistinctConfig` types them): ``redraws`` and ``log_path`` are this
+    sampler's, the rest (``batch_tokens``) go to the wrapped ``hf`` sampler, which loads the
+    policy from ``model_path``.
+    """
     from llama2rlhf import plugins
 
-    inner = plugins.get("samplers", INNER).obj(model, tokenizer, cfg)
-    options = getattr(cfg, "sampler", None)
-    return DistinctSampler(inner, redraws=getattr(options, "redraws", 1), log_path=getattr(options, "log_path", None))
+    inner = plugins.named("samplers", INNER, inner_options).call(model_path, cfg)
+    return DistinctSampler(inner, redraws=redraws, log_path=log_path)

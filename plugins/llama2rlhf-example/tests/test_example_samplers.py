@@ -23,7 +23,7 @@ class Scripted:
         self.answers = list(answers)
         self.calls = []
 
-    def sample(self, prompts, n, temperature, max_new_tokens, desc="sampling"):
+    def sample(self, prompts, n, temperature, max_new_tokens, desc=None):
         self.calls.append((len(prompts), n, temperature, desc))
         return self.answers.pop(0)
 
@@ -74,22 +74,30 @@ def test_negative_redraws_are_refused():
 
 
 def test_factory_wraps_the_builtin_hf_sampler(fresh_plugins, toy_tokenizer_dir, tmp_path):
-    """Through the registry, as the pipeline builds it: ``factory(model, tokenizer, cfg)``."""
+    """Through the core, as the pipeline builds it: ``load_sampler(cfg, policy folder)`` calls
+    ``factory(model_path, cfg, **options)`` with the ``sampler`` node's keys as options."""
     import torch
     from omegaconf import OmegaConf
 
-    from llama2rlhf.sampling.hf import HFSampler
     from llama2rlhf.runtime.models import load_tokenizer
+    from llama2rlhf.sampling import load_sampler
+    from llama2rlhf.sampling.hf import HFSampler
     from llama2rlhf.toyworld.model import build_tiny_llama
 
     tok = load_tokenizer(str(toy_tokenizer_dir))
     model = build_tiny_llama(tok, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
-    cfg = OmegaConf.create({"sampler": {"name": "example_distinct", "batch_tokens": 999, "redraws": 1,
+    policy = tmp_path / "policy"
+    model.save_pretrained(policy)
+    tok.save_pretrained(policy)
+    cfg = OmegaConf.create({"device": "cpu", "model": {"dtype": "float32", "trust_remote_code": False},
+                            "sampler": {"name": "example_distinct", "batch_tokens": 999, "redraws": 1,
                                         "log_path": str(tmp_path / "calls.jsonl")}})
-    factory = fresh_plugins.get("samplers", "example_distinct").obj
-    assert factory is make_distinct_sampler
-    sampler = factory(model, tok, cfg)
+    assert fresh_plugins.selected("samplers", cfg).obj is make_distinct_sampler
+    sampler = load_sampler(cfg, str(policy))
+    # a third-party sampler comes back wrapped, so that its failures name this plugin
+    assert isinstance(sampler.__wrapped__, DistinctSampler)
     assert isinstance(sampler.inner, HFSampler) and sampler.inner.batch_tokens == 999
+    assert sampler.inner.model.name_or_path == str(policy)
     sampler.inner.show_progress = False
     torch.manual_seed(0)
     out = sampler.sample(PROMPTS, 4, 1.0, 6)
@@ -97,3 +105,4 @@ def test_factory_wraps_the_builtin_hf_sampler(fresh_plugins, toy_tokenizer_dir, 
     assert all(1 <= x.n_tokens <= 6 for ss in out for x in ss)
     line = json.loads((tmp_path / "calls.jsonl").read_text())
     assert line["samples"] == 8 and line["distinct_after"] == sum(len({x.text for x in ss}) for ss in out)
+    assert line["desc"] == "sampling"  # no desc given: the default label

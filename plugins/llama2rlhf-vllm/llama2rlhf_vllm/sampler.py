@@ -16,10 +16,11 @@ How it maps onto vLLM:
   seed=..., stop_token_ids=[eos])``: vLLM shares the prompt's prefill among its K samples;
   the per-request seeds come from torch's generator, which every stage seeds, so a re-run
   round draws the same samples;
-* the engine loads the policy from the folder the pipeline loaded it from (a new
-  checkpoint every round), lazily at the first ``sample``; at most one engine holds GPU
-  memory at a time, and it is shut down (its memory given back for training) when the
-  sampler is closed or garbage-collected, which the stages do before they train.
+* the factory gets the policy's folder (a new checkpoint every round) and loads only its
+  tokenizer; the engine loads the weights from the folder, lazily at the first
+  ``sample``; at most one engine holds GPU memory at a time, and it is shut down (its
+  memory given back for training) when the sampler is closed or garbage-collected, which
+  the stages do before they train.
 
 ``import vllm`` happens only when a sampler is made, so the plugin imports anywhere.
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 import gc
 import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
 from llama2rlhf.config import SamplerConfig
@@ -220,7 +221,8 @@ class VLLMSampler:
 
         if Engine.current is not None:
             Engine.current.close()  # one engine on the GPU at a time
-        # the HF copy of the policy that load_sampler made goes before vLLM measures free memory
+        # models the stage has dropped (an earlier sampler's, a scorer's) go before vLLM
+        # measures free memory
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -243,7 +245,9 @@ class VLLMSampler:
         self.close()
 
     def sample(self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int,
-               desc: str = "sampling") -> list[list[Sample]]:
+               desc: Optional[str] = None) -> list[list[Sample]]:
+        """The sampler contract (:class:`llama2rlhf.sampling.Sampler`); ``desc`` labels the
+        log line (the progress bar is vLLM's own)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if temperature == 0 and n > 1:
@@ -255,22 +259,27 @@ class VLLMSampler:
         eos = self.tokenizer.eos_token_id
         params = [sampling_params(n=n, temperature=float(temperature), max_tokens=int(max_new_tokens), seed=seed,
                                   stop_token_ids=[eos]) for seed in request_seeds(len(ids))]
-        log.info("%s: %d prompts x %d samples on vLLM", desc, len(ids), n)
+        log.info("%s: %d prompts x %d samples on vLLM", desc or "sampling", len(ids), n)
         outputs = self.llm().generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=self.show_progress)
         return to_samples(outputs, ids, n, eos, self.tokenizer)
 
 
-def make_vllm_sampler(model: Any, tokenizer: Any, cfg: Any = None) -> VLLMSampler:
-    """The ``register_samplers`` factory: ``factory(model, tokenizer, cfg)``.
+def make_vllm_sampler(model_path: str, cfg: Any, **options: Any) -> VLLMSampler:
+    """The ``register_samplers`` factory: ``factory(model_path, cfg, **options)``.
 
-    vLLM loads the policy itself, from the folder the core loaded ``model`` from
-    (``model.name_or_path``); the transformers copy is not kept.
+    ``options`` are the ``sampler`` node's fields but ``name`` (:class:`VLLMSamplerConfig`;
+    its defaults for those not given). vLLM loads the policy from ``model_path`` itself; only
+    the tokenizer is loaded here (the core's ``load_tokenizer``: Llama 2's chat template
+    where the folder has none), to render the prompts.
     """
-    path = getattr(model, "name_or_path", None)
-    if not path:
-        raise ValueError("sampler=vllm loads the policy from its folder, and this model has no name_or_path")
+    from llama2rlhf.runtime.models import load_tokenizer
+
+    known = {f.name for f in fields(VLLMSamplerConfig)} - {"name"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"sampler=vllm has no option {', '.join('sampler.' + k for k in unknown)}")
     llm_class, sampling_params_class = vllm_classes()
-    options = getattr(cfg, "sampler", None) if cfg is not None else None
-    trust = bool(getattr(getattr(cfg, "model", None), "trust_remote_code", False))
-    return VLLMSampler(path, tokenizer, options if options is not None and options.name == NAME else None,
-                       trust_remote_code=trust, llm_class=llm_class, sampling_params_class=sampling_params_class)
+    trust = bool(cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
+    return VLLMSampler(model_path, tokenizer, VLLMSamplerConfig(**options), trust_remote_code=trust,
+                       llm_class=llm_class, sampling_params_class=sampling_params_class)

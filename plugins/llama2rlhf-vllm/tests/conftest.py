@@ -3,7 +3,8 @@
 The plugin is optional and not installed by default (``make setup`` installs only the
 example plugin), so when it is not importable its folder goes on ``sys.path``: its
 pure-Python tests then run in the repository's suite too. Its entry point is not
-installed that way, so tests that need it in the registry register the module by hand.
+installed that way, so tests that need it in the registry register the module by hand
+(as its distribution would).
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ def vllm_plugins(monkeypatch):
 
     monkeypatch.delenv(plugins.TRACE_ENV, raising=False)
     plugins.reset()
-    pm = plugins.get_plugin_manager()
-    if pm.get_plugin("vllm") is None:
-        pm.register(plugin, name="vllm")
+    if plugins.get_plugin_manager().get_plugin("vllm") is None:
+        plugins.register(plugin, "vllm", distribution="llama2rlhf-vllm")
     yield plugins
     plugins.reset()
 

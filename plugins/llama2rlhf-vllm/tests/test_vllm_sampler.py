@@ -300,26 +300,57 @@ def test_release_destroys_only_the_process_group_vllm_made(monkeypatch):
 # --- the factory --------------------------------------------------------------------------
 
 
-def test_factory_loads_the_policy_folder_the_core_loaded(vllm_plugins, monkeypatch, fake_llm, toy_tokenizer):
+def test_the_core_hands_the_factory_the_policy_folder_and_the_node_options(vllm_plugins, monkeypatch, fake_llm,
+                                                                            toy_tokenizer, tmp_path):
+    """``load_sampler(cfg, folder)``, as every stage builds its sampler: vLLM gets the folder,
+    no transformers model is loaded, and the ``sampler`` node's fields arrive as options."""
     from omegaconf import OmegaConf
 
+    from llama2rlhf.runtime import models
+    from llama2rlhf.sampling import load_sampler
+
     monkeypatch.setattr(vs, "vllm_classes", lambda: (FakeLLM, FakeParams))
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("a transformers model was loaded"))
+    toy_tokenizer.save_pretrained(tmp_path / "sft" / "model")  # the folder holds the tokenizer too
     cfg = OmegaConf.create({"model": {"trust_remote_code": True},
-                            "sampler": OmegaConf.structured(vs.VLLMSamplerConfig(enforce_eager=True))})
-    model = SimpleNamespace(name_or_path="/runs/r/sft/model")
-    sampler = vllm_plugins.get("samplers", "vllm").obj(model, toy_tokenizer, cfg)
-    assert not hasattr(sampler, "model")  # the transformers copy is not kept
+                            "sampler": OmegaConf.structured(vs.VLLMSamplerConfig(enforce_eager=True, dtype="float16"))})
+    sampler = load_sampler(cfg, str(tmp_path / "sft" / "model"))
+    assert isinstance(sampler.__wrapped__, vs.VLLMSampler)  # wrapped: its failures name the plugin
+    assert sampler.options == vs.VLLMSamplerConfig(enforce_eager=True, dtype="float16")
+    sampler.show_progress = False
     sampler.sample(PROMPTS[:1], 1, 0.0, 3)
     kwargs = fake_llm.made[0].kwargs
-    assert (kwargs["model"], kwargs["trust_remote_code"], kwargs["enforce_eager"]) == ("/runs/r/sft/model", True, True)
-    with pytest.raises(ValueError, match="this model has no name_or_path"):
-        vs.make_vllm_sampler(SimpleNamespace(name_or_path=""), toy_tokenizer, cfg)
+    assert (kwargs["model"], kwargs["trust_remote_code"], kwargs["enforce_eager"], kwargs["dtype"]) == (
+        str(tmp_path / "sft" / "model"), True, True, "float16")
+    with pytest.raises(ValueError, match="sampler=vllm has no option sampler.beams"):
+        vs.make_vllm_sampler(str(tmp_path / "sft" / "model"), cfg, beams=4)
 
 
-def test_without_vllm_the_error_says_how_to_install_it(monkeypatch, toy_tokenizer):
+def test_a_failing_engine_names_the_plugin(vllm_plugins, monkeypatch, toy_tokenizer, tmp_path):
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.sampling import load_sampler
+
+    class BrokenLLM(FakeLLM):
+        def generate(self, prompts, params, use_tqdm=True):
+            raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(vs, "vllm_classes", lambda: (BrokenLLM, FakeParams))
+    toy_tokenizer.save_pretrained(tmp_path / "policy")
+    cfg = OmegaConf.create({"model": {"trust_remote_code": False},
+                            "sampler": OmegaConf.structured(vs.VLLMSamplerConfig())})
+    sampler = load_sampler(cfg, str(tmp_path / "policy"))
+    with pytest.raises(vllm_plugins.PluginError, match=r"^sampler 'vllm' of plugin 'vllm' \(distribution "
+                                                       r"llama2rlhf-vllm\) failed: RuntimeError: CUDA out of memory$"):
+        sampler.sample(PROMPTS[:1], 1, 0.0, 3)
+
+
+def test_without_vllm_the_error_says_how_to_install_it(monkeypatch):
+    from omegaconf import OmegaConf
+
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ImportError, match=r"sampler=vllm needs vLLM.*pip install 'llama2rlhf-vllm\[vllm\]'"):
-        vs.make_vllm_sampler(SimpleNamespace(name_or_path="/p"), toy_tokenizer, None)
+        vs.make_vllm_sampler("/p", OmegaConf.create({"model": {"trust_remote_code": False}}))
 
 
 def test_importing_the_plugin_imports_neither_vllm_nor_torch():

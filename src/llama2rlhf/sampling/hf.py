@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from llama2rlhf import hookimpl
 from llama2rlhf.config import SamplerConfig
 from llama2rlhf.runtime.speedups.kv_cache import cache_kwarg, forward_params, reserved_cache
-from llama2rlhf.sampling import Messages, Sample
+from llama2rlhf.sampling import Messages, Sample, load_policy
 
 
 class HFSampler:
@@ -222,7 +222,7 @@ class HFSampler:
         return out, width
 
     def sample(
-        self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int, desc: str = "sampling"
+        self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int, desc: str | None = None
     ) -> list[list[Sample]]:
         import torch
         from tqdm.auto import tqdm
@@ -237,7 +237,8 @@ class HFSampler:
         eos = tok.eos_token_id
         was_training = self.model.training
         self.model.eval()
-        bar = tqdm(total=len(ids) * n, desc=desc, unit="sample", disable=not self.show_progress, leave=False)
+        bar = tqdm(total=len(ids) * n, desc=desc or "sampling", unit="sample", disable=not self.show_progress,
+                   leave=False)
         try:
             for batch in self.batches([len(x) for x in ids], n, max_new_tokens):
                 gen_kwargs: dict[str, Any] = dict(
@@ -317,10 +318,12 @@ class HFSamplerConfig(SamplerConfig):
     dialogue_cache_mb: float = 2048.0
 
 
-def make_hf_sampler(model, tokenizer, cfg: Any = None) -> HFSampler:
-    options = getattr(cfg, "sampler", None) if cfg is not None else None
-    return HFSampler(model, tokenizer, batch_tokens=getattr(options, "batch_tokens", 65536),
-                     dialogue_cache_mb=getattr(options, "dialogue_cache_mb", 2048))
+def make_hf_sampler(model_path: str, cfg: Any, *, batch_tokens: int = 65536,
+                    dialogue_cache_mb: float = 2048.0) -> HFSampler:
+    """The ``register_samplers`` factory: the policy in ``model_path`` on the run's device,
+    with the ``sampler`` node's ``batch_tokens`` and ``dialogue_cache_mb``."""
+    model, tokenizer = load_policy(model_path, cfg)
+    return HFSampler(model, tokenizer, batch_tokens=batch_tokens, dialogue_cache_mb=dialogue_cache_mb)
 
 
 @hookimpl(trylast=True)
