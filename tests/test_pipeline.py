@@ -124,6 +124,14 @@ def test_run_writes_state_summary_and_checkpoints(default_run):
     assert [h["step"] for h in ppo["history"]] == [1, 2]
     # then rejection sampling again, from the PPO model
     assert summary["rounds"][0]["rs_after_ppo"]["n_kept"] == 16
+    # what the run selected of every kind, and the stages it ran, with the plugins behind them
+    plugins = summary["plugins"]
+    assert {k: (v["name"], v["plugin"]) for k, v in plugins.items() if k != "stages"} == {
+        "reward_loss": ("margin_small", "reward_losses"), "reward": ("llama2", "reward_combiners"),
+        "sampler": ("hf", "samplers"), "selector": ("best_over_history", "selectors"),
+        "augmenter": ("gatt", "augmenters"), "checker": ("source", "checkers"), "annotator": ("toy", "annotators"),
+        "logger": ("wandb", "loggers")}
+    assert list(plugins["stages"]) == ["sft", "collect", "reward", "rejection_sampling", "ppo", "evaluate"]
 
 
 def test_default_logger_writes_offline_wandb_runs_and_final_numbers(default_run):

@@ -390,6 +390,26 @@ GROUP_SCHEMAS = {
 }
 
 
+# (group, name) -> the plugin whose register_configs stored that node (store_configs)
+NODE_PLUGINS: dict[tuple[str, str], str] = {}
+
+
+def _stored_nodes(repo: dict, group: str = "") -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {}
+    for key, value in repo.items():
+        if isinstance(value, dict):
+            out.update(_stored_nodes(value, f"{group}/{key}" if group else key))
+        else:
+            out[(group, key.removesuffix(".yaml"))] = value
+    return out
+
+
+def node_plugin(group: str, name: str) -> Optional[str]:
+    """The plugin that stored the config node ``group/name`` in :func:`store_configs` (a
+    logger's, say), or None for a node of the core's own (``conf/``, the schema)."""
+    return NODE_PLUGINS.get((group, name))
+
+
 def package_dir(module: str, requirement: Optional[str] = None) -> str:
     """``${package_dir:MODULE}`` or ``${package_dir:MODULE,REQUIREMENT}`` in a config: the folder
     of the installed Python package MODULE, found without importing it, for configs that use
@@ -437,10 +457,14 @@ def store_configs() -> None:
     hooktrace = pm.trace.root.get("hook")  # a no-op unless LLAMA2RLHF_TRACE_HOOKS is set
     for impl in pm.hook.register_configs.get_hookimpls():
         hooktrace("register_configs", {"plugin": impl.plugin_name})
+        before = _stored_nodes(cs.repo)
         try:
             impl.function(config_store=cs)
         except Exception as exc:
             raise plugins.PluginError(f"plugin {impl.plugin_name!r} failed in register_configs: {exc}") from exc
+        # a node object this call put in the store (new, or in place of another) is the plugin's
+        NODE_PLUGINS.update({key: impl.plugin_name for key, node in _stored_nodes(cs.repo).items()
+                             if before.get(key) is not node})
     conf = resources.files("llama2rlhf.config").joinpath("conf")
     for group, kind in PLUGIN_GROUPS.items():
         stored = cs.repo.get(group, {})

@@ -2,6 +2,8 @@
 
 Each stage runs once per run directory: a finished stage is recorded in ``state.json``
 with the artifacts it produced, and skipped when the same run directory is used again.
+``summary.json``'s ``plugins`` says which plugin provided what the run selected of every
+kind, with its options (:func:`selected_plugins`).
 
 Under ``accelerate launch`` every process runs this same loop: stages train on every
 process, the observer hooks run on the main process only, and after each stage every
@@ -19,7 +21,7 @@ from llama2rlhf.runtime import distributed
 from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
 from llama2rlhf.evaluation.final import final_metrics
-from llama2rlhf.config import ppo_rounds
+from llama2rlhf.config import node_plugin, ppo_rounds
 from llama2rlhf.runtime.run import RunContext
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,45 @@ def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
     return plan
 
 
+def stages_used(cfg: Any) -> list[str]:
+    """The stages a run of ``cfg`` runs, each once, in the order they first run."""
+    names = list(cfg.pipeline.stages)
+    for k in range(1, cfg.pipeline.rounds + 1):
+        names += [name for name, _ in round_plan(cfg, k)]
+    return list(dict.fromkeys(names))
+
+
+def selected_plugins(cfg: Any) -> dict[str, Any]:
+    """What the run selected of every kind, by config group (``reward_loss``, ``reward``,
+    ``sampler`` ...), then ``logger`` and the ``stages`` it runs: each with its name, the
+    plugin that provides it, that plugin's distribution and version, and its options."""
+    out: dict[str, Any] = {}
+    for kind, spec in plugins.KINDS.items():
+        if spec.group is not None:
+            out[spec.group] = plugins.selected(kind, cfg).record()
+    out["logger"] = logger_record(cfg)
+    out["stages"] = {}
+    for name in stages_used(cfg):
+        stage = plugins.named("stages", name)
+        out["stages"][name] = {**stage.record(), "summary_key": stage.obj.summary_key}
+    return out
+
+
+def logger_record(cfg: Any) -> dict[str, Any]:
+    """``logger=<name>`` as :func:`selected_plugins` records it: the plugin is the one whose
+    ``register_configs`` stored the ``logger`` node of that name (none: the core's own
+    ``conf/logger/<name>.yaml``), its options the node's other keys."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg.logger, resolve=True, enum_to_str=True) if OmegaConf.is_config(
+        cfg.logger) else dict(cfg.logger)
+    name = options.pop("name")
+    plugin = node_plugin("logger", name)
+    distribution = plugins.distribution_of(plugin) if plugin else plugins.BUILTIN_DISTRIBUTION
+    return {"name": name, "plugin": plugin, "distribution": distribution,
+            "version": plugins.version_of(distribution), "options": options}
+
+
 def run(cfg: Any, run_dir: Path) -> RunContext:
     from llama2rlhf.reward.combined import own_reward_models
     from llama2rlhf.runtime.models import build_base
@@ -94,6 +135,8 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     ctx = RunContext.open(cfg, run_dir, make_world(cfg))
     distributed.wait_for_everyone()  # all have read state.json before the main process rewrites it
     ctx.summary["num_processes"] = distributed.num_processes()
+    ctx.summary["plugins"] = selected_plugins(cfg)
+    ctx.save_summary()
     if not ctx.state.is_done("base"):
         # the starting checkpoints: the policy's, and reward models the config names itself
         own = {artifacts.REWARD_MODELS[name]: path for name, path in own_reward_models(cfg).items()}
