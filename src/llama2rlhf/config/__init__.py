@@ -165,7 +165,11 @@ class RewardStageConfig(TrainConfig):
 
 @dataclass
 class RewardLossConfig:
-    """Selected with ``reward_loss=<name>``; extra fields of a subclass reach the loss as options."""
+    """Selected with ``reward_loss=<name>``.
+
+    Options: every field a subclass adds reaches the loss as a keyword argument,
+    ``loss(r_chosen, r_rejected, margin, **options)``. ``margin_scale`` is the reward
+    stage's (it scales the loss's margin table) and is not passed."""
 
     name: str = MISSING  # the registered loss this node selects
     # multiplies the loss's strength -> margin table (Table 27) before training: 0 turns a
@@ -176,7 +180,11 @@ class RewardLossConfig:
 
 @dataclass
 class SamplerConfig:
-    """Selected with ``sampler=<name>``: the generation back end (``hf``, or a plugin's)."""
+    """Selected with ``sampler=<name>``: the generation back end (``hf``, or a plugin's).
+
+    Options: every field but ``name``, ``batch_tokens`` included (the framework reads none
+    of them), reaches the factory as a keyword argument,
+    ``factory(model_path, cfg, **options)``."""
 
     name: str = MISSING  # the registered sampler this node selects
     # prompts x samples x (prompt + new tokens) per generate call; bounds memory
@@ -187,7 +195,11 @@ class SamplerConfig:
 class RewardConfig:
     """Selected with ``reward=<name>``: how reward models' scores become the one reward used by
     rejection sampling, PPO and evaluation (paper 3.2.3). ``llama2`` needs a safety reward
-    model; without one (data with no safety labels) the pipeline uses ``single``."""
+    model; without one (data with no safety labels) the pipeline uses ``single``.
+
+    Options: every field a subclass adds reaches the combiner as a keyword argument,
+    ``fn(scores, is_safety, **options)``. ``whiten`` is the pipeline's (it whitens what the
+    combiner returns) and is not passed."""
 
     name: str = MISSING  # the registered reward combiner this node selects
     # WHITEN(...) of the paper: subtract the mean and divide by the standard deviation that
@@ -198,7 +210,11 @@ class RewardConfig:
 @dataclass
 class AugmenterConfig:
     """Selected with ``augmenter=<name>``: how rejection sampling's fine-tuning data is
-    augmented (``gatt``: Ghost Attention, paper 3.3; ``none``)."""
+    augmented (``gatt``: Ghost Attention, paper 3.3, whose settings are the ``gatt`` node;
+    ``none``).
+
+    Options: every field a subclass adds reaches the augmenter as a keyword argument,
+    ``augment(rows, ctx, **options)``."""
 
     name: str = MISSING  # the registered augmenter this node selects
 
@@ -206,21 +222,31 @@ class AugmenterConfig:
 @dataclass
 class CheckerConfig:
     """Selected with ``checker=<name>``: what tells whether a reply follows a GAtt
-    instruction, for ``gatt.filter`` (``source``: the constraint source itself)."""
+    instruction, for ``gatt.filter`` (``source``: the constraint source itself).
+
+    Options: every field a subclass adds reaches the factory as a keyword argument,
+    ``make_check(cfg, **options)``."""
 
     name: str = MISSING  # the registered checker this node selects
 
 
 @dataclass
 class SelectorConfig:
-    """Selected with ``selector=<name>``: which scored samples become RS training data."""
+    """Selected with ``selector=<name>``: which scored samples become RS training data.
+
+    Options: every field a subclass adds reaches the selector as a keyword argument,
+    ``select(candidates, history, **options)``."""
 
     name: str = MISSING  # the registered selector this node selects
 
 
 @dataclass
 class AnnotatorConfig:
-    """Selected with ``annotator=<name>``: who labels the comparisons of each round."""
+    """Selected with ``annotator=<name>``: who labels the comparisons of each round.
+
+    Options: every field a subclass adds reaches the factory as a keyword argument,
+    ``factory(cfg, world, **options)``; a value ``run:<artifact>`` arrives as the path of
+    that checkpoint of the run."""
 
     name: str = MISSING  # the registered annotator this node selects
 
@@ -325,7 +351,9 @@ class PipelineConfig:
 @dataclass
 class LoggerConfig:
     """Selected with ``logger=<name>``: where the run's metrics go besides ``metrics.jsonl``
-    (``wandb``, or ``none``)."""
+    (``wandb``, or ``none``): the observer plugin that logs the run. Its fields are read by
+    the logger plugin itself (from ``cfg.logger`` in its hooks); ``summary.json`` records
+    every field but ``name`` as its options."""
 
     name: str = "none"  # the logger this node selects; observers check it to know they are on
 

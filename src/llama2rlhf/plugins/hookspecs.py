@@ -13,6 +13,15 @@ pattern (borrowed from simonw/llm): the hook receives a ``register`` callable an
 config group selects (``reward_loss=<name>``, ``sampler=<name>`` ...); two plugins
 registering the same name in the same kind is an error that names both.
 
+Options arrive one way. Every registered callable is called with its kind's positional
+inputs, then the extra keys of its selected config node as keyword arguments
+(``**options``): a plugin gives its options a structured node (:func:`register_configs`),
+so Hydra type-checks them and they arrive typed. Keys of a group's base config class that
+the framework reads itself (``reward_loss.margin_scale``, ``reward.whiten``; each base
+class in ``llama2rlhf.config`` says which) are not passed. A third-party plugin that raises
+is named in a one-line ``PluginError`` (``<kind> 'name' of plugin 'p' (distribution d)
+failed: ...``); ``summary.json``'s ``plugins`` records what a run selected of every kind.
+
 Keep module-level imports of torch, transformers and trl out of plugin modules: the CLI
 imports every plugin to build its config groups, and should start in well under a second.
 Import heavy libraries inside the functions you register.
@@ -50,10 +59,9 @@ def register_reward_losses(register: Register) -> None:
 
     Every ``reward_loss`` node has ``margin_scale`` (default 1), which the reward stage
     multiplies the ``margins`` table by; it is not passed to the loss. ``options`` are the
-    other extra keys of the selected ``reward_loss`` config node, so a loss
-    with parameters registers its own structured config in :func:`register_configs` under
-    group ``reward_loss`` and reads them as keyword arguments. Selected with
-    ``reward_loss=<name>``.
+    other extra keys of the selected ``reward_loss`` config node: a loss with parameters
+    registers its own structured config in :func:`register_configs` under group
+    ``reward_loss``. Selected with ``reward_loss=<name>``.
     """
 
 
@@ -61,10 +69,17 @@ def register_reward_losses(register: Register) -> None:
 def register_samplers(register: Register) -> None:
     """Register generation back ends used for rejection sampling and data collection.
 
-    Call ``register(name, factory)``; ``factory(model, tokenizer, cfg)`` returns an object
-    with ``sample(prompts, n, temperature, max_new_tokens) -> list[list[Sample]]``: for each
-    prompt (in order) ``n`` completions with their token counts. Selected with
-    ``sampler=<name>``.
+    Call ``register(name, factory)``; ``factory(model_path, cfg, **options)`` gets the
+    folder of a saved policy (weights and tokenizer), loads it as it needs (an HF-based
+    sampler through ``llama2rlhf.sampling.load_policy(model_path, cfg)``, which returns the
+    model on the run's device and its tokenizer; another engine from the folder itself),
+    and returns a :class:`llama2rlhf.sampling.Sampler`:
+    ``sample(prompts, n, temperature, max_new_tokens, desc=None) -> list[list[Sample]]``,
+    for each prompt (a message list, in order) ``n`` completions with their token counts;
+    temperature 0 is greedy; ``desc`` is a label for progress output. ``options`` are the
+    extra keys of the ``sampler`` node (``batch_tokens`` is every node's; the ``hf``
+    sampler reads it). ``load_sampler`` refuses an object without ``sample`` with an error
+    that names the plugin. Selected with ``sampler=<name>``.
 
     Optionally the object has ``keep_prefixes()``, a context manager: Ghost Attention
     samples its dialogues turn by turn inside it (each prompt the one before plus a reply
@@ -85,10 +100,10 @@ def register_selectors(register: Register) -> None:
     completion, ``score`` from the newest reward model, ``round`` and the prompt's ``meta``).
     Return the candidates that become fine-tuning data: at most one per prompt for the
     built-ins ``best_of_k`` and ``best_over_history``, but a selector may keep several, or
-    none for a prompt (a threshold, a diversity rule). A selector with options takes them
-    as keyword arguments, ``select(candidates, history, **options)``: they are the extra
-    keys of the selected ``selector`` config node (give them a node in
-    :func:`register_configs`, group ``selector``). Selected with ``selector=<name>``.
+    none for a prompt (a threshold, a diversity rule). It is called as
+    ``select(candidates, history, **options)``, ``options`` being the extra keys of the
+    selected ``selector`` config node (give them a node in :func:`register_configs`, group
+    ``selector``). Selected with ``selector=<name>``.
     """
 
 
@@ -96,16 +111,17 @@ def register_selectors(register: Register) -> None:
 def register_augmenters(register: Register) -> None:
     """Register transforms of rejection sampling's fine-tuning data (Ghost Attention, paper 3.3).
 
-    Call ``register(name, augment)`` with ``augment(rows: list[dict], ctx: RunContext) ->
-    list[dict]``. ``rows`` are this round's fine-tuning examples (the kept samples) in a TRL
+    Call ``register(name, augment)`` with ``augment(rows: list[dict], ctx: RunContext,
+    **options) -> list[dict]``; ``options`` are the extra keys of the ``augmenter`` node.
+    ``rows`` are this round's fine-tuning examples (the kept samples) in a TRL
     conversational format: ``{"messages": [...]}`` or ``{"prompt": [...], "completion":
     [...]}``; return the rows to fine-tune on, the given ones included unless you mean to
     drop them. Prompt-completion rows train on the completion only (TRL masks the prompt),
     which is how the built-in ``gatt`` teaches only the last turn of a dialogue; rows of
-    both formats may be mixed. ``ctx`` gives the config (``ctx.cfg``; a plugin's options
-    live in its ``augmenter`` node), ``ctx.round``, the policy to sample from
-    (``ctx.artifact("policy")``, e.g. through ``llama2rlhf.sampling.load_sampler``), the
-    toy world (``ctx.world``, ``None`` on real data) and ``ctx.stage_dir()`` for files.
+    both formats may be mixed. ``ctx`` gives the config (``ctx.cfg``), ``ctx.round``, the
+    policy to sample from (``ctx.artifact("policy")``, e.g. through
+    ``llama2rlhf.sampling.load_sampler``), the toy world (``ctx.world``, ``None`` on real
+    data) and ``ctx.stage_dir()`` for files.
     Called once per rejection-sampling fine-tune; return ``rows`` unchanged in rounds you
     skip. Selected with ``augmenter=<name>`` (``gatt`` by default, ``none`` to switch off).
     """
@@ -115,7 +131,8 @@ def register_augmenters(register: Register) -> None:
 def register_checkers(register: Register) -> None:
     """Register checkers of Ghost Attention's instructions (paper 3.3).
 
-    Call ``register(name, make_check)`` with ``make_check(cfg) -> check`` and
+    Call ``register(name, make_check)`` with ``make_check(cfg, **options) -> check``
+    (``options``: the extra keys of the ``checker`` node) and
     ``check(instruction, reply: str) -> bool | None``: True where the reply follows the
     instruction, False where it breaks it, None where it cannot tell (the reply is kept).
     ``instruction`` is a ``llama2rlhf.gatt.dialogue.Instruction``: ``text`` as the user
@@ -134,14 +151,15 @@ def register_checkers(register: Register) -> None:
 def register_stages(register: Register) -> None:
     """Register pipeline stages (sft, reward, rejection_sampling, ppo, ...).
 
-    Call ``register(name, stage)`` where ``stage(ctx: RunContext) -> dict`` runs one stage
-    of the pipeline: it reads its inputs from ``ctx`` (config, run directory, the paths of
-    earlier stages' outputs), writes its outputs under ``ctx.stage_dir()`` (its own folder
-    in this round, named as the stage runs: a stage that runs twice in a round runs the
-    second time as ``<name>_after_<previous stage>``) and returns
-    the metrics that go into ``summary.json`` (under the stage's name, or under
-    ``stage.summary_key`` if the function has that attribute; ``None`` merges them into
-    the round's entry). ``ctx.round`` is 0 before the RLHF rounds and k in round k. A stage
+    Call ``register(name, Stage(run, summary_key=...))`` with a :class:`llama2rlhf.Stage`
+    (anything else is an error that names the plugin). ``run(ctx: RunContext) -> dict``
+    runs one stage of the pipeline: it reads its inputs from ``ctx`` (config, run
+    directory, the paths of earlier stages' outputs), writes its outputs under
+    ``ctx.stage_dir()`` (its own folder in this round, named as the stage runs: a stage
+    that runs twice in a round runs the second time as ``<name>_after_<previous stage>``)
+    and returns the metrics that go into ``summary.json``, under ``summary_key``: the
+    registered name by default, another key when given, or merged into the round's entry
+    with ``None``. ``ctx.round`` is 0 before the RLHF rounds and k in round k. A stage
     that finished is recorded in ``state.json`` and skipped when the run is resumed;
     ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...; the built-in ones
     are constants of ``llama2rlhf.runtime.artifacts``) to the paths a stage produced for
@@ -177,10 +195,10 @@ def register_reward_combiners(register: Register) -> None:
 
     The selected combiner is the one reward used everywhere: rejection-sampling scores,
     PPO/RLOO/GRPO rewards and the reward-model judge of evaluation. ``options`` are the
-    extra keys of the ``reward`` config node (give them a node in
-    :func:`register_configs`, group ``reward``). Llama 2's piecewise rule is the built-in
-    ``llama2`` (paper 3.2.3, "PPO"), the default; ``single`` reads the helpfulness model
-    only. Selected with ``reward=<name>``.
+    extra keys of the ``reward`` config node but ``whiten``, which the pipeline reads (give
+    them a node in :func:`register_configs`, group ``reward``). Llama 2's piecewise rule is
+    the built-in ``llama2`` (paper 3.2.3, "PPO"), the default; ``single`` reads the
+    helpfulness model only. Selected with ``reward=<name>``.
     """
 
 
@@ -188,15 +206,19 @@ def register_reward_combiners(register: Register) -> None:
 def register_annotators(register: Register) -> None:
     """Register preference annotators: who labels a pair of responses (paper 3.2.1).
 
-    Call ``register(name, factory)``; ``factory(cfg, world)`` returns an object with
-    ``annotate(pairs: list[PairToLabel], workdir: Path) -> list[dict]``. Each returned row
-    is a comparison in TRL's explicit-prompt preference format (``prompt``, ``chosen``,
-    ``rejected`` as message lists) plus ``id`` (the pair's) and ``strength`` (one of
-    ``llama2rlhf.data.strength.STRENGTHS``), in the order of ``pairs``. ``workdir`` is
-    this round's folder, for annotators that exchange files. An annotator whose labels
-    are not ready raises :class:`llama2rlhf.recipe.annotation.AwaitingLabels`: the run stops
-    with its message and continues the round when started again. ``world`` is the toy
-    world, or ``None`` with real data. Selected with ``annotator=<name>``.
+    Call ``register(name, factory)``; ``factory(cfg, world, **options)`` returns an object
+    with ``annotate(pairs: list[PairToLabel], workdir: Path) -> list[dict]``; ``options``
+    are the extra keys of the ``annotator`` node, where a value ``run:<artifact>`` is
+    already the path of that checkpoint of the run (``run:reward``: the newest reward
+    model). Each returned row is a comparison in TRL's explicit-prompt preference format
+    (``prompt``, ``chosen``, ``rejected`` as message lists) plus ``id`` (the pair's) and
+    ``strength`` (one of ``llama2rlhf.data.strength.STRENGTHS``), in the order of
+    ``pairs``. ``workdir`` is this round's folder, for annotators that exchange files. An
+    annotator whose labels are not ready raises
+    :class:`llama2rlhf.recipe.annotation.AwaitingLabels` (passed on as it is, not as a
+    failure): the run stops with its message and continues the round when started again.
+    ``world`` is the toy world, or ``None`` with real data. Selected with
+    ``annotator=<name>``.
     """
 
 
