@@ -90,8 +90,8 @@ def main() -> None:
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from llama2rlhf.sampling.hf import HFSampler
     from llama2rlhf.reward.scoring import score_conversations
+    from llama2rlhf.sampling.hf import HFSampler
     from llama2rlhf.toyworld import ToyWorld
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

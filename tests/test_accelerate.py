@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import llama2rlhf
-from llama2rlhf.runtime import distributed
-from llama2rlhf.recipe.annotation import AwaitingLabels
 from llama2rlhf.__main__ import accelerate_configs
+from llama2rlhf.recipe.annotation import AwaitingLabels
+from llama2rlhf.runtime import distributed
 from test_pipeline import CLI, TINY
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from llama2rlhf import plugins
-from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.data.errors import DataError
+from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.toyworld.tasks import Prompt
 
 ADD = Prompt("add", "What is 3 + 4?", "add:3+4", "7")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama2rlhf.sampling.hf import HFSampler
-from llama2rlhf.runtime.speedups.dialogue_cache import Batch, Prefix, PrefixStore, gather
 from llama2rlhf.gatt.dialogue import converse, fit_dialogue
+from llama2rlhf.runtime.speedups.dialogue_cache import Batch, Prefix, PrefixStore, gather
+from llama2rlhf.sampling.hf import HFSampler
 
 
 @pytest.fixture()

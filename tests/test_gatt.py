@@ -7,7 +7,16 @@ import random
 
 import pytest
 
-from llama2rlhf.gatt.dialogue import Instruction, ListConstraints, ToyConstraints, adherence_by_turn, converse, fit_dialogue, training_example, user_message
+from llama2rlhf.gatt.dialogue import (
+    Instruction,
+    ListConstraints,
+    ToyConstraints,
+    adherence_by_turn,
+    converse,
+    fit_dialogue,
+    training_example,
+    user_message,
+)
 from llama2rlhf.plugins import PluginError
 from llama2rlhf.sampling import Sample
 
@@ -198,8 +207,8 @@ def test_gatt_augmenter_samples_filters_fits_and_keeps_the_given_rows(tokenizer,
     from omegaconf import OmegaConf
 
     from llama2rlhf import sampling
-    from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.gatt.config import GattConfig
     from llama2rlhf.runtime.run import RunContext
 
@@ -308,8 +317,8 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, re
     from omegaconf import OmegaConf
 
     from llama2rlhf import sampling
-    from llama2rlhf.gatt.augmenter import gatt, load_checker
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.augmenter import gatt, load_checker
     from llama2rlhf.gatt.config import GattConfig
     from llama2rlhf.runtime.run import RunContext
 
@@ -352,8 +361,8 @@ def test_gatt_filters_with_a_checker_plugin_and_names_it_when_it_fails(fresh, re
 def test_a_failing_third_party_augmenter_is_named(register_one, world, tmp_path):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.recipe.rejection_sampling import augment
     from llama2rlhf.config import Config
+    from llama2rlhf.recipe.rejection_sampling import augment
     from llama2rlhf.runtime.run import RunContext
 
     def broken(rows, ctx):
@@ -371,11 +380,11 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
                                                                                       monkeypatch, rank):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.reward import combined as combined_reward
     from llama2rlhf import sampling
-    from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.augmenter import gatt
     from llama2rlhf.gatt.config import GattConfig
+    from llama2rlhf.reward import combined as combined_reward
     from llama2rlhf.runtime.run import RunContext
 
     cfg = OmegaConf.structured(Config)
@@ -414,8 +423,8 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
     if rank:
         # one call for the round: each dialogue's three candidates, for its last user turn as the model saw it
         (prompts, completions, flags), = scored
-        from llama2rlhf.reward.combined import is_safety_prompt
         from llama2rlhf.data.round_prompts import round_prompts
+        from llama2rlhf.reward.combined import is_safety_prompt
 
         safety = {p.messages[-1]["content"]: is_safety_prompt(p.meta) for p in round_prompts(ctx, "gatt:1", 24)}
         assert len(completions) == 18

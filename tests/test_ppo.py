@@ -226,8 +226,8 @@ def test_ppo_with_lora_trains_an_adapter_and_saves_merged_weights(tiny_run, tmp_
 
 
 def test_long_ppo_prompts_lose_their_oldest_middle_turns(tokenizer):
-    from llama2rlhf.recipe.ppo import _fit_prompts
     from llama2rlhf.data.round_prompts import RoundPrompt
+    from llama2rlhf.recipe.ppo import _fit_prompts
 
     turns = []
     for i in range(8):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llama2rlhf import plugins
-from llama2rlhf.recipe.reward_model import with_margins
 from llama2rlhf.data.strength import MARGINS_LARGE, MARGINS_SMALL
+from llama2rlhf.recipe.reward_model import with_margins
 
 
 def nls(x):  # -log sigmoid(x), by hand

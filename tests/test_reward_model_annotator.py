@@ -17,9 +17,9 @@ import math
 import pytest
 
 from llama2rlhf import plugins
+from llama2rlhf.data.strength import STRENGTHS
 from llama2rlhf.recipe.annotation import PairToLabel
 from llama2rlhf.recipe.annotators import RewardModelAnnotatorConfig, strength_of_gap, strength_thresholds
-from llama2rlhf.data.strength import STRENGTHS
 
 # the conversation's text ends with the reply's last token (Llama 2's template ends with </s>)
 TEMPLATE = "{% for m in messages %}{% if not loop.first %}\n{% endif %}{{ m['content'] }}{% endfor %}"
@@ -283,8 +283,8 @@ def test_rows_with_the_judge_scores_train_a_reward_model(judges, world, tokenize
     import torch
     from omegaconf import OmegaConf
 
-    from llama2rlhf.recipe.reward_model import train_reward
     from llama2rlhf.config import Config
+    from llama2rlhf.recipe.reward_model import train_reward
 
     rows = make(config(name_or_path=judges["sin"])).annotate(PAIRS, tmp_path)
     cfg = OmegaConf.structured(Config)
@@ -321,9 +321,9 @@ def real_data_run(tmp_path, **annotator):
 def test_the_collect_stage_labels_real_data_with_the_judges(judges, judge_tokenizer, tmp_path):
     from dataclasses import asdict
 
-    from llama2rlhf.recipe.collect import collect_stage
     from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
     from llama2rlhf.data.round_prompts import round_prompts
+    from llama2rlhf.recipe.collect import collect_stage
 
     ctx = real_data_run(tmp_path, name_or_path=judges["sin"], safety_name_or_path=judges["cos"])
     # the round's pairs as the stage samples them, written beforehand: the stage labels them

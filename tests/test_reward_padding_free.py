@@ -106,9 +106,9 @@ def test_reward_stage_trains_the_same_model_padding_free(world, tokenizer, tiny_
     rounding in the smallest of them, as any change of batch layout does.)"""
     from omegaconf import OmegaConf
 
-    from llama2rlhf.recipe.reward_model import train_reward
     from llama2rlhf.config import Config
     from llama2rlhf.evaluation.rm_accuracy import pair_conversations
+    from llama2rlhf.recipe.reward_model import train_reward
     from llama2rlhf.reward.scoring import score_conversations
 
     cfg = OmegaConf.structured(Config)

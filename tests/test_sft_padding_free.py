@@ -27,8 +27,8 @@ def _train(tokenizer, tiny_llama, tmp_path, padding_free: bool, rows) -> dict:
 
     from omegaconf import OmegaConf
 
-    from llama2rlhf.recipe import sft
     from llama2rlhf.config import Config
+    from llama2rlhf.recipe import sft
 
     cfg = OmegaConf.structured(Config)
     stage = cfg.sft

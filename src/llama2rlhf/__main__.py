@@ -26,16 +26,16 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from llama2rlhf.config import store_configs
-    from llama2rlhf.evaluation.report import REPORT
     from llama2rlhf.evaluation.progress import gatt_table, progress_table
+    from llama2rlhf.evaluation.report import REPORT
 
     store_configs()
 
     @hydra.main(config_path="config/conf", config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
-        from llama2rlhf.runtime import distributed
         from llama2rlhf.recipe.annotation import AwaitingLabels
         from llama2rlhf.recipe.pipeline import run
+        from llama2rlhf.runtime import distributed
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         # Hydra logs INFO from every library; accelerate's per-step gather notices inside

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from llama2rlhf.recipe.annotation import PairToLabel
 from llama2rlhf.config import AnnotatorConfig
 from llama2rlhf.data.strength import STRENGTHS
+from llama2rlhf.recipe.annotation import PairToLabel
 
 NAME = "example_shorter"
 UNITS = ("words", "chars")

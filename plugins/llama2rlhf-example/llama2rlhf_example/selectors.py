@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.config import SelectorConfig
+from llama2rlhf.sampling.candidates import Candidate
 
 NAME = "example_threshold"
 

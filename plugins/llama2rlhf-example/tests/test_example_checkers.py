@@ -31,8 +31,8 @@ def test_list_instructions_carry_the_keys_it_reads():
 def test_checker_name_selects_it_and_the_source_checker_cannot_check_list_instructions(fresh_plugins):
     from omegaconf import OmegaConf
 
-    from llama2rlhf.gatt.augmenter import load_checker
     from llama2rlhf.config import Config
+    from llama2rlhf.gatt.augmenter import load_checker
     from llama2rlhf.gatt.config import GattConfig
 
     cfg = OmegaConf.structured(Config)

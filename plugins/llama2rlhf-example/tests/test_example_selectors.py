@@ -56,8 +56,8 @@ def test_the_stage_passes_the_config_node_options(fresh_plugins):
     way the rejection-sampling stage calls it."""
     from hydra import compose, initialize_config_module
 
-    from llama2rlhf.recipe.rejection_sampling import select
     from llama2rlhf.config import store_configs
+    from llama2rlhf.recipe.rejection_sampling import select
 
     store_configs()
     with initialize_config_module(config_module="llama2rlhf.config.conf", version_base="1.3"):

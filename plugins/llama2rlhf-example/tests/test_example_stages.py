@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.data.jsonl import write_jsonl
+from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf_example.stages import correlation, length_report_stage
 
 PROMPT = [{"role": "user", "content": "q"}]

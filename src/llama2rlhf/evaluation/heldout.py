@@ -14,8 +14,8 @@ def heldout_replies(ctx, model_path: str, cache: Path | None = None, prompts: li
     """Greedy replies of ``model_path`` to the toy world's held-out prompts, or to ``prompts``
     (``RoundPrompt`` objects of real data); kept in ``cache`` so later rounds compare against them."""
     from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
-    from llama2rlhf.sampling import load_sampler
     from llama2rlhf.evaluation.policy import greedy_replies
+    from llama2rlhf.sampling import load_sampler
 
     if cache is not None and cache.exists():
         return [row["reply"] for _, row in read_jsonl(cache)]

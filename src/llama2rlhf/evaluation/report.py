@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llama2rlhf.data.strength import PAPER_HELPFULNESS_RM_ACCURACY, PAPER_HELPFULNESS_RM_ACCURACY_OVERALL, STRENGTHS
-from llama2rlhf.evaluation.progress import gatt_table, progress_table
 from llama2rlhf.evaluation import plots
+from llama2rlhf.evaluation.progress import gatt_table, progress_table
 
 REPORT = "report.md"
 PLOTS = "plots"

@@ -54,8 +54,8 @@ def load_checker(cfg: Any):
 def user_turns(ctx, n: int) -> list[tuple[str, bool]]:
     """``n`` user messages from the round's prompt pool, for dialogues, each with whether it
     is a safety prompt."""
-    from llama2rlhf.reward.combined import is_safety_prompt
     from llama2rlhf.data.round_prompts import round_prompts
+    from llama2rlhf.reward.combined import is_safety_prompt
 
     pool = [(p.messages[-1]["content"], is_safety_prompt(p.meta)) for p in round_prompts(ctx, f"gatt:{ctx.round}", n)]
     if not pool:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from llama2rlhf import hookimpl
-from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.config import AnnotatorConfig
 from llama2rlhf.data.errors import DataError
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.strength import STRENGTHS
+from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 
 
 class ToyAnnotator:
@@ -235,9 +235,9 @@ class RewardModelAnnotator:
         """The judge's score of each conversation, rendered with the judge's own tokenizer."""
         import torch
 
+        from llama2rlhf.reward.scoring import score_conversations
         from llama2rlhf.runtime.distributed import device_for
         from llama2rlhf.runtime.models import load_reward_model, load_tokenizer
-        from llama2rlhf.reward.scoring import score_conversations
 
         tokenizer = load_tokenizer(judge, trust_remote_code=self.cfg.model.trust_remote_code)
         model = load_reward_model(judge, self.cfg, tokenizer).to(device_for(self.cfg))

@@ -13,13 +13,12 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
-from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
-from llama2rlhf.reward.combined import is_safety_prompt
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.round_prompts import round_prompts
+from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
+from llama2rlhf.reward.combined import is_safety_prompt
+from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.sampling import load_sampler
 
 

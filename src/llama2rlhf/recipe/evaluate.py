@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
-from llama2rlhf.reward.combined import CombinedReward
-from llama2rlhf.gatt.evaluate import gatt_metrics
 from llama2rlhf.evaluation.heldout import heldout_prompts, heldout_replies
 from llama2rlhf.evaluation.policy import gold_metrics, win_rate
+from llama2rlhf.gatt.evaluate import gatt_metrics
+from llama2rlhf.reward.combined import CombinedReward
+from llama2rlhf.runtime import artifacts, distributed
 
 
 def evaluate_stage(ctx) -> dict[str, Any]:
@@ -53,8 +52,8 @@ def _evaluate(ctx) -> dict[str, Any]:
 def _evaluate_real(ctx) -> dict[str, Any]:
     import torch
 
-    from llama2rlhf.reward.combined import is_safety_prompt
     from llama2rlhf.data.round_prompts import round_prompts
+    from llama2rlhf.reward.combined import is_safety_prompt
 
     prompts = round_prompts(ctx, "eval", ctx.cfg.data.n_eval_prompts, heldout=True)
     if not prompts:

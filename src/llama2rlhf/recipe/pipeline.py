@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
-from llama2rlhf.evaluation.final import final_metrics
 from llama2rlhf.config import node_plugin, ppo_rounds
+from llama2rlhf.evaluation.final import final_metrics
+from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.run import RunContext
 
 log = logging.getLogger(__name__)

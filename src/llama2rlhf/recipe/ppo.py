@@ -23,12 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
-from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
-from llama2rlhf.runtime.models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
 from llama2rlhf.data.round_prompts import round_prompts
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
+from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
+from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime.models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
 from llama2rlhf.runtime.trainer_metrics import TRAINER_METRICS
 
 log = logging.getLogger(__name__)

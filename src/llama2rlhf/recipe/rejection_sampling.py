@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
 from llama2rlhf import plugins
-from llama2rlhf.sampling.candidates import Candidate
-from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.data.formats import unify_sft_formats
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.round_prompts import round_prompts
-from llama2rlhf.sampling import load_sampler
-from llama2rlhf.sampling.temperature import search_temperature
 from llama2rlhf.recipe.sft import train_sft
+from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
+from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.sampling import load_sampler
+from llama2rlhf.sampling.candidates import Candidate
+from llama2rlhf.sampling.temperature import search_temperature
 
 
 def _history(ctx) -> list[Candidate]:

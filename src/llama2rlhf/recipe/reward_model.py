@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf import RewardLoss, plugins
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
 from llama2rlhf.data.formats import LoadReport, limited, load_preferences
 from llama2rlhf.data.sources import where
-from llama2rlhf.runtime.models import load_reward_model, load_tokenizer, peft_config, save_trained_model
+from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 from llama2rlhf.reward.pair_tokens import tokenize_pairs
 from llama2rlhf.reward.scoring import Cuts, model_max_length
-from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
+from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime.models import load_reward_model, load_tokenizer, peft_config, save_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +225,8 @@ def reward_stage(ctx) -> dict[str, Any]:
 def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict, safety_out: dict | None,
                     n_collected: int) -> dict[str, Any]:
     from llama2rlhf.data.jsonl import write_json
-    from llama2rlhf.reward.combined import CombinedReward
     from llama2rlhf.evaluation.rm_accuracy import bucket_accuracy, pair_conversations
+    from llama2rlhf.reward.combined import CombinedReward
 
     cfg, stage_cfg, out_dir = ctx.cfg, ctx.cfg.reward_model, ctx.stage_dir("reward")
     reward = CombinedReward(cfg, paths, batch_size=stage_cfg.eval_batch_size)

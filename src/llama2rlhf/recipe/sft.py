@@ -15,12 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llama2rlhf.runtime import distributed
-from llama2rlhf.runtime import artifacts
 from llama2rlhf.data.formats import LoadReport, limited, load_sft
 from llama2rlhf.data.sources import where
-from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
+from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,16 @@ from typing import Iterable
 from llama2rlhf.toyworld import oracle
 from llama2rlhf.toyworld.annotator import SimulatedAnnotator
 from llama2rlhf.toyworld.constraints import apply_all, constraint_from_key, sample_constraints, system_prompt
-from llama2rlhf.toyworld.tasks import ANSWER_PREFIX, FAMILIES, REFUSAL, Prompt, answer_reply, make_safe_prompt, make_unsafe_prompt, unsafe_compliance
+from llama2rlhf.toyworld.tasks import (
+    ANSWER_PREFIX,
+    FAMILIES,
+    REFUSAL,
+    Prompt,
+    answer_reply,
+    make_safe_prompt,
+    make_unsafe_prompt,
+    unsafe_compliance,
+)
 
 SPLITS = ("train", "heldout")
 # long enough for the gold oracle's "answer buried in chatter" (see oracle._helpfulness)
