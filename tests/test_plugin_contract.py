@@ -75,7 +75,8 @@ def _run_loss(cfg, ctx, env):
     from transformers import LlamaConfig, LlamaForSequenceClassification
     from trl import RewardConfig as TRLRewardConfig
 
-    from llama2rlhf.recipe.reward_model import _trainer_class, selected_loss
+    from llama2rlhf import plugins
+    from llama2rlhf.recipe.reward_model import _trainer_class
 
     tokenizer = env["tokenizer"]
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -87,7 +88,7 @@ def _run_loss(cfg, ctx, env):
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in env["world"].seed_comparisons(2)]
     trainer = _trainer_class()(model=LlamaForSequenceClassification(config), args=args,
                                train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                               reward_loss=selected_loss(cfg))
+                               reward_loss=plugins.selected("reward_losses", cfg))
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.compute_loss(trainer.model, dict(batch))
 

@@ -97,9 +97,8 @@ def test_margin_scale_multiplies_the_table_only():
 def test_margin_scale_is_the_reward_stages_not_an_option_of_the_loss():
     from omegaconf import OmegaConf
 
-    from llama2rlhf.recipe.reward_model import selected_loss
 
     cfg = OmegaConf.create({"reward_loss": {"name": "margin_small", "margin_scale": 2.0}})
-    loss = selected_loss(cfg)
+    loss = plugins.selected("reward_losses", cfg)
     assert loss.name == "margin_small" and loss.options == {}
     assert loss.obj.margins == MARGINS_SMALL

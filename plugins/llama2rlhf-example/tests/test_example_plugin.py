@@ -139,9 +139,9 @@ def test_hydra_composes_the_plugin_node(fresh_plugins):
     assert cfg.reward_loss.name == "example_hinge"
     assert cfg.reward_loss.width == 0.5
 
-    from llama2rlhf.recipe.reward_model import selected_loss
+    from llama2rlhf import plugins
 
-    loss = selected_loss(cfg)
+    loss = plugins.selected("reward_losses", cfg)
     assert loss.name == "example_hinge" and loss.options == {"width": 0.5}
     assert loss.call(t(R_CHOSEN), t(R_REJECTED), None).item() == pytest.approx(0.5, abs=1e-6)
 

@@ -27,12 +27,6 @@ from llama2rlhf.runtime.models import load_reward_model, load_tokenizer, peft_co
 log = logging.getLogger(__name__)
 
 
-def selected_loss(cfg: Any) -> plugins.Selected:
-    """The selected reward loss (``reward_loss=<name>``) with its options; ``margin_scale`` is
-    the reward stage's, not an option of the loss."""
-    return plugins.selected("reward_losses", cfg)
-
-
 def with_margins(rows: list[dict], loss: Any, source: str, scale: float = 1.0) -> list[dict]:
     """Add each row's ``margin`` from its ``strength`` when the loss has a margin table,
     times ``scale`` (``reward_loss.margin_scale``).
@@ -93,7 +87,7 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     from datasets import Dataset
     from trl import RewardConfig
 
-    loss = selected_loss(cfg)
+    loss = plugins.selected("reward_losses", cfg)  # margin_scale is the stage's, not an option
     rows = with_margins(list(rows), loss.obj, source, scale=cfg.reward_loss.margin_scale)
     keep = ("prompt", "chosen", "rejected", "margin")
     if len({("margin" in r) for r in rows}) > 1:
