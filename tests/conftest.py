@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 
@@ -50,3 +54,52 @@ def register_one(fresh):
         fresh.get_plugin_manager().register(type("Plugin", (), {hook: impl})(), name=plugin)
 
     return add
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): to show a failed command left a
+    run directory as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class CliResult:
+    code: int
+    err: str
+    out: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path):
+    """``cli(*args)``: ``llama2rlhf *args`` run in this process (as the console script runs
+    it, Hydra included) from ``tmp_path``; returns its exit code, stderr and stdout."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from llama2rlhf.__main__ import main
+    from llama2rlhf.recipe import validate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLAMA2RLHF_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(validate, "VALIDATE_ONLY", False)
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["llama2rlhf", *args])
+        GlobalHydra.instance().clear()
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            validate.VALIDATE_ONLY = False
+        captured = capsys.readouterr()
+        return CliResult(code, captured.err, captured.out)
+
+    return run

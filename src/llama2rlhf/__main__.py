@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def _hydra_main() -> None:
             if main_process:
                 print(f"llama2rlhf: waiting for labels. {waiting}\nRun directory: {run_dir}", file=sys.stderr)
             sys.exit(AWAITING_LABELS_EXIT)
+        except Exception as exc:
+            _stop(exc, run_dir, main_process)
         if not main_process:
             return
         table = progress_table(ctx.summary)
@@ -65,6 +68,56 @@ def _hydra_main() -> None:
         print(f"report: {ctx.run_dir / REPORT}")
 
     app()
+
+
+def _stop(exc: Exception, run_dir: Path, main_process: bool) -> None:
+    """End a run that raised: bad input in one line (exit 2), anything else in one line and
+    exit 1; the traceback goes to the run's log file, and to the terminal too with
+    ``LLAMA2RLHF_DEBUG=1``."""
+    from llama2rlhf.data.errors import BAD_INPUT_EXIT, InputError, one_line
+    from llama2rlhf.recipe.validate import debug
+
+    _log_traceback(exc)
+    if debug():
+        raise exc
+    if main_process:
+        if isinstance(exc, InputError):
+            print(f"llama2rlhf: {exc}", file=sys.stderr)
+        else:
+            print(f"llama2rlhf: failed: {type(exc).__name__}: {one_line(exc)} (the traceback is in "
+                  f"{run_dir / LOG_FILE}; LLAMA2RLHF_DEBUG=1 prints it)", file=sys.stderr)
+    sys.exit(BAD_INPUT_EXIT if isinstance(exc, InputError) else 1)
+
+
+LOG_FILE = "llama2rlhf.log"  # hydra.job.name in conf/config.yaml
+
+
+def _log_traceback(exc: BaseException) -> None:
+    """The traceback into the log files Hydra set up (not the console)."""
+    record = logging.LogRecord("llama2rlhf", logging.ERROR, __file__, 0, "the run stopped: %s: %s",
+                               (type(exc).__name__, exc), (type(exc), exc, exc.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _config_error(exc: BaseException) -> str | None:
+    """One line for Hydra's and OmegaConf's composition errors (a misspelt key, a value of
+    the wrong type, an unknown config group option), naming the key; None for others."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from llama2rlhf.data.errors import one_line
+
+    cause = exc
+    while not isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        msg = one_line(getattr(cause, "msg", cause)).split(" full_key:")[0]
+        return f"{cause.full_key}: {msg} (llama2rlhf --cfg job lists every key)"
+    if isinstance(exc, (HydraException, MissingConfigException, OmegaConfBaseException)):
+        return one_line(exc).split(" Config search path:")[0]
+    return None
 
 
 def _plugins_command(argv: list[str]) -> int:
@@ -113,13 +166,32 @@ def main() -> None:
               "pipeline options; run: accelerate launch --config_file \"$(llama2rlhf accelerate-config NAME)\" "
               "-m llama2rlhf ...", file=sys.stderr)
         sys.exit(2)
-    from llama2rlhf.plugins import PluginError
+    from llama2rlhf.data.errors import BAD_INPUT_EXIT, InputError
+    from llama2rlhf.recipe import validate
 
+    if "--validate" in argv:
+        if any(a in ("-m", "--multirun") for a in argv):
+            print("llama2rlhf: --validate checks one run; drop --multirun and give one value per key", file=sys.stderr)
+            sys.exit(BAD_INPUT_EXIT)
+        validate.VALIDATE_ONLY = True
+        sys.argv = [sys.argv[0], *(a for a in argv if a != "--validate")]
+    # Hydra prints its own errors in many lines; with its full-error switch it raises them,
+    # and each becomes one line here (restored after: it would reach child processes)
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
-    except PluginError as exc:
-        print(f"llama2rlhf: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:
+        line = str(exc) if isinstance(exc, InputError) else _config_error(exc)
+        if line is None or validate.debug():
+            raise
+        print(f"llama2rlhf: {line}", file=sys.stderr)
+        sys.exit(BAD_INPUT_EXIT)
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping
 import pluggy
 
 from llama2rlhf import Stage
+from llama2rlhf.data.errors import InputError
 from llama2rlhf.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "llama2rlhf"
@@ -78,9 +79,9 @@ KINDS = {
 }
 
 
-class PluginError(RuntimeError):
+class PluginError(InputError):
     """A plugin failed to load, registered something wrong, or failed when called; the
-    message names it (one line)."""
+    message names it and its distribution (one line; exit code 2 on the command line)."""
 
 
 @dataclass(frozen=True)
