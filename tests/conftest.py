@@ -73,6 +73,19 @@ class CliResult:
         return [line for line in self.err.splitlines() if line.strip()]
 
 
+def assert_bad(result: CliResult, *named: str) -> str:
+    """``result`` is bad input reported as promised: exit code 2, one line on stderr that
+    starts ``llama2rlhf: `` and contains every text in ``named``, no traceback. Returns it."""
+    assert result.code == 2, (result.code, result.err)
+    assert len(result.lines) == 1, result.err
+    assert "Traceback" not in result.err
+    line = result.lines[0]
+    assert line.startswith("llama2rlhf: "), line
+    for text in named:
+        assert text in line, (text, line)
+    return line
+
+
 @pytest.fixture
 def cli(monkeypatch, capsys, tmp_path):
     """``cli(*args)``: ``llama2rlhf *args`` run in this process (as the console script runs

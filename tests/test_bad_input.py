@@ -6,20 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import snapshot
+from conftest import assert_bad, snapshot
 
 TINY = ["logger=none", "pipeline.rounds=1"]
-
-
-def assert_bad(result, *named: str) -> str:
-    assert result.code == 2, (result.code, result.err)
-    assert len(result.lines) == 1, result.err
-    assert "Traceback" not in result.err
-    line = result.lines[0]
-    assert line.startswith("llama2rlhf: ")
-    for text in named:
-        assert text in line, (text, line)
-    return line
 
 
 CONFIG_CASES = [
