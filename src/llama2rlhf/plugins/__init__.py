@@ -124,11 +124,13 @@ class Selected:
     @contextmanager
     def blame(self, passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
         """Re-raise a third-party plugin's failure inside the block as a one-line PluginError
-        that names it; the built-ins' own errors, PluginErrors and the exception types in
-        ``passthrough`` (signals a plugin raises on purpose) pass through unchanged."""
+        that names it; the built-ins' own errors, InputErrors (PluginErrors, and the
+        ConfigErrors and DataErrors a plugin raises about its own options and files) and the
+        exception types in ``passthrough`` (signals a plugin raises on purpose) pass through
+        unchanged."""
         try:
             yield
-        except PluginError:
+        except InputError:  # a PluginError already, or bad input the plugin named itself
             raise
         except Exception as exc:
             if self.builtin or isinstance(exc, passthrough):
