@@ -481,17 +481,21 @@ def store_configs() -> None:
     register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    pm = plugins.get_plugin_manager()
-    hooktrace = pm.trace.root.get("hook")  # a no-op unless LLAMA2RLHF_TRACE_HOOKS is set
-    for impl in pm.hook.register_configs.get_hookimpls():
-        hooktrace("register_configs", {"plugin": impl.plugin_name})
+    hooktrace = plugins.get_plugin_manager().trace.root.get("hook")  # a no-op unless LLAMA2RLHF_TRACE_HOOKS is set
+    # one implementation at a time, each node stored traced to the plugin that stored it; in
+    # the reverse of pluggy's call order (the trylast built-ins first), so that a plugin's node
+    # may take the place of a built-in's
+    for impl in reversed(plugins.implementations("register_configs")):
+        hooktrace("register_configs", {"plugin": impl.plugin})
         before = _stored_nodes(cs.repo)
         try:
-            impl.function(config_store=cs)
+            impl(config_store=cs)
         except Exception as exc:
-            raise plugins.PluginError(f"plugin {impl.plugin_name!r} failed in register_configs: {exc}") from exc
+            raise plugins.PluginError(f"plugin {impl.plugin!r} ({impl.distribution or 'unknown distribution'}) "
+                                      f"failed in register_configs: {type(exc).__name__}: "
+                                      f"{' '.join(str(exc).split())}") from exc
         # a node object this call put in the store (new, or in place of another) is the plugin's
-        NODE_PLUGINS.update({key: impl.plugin_name for key, node in _stored_nodes(cs.repo).items()
+        NODE_PLUGINS.update({key: impl.plugin for key, node in _stored_nodes(cs.repo).items()
                              if before.get(key) is not node})
     conf = resources.files("llama2rlhf.config").joinpath("conf")
     for group, kind in PLUGIN_GROUPS.items():

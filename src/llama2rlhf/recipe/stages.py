@@ -15,13 +15,17 @@ def register_stages(register):
     from llama2rlhf.recipe.reward_model import reward_stage
     from llama2rlhf.recipe.sft import sft_stage
 
-    register("sft", Stage(sft_stage))
-    register("reward", Stage(reward_stage))
-    register("collect", Stage(collect_stage))
-    register("rejection_sampling", Stage(rejection_sampling_stage, summary_key="rs"))
+    # uses: the plugin kinds each one calls, whose options a run checks before it starts
+    register("sft", Stage(sft_stage, uses=("samplers",)))  # greedy replies to held-out prompts (toy world)
+    register("reward", Stage(reward_stage, uses=("reward_losses", "reward_combiners")))
+    register("collect", Stage(collect_stage, uses=("samplers", "annotators")))
+    register("rejection_sampling", Stage(rejection_sampling_stage, summary_key="rs",
+                                         uses=("samplers", "reward_combiners", "selectors", "augmenters",
+                                               "checkers")))
     # its numbers go straight into the round's entry (rounds[i])
-    register("evaluate", Stage(evaluate_stage, summary_key=None))
+    register("evaluate", Stage(evaluate_stage, summary_key=None, uses=("samplers", "reward_combiners", "checkers")))
     # the online RL trainers are alternatives for one step of the round: one key for all
-    register("ppo", Stage(ppo_stage, summary_key="ppo"))
-    register("rloo", Stage(rloo_stage, summary_key="ppo"))
-    register("grpo", Stage(grpo_stage, summary_key="ppo"))
+    online = ("samplers", "reward_combiners")
+    register("ppo", Stage(ppo_stage, summary_key="ppo", uses=online))
+    register("rloo", Stage(rloo_stage, summary_key="ppo", uses=online))
+    register("grpo", Stage(grpo_stage, summary_key="ppo", uses=online))

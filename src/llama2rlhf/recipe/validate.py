@@ -25,11 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from llama2rlhf import plugins
 from llama2rlhf.data.errors import InputError
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
-CHECKS: list[Check] = []
+CHECKS: list[Check] = [
+    plugins.option_problems,
+]
 
 
 def validate(cfg: Any, run_dir: Path) -> list[InputError]:
