@@ -360,7 +360,8 @@ def test_a_sampler_factory_that_returns_no_sampler_is_refused_with_its_name(env,
                    distribution=DIST)
     cfg.sampler.name = "not_a_sampler"
     with pytest.raises(fresh.PluginError, match=rf"^sampler 'not_a_sampler' of plugin '{PLUGIN}' \(distribution "
-                                                rf"{DIST}\) returned a object, not a llama2rlhf.sampling.Sampler"):
+                                                rf"{DIST}\) returned an object \(<object object at .*>\); expected a "
+                                                r"llama2rlhf.sampling.Sampler"):
         load_sampler(cfg, str(ctx.run_dir / "policy"))
 
 
@@ -462,15 +463,18 @@ def test_the_builtin_stages_are_stage_objects(fresh):
 
 
 def test_trainers_get_every_logger_plugins_callbacks_and_integrations(fresh):
+    from transformers import TrainerCallback
+
     from llama2rlhf.recipe.training_args import report_to, trainer_callbacks
 
     seen = []
+    mine_callback = TrainerCallback()
 
     class Logger:
         @hookimpl
         def trainer_callbacks(self, cfg, stage):
             seen.append(stage)
-            return ["my callback"] if cfg.logger.name == "mine" else []
+            return [mine_callback] if cfg.logger.name == "mine" else []
 
         @hookimpl
         def trainer_report_to(self, cfg, stage):
@@ -478,7 +482,7 @@ def test_trainers_get_every_logger_plugins_callbacks_and_integrations(fresh):
 
     fresh.register(Logger(), "my_logger", distribution=DIST)
     mine = OmegaConf.create({"logger": {"name": "mine"}})
-    assert trainer_callbacks(mine, "sft") == ["my callback"] and report_to(mine, "sft") == ["tensorboard"]
+    assert trainer_callbacks(mine, "sft") == [mine_callback] and report_to(mine, "sft") == ["tensorboard"]
     assert seen == ["sft"]
     # the built-in wandb logger acts only when selected
     wandb = OmegaConf.create({"logger": {"name": "wandb"}})

@@ -42,13 +42,25 @@ def token_fitter(tokenizer, max_length: int):
     return lambda messages: fit_dialogue(messages, n_tokens, max_length)
 
 
+def _verdict_problem(verdict: Any, instruction: Any = None, reply: Any = None) -> str | None:
+    from llama2rlhf.plugins import describe_value
+
+    numpy_bool = type(verdict).__module__ == "numpy" and type(verdict).__name__ in ("bool", "bool_")
+    return None if verdict is None or isinstance(verdict, bool) or numpy_bool else describe_value(verdict)
+
+
 def load_checker(cfg: Any):
     """The selected checker (``checker=<name>``, made with its options) as
-    ``check(instruction, reply)``; a third-party checker that fails is named in the error."""
+    ``check(instruction, reply)``; a third-party checker that fails, or returns something
+    else than a check or a verdict (True, False or None), is named in the error."""
     from llama2rlhf import plugins
 
     item = plugins.selected("checkers", cfg)
-    return item.wrap(item.call(cfg))
+    made = plugins.Returns("a check(instruction, reply) callable",
+                           lambda check, cfg: None if callable(check) else plugins.describe_value(check))
+    verdict = plugins.Returns("True (the reply follows the instruction), False (it breaks it) or None (cannot tell)",
+                              _verdict_problem)
+    return item.wrap(item.check(made, item.call(cfg), cfg), returns=verdict)
 
 
 def user_turns(ctx, n: int) -> list[tuple[str, bool]]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Mapping
 
 from llama2rlhf import plugins
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.round_prompts import round_prompts
+from llama2rlhf.data.strength import STRENGTHS
 from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.reward.combined import is_safety_prompt
 from llama2rlhf.runtime import artifacts, distributed
@@ -54,14 +55,45 @@ def _with_run_checkpoints(ctx):
     return OmegaConf.merge(ctx.cfg, {"annotator": {key: ctx.artifact(name) for key, name in names.items()}})
 
 
+ROW_KEYS = ("id", "prompt", "chosen", "rejected", "strength")
+
+
+def _labels_problem(rows: Any, pairs: list[PairToLabel], workdir: Any = None) -> str | None:
+    if not isinstance(rows, list):
+        return plugins.describe_value(rows)
+    if len(rows) != len(pairs):
+        return f"{len(rows)} rows for {len(pairs)} pairs"
+    for i, (row, pair) in enumerate(zip(rows, pairs, strict=True)):
+        if not isinstance(row, Mapping):
+            return f"{plugins.describe_value(row)} as row {i}"
+        missing = [k for k in ROW_KEYS if k not in row]
+        if missing:
+            return f"a row without {', '.join(missing)} as row {i}"
+        if row["id"] != pair.id:
+            return f"row {i} with id {row['id']!r} for pair {pair.id!r}"
+        if row["strength"] not in STRENGTHS:
+            return f"row {i} with strength {row['strength']!r}"
+    return None
+
+
+# what an annotator factory makes, and what its annotate returns (hookspecs.register_annotators)
+ANNOTATOR = plugins.Returns("an object with annotate(pairs, workdir)",
+                            lambda made, cfg, world: None if callable(getattr(made, "annotate", None))
+                            else plugins.describe_value(made))
+LABELS = plugins.Returns(f"one preference row per pair, in the pairs' order, with {', '.join(ROW_KEYS)} (the pair's "
+                         f"id; strength one of {', '.join(STRENGTHS)})", _labels_problem)
+
+
 def load_annotator(ctx):
     """The selected annotator (``annotator=<name>``), made with the run's config and the toy
     world, its options as keyword arguments (``run:<artifact>`` values resolved); a
-    third-party annotator that fails is named in the error, except when it raises
-    ``AwaitingLabels``, which stops the run as it means to."""
+    third-party annotator that fails or returns something else than one row per pair is
+    named in the error, except when it raises ``AwaitingLabels``, which stops the run as
+    it means to."""
     cfg = _with_run_checkpoints(ctx)
     item = plugins.selected("annotators", cfg)
-    return item.wrap(item.call(cfg, ctx.world), "annotate", passthrough=(AwaitingLabels,))
+    annotator = item.check(ANNOTATOR, item.call(cfg, ctx.world), cfg, ctx.world)
+    return item.wrap(annotator, "annotate", passthrough=(AwaitingLabels,), returns={"annotate": LABELS})
 
 
 def _collect(ctx) -> dict[str, Any]:

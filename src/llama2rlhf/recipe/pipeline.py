@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from llama2rlhf import plugins
 from llama2rlhf.config import node_plugin, ppo_rounds
@@ -24,6 +24,11 @@ from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.run import RunContext
 
 log = logging.getLogger(__name__)
+
+# what a stage's run(ctx) returns (hookspecs.register_stages)
+METRICS = plugins.Returns("a mapping of metric names to values, or None",
+                          lambda metrics, ctx: None if metrics is None or isinstance(metrics, Mapping)
+                          else plugins.describe_value(metrics))
 
 
 def make_world(cfg: Any):
@@ -43,12 +48,11 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
         log.info("stage %s already done in %s; skipping", key, ctx.run_dir)
         return
     stage = plugins.named("stages", name)
-    hook = plugins.get_plugin_manager().hook
     ctx.current_stage = as_name
-    distributed.main_process_only(hook.on_stage_start, ctx=ctx, stage=name, round=ctx.round)
+    distributed.main_process_only(plugins.call_hook, "on_stage_start", ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
     started = time.perf_counter()
-    metrics = stage.call(ctx) or {}
+    metrics = stage.check(METRICS, stage.call(ctx), ctx) or {}
     seconds = time.perf_counter() - started
     # what the main process did alone (sampling, scoring, evaluation) is in its metrics and
     # state only: every process carries on from those
@@ -66,7 +70,8 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     ctx.log_metrics(key, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     ctx.save_summary()
     ctx.state.mark_done(key)
-    distributed.main_process_only(hook.on_stage_end, ctx=ctx, stage=name, round=ctx.round, metrics=metrics)
+    distributed.main_process_only(plugins.call_hook, "on_stage_end", ctx=ctx, stage=name, round=ctx.round,
+                                  metrics=metrics)
 
 
 def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
@@ -145,13 +150,13 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
         run_stage(ctx, name)
     # RLHF-V1 .. V<rounds> (paper 3.2.3): fresh comparisons from the newest policy, a new
     # reward model, rejection sampling, evaluation
-    hook = plugins.get_plugin_manager().hook
     for k in range(1, cfg.pipeline.rounds + 1):
         ctx.round = k
         for name, as_name in round_plan(cfg, k):
             run_stage(ctx, name, as_name)
         if not ctx.state.is_done(f"round_{k}"):
-            distributed.main_process_only(hook.on_round_end, ctx=ctx, round=k, summary=ctx.round_summary())
+            distributed.main_process_only(plugins.call_hook, "on_round_end", ctx=ctx, round=k,
+                                          summary=ctx.round_summary())
             ctx.state.mark_done(f"round_{k}")
     ctx.round = 0
     ctx.summary["final"] = final_metrics(ctx.summary)
@@ -160,5 +165,5 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     from llama2rlhf.evaluation.report import write_report
 
     distributed.main_process_only(write_report, run_dir, ctx.summary, cfg)
-    distributed.main_process_only(hook.on_run_end, ctx=ctx, summary=ctx.summary)
+    distributed.main_process_only(plugins.call_hook, "on_run_end", ctx=ctx, summary=ctx.summary)
     return ctx

@@ -10,7 +10,7 @@ fine-tuning on what was kept, from the latest policy (``rs.init_from=previous``)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from llama2rlhf import plugins
 from llama2rlhf.data.formats import unify_sft_formats
@@ -68,22 +68,56 @@ def _gold(ctx, candidates: list[Candidate], kept: list[Candidate]) -> dict[str, 
             "rm_pick_correct_by_family": {f: sum(v) / len(v) for f, v in sorted(family_picks.items())}}
 
 
+def _listed(result: Any) -> Any:
+    """An iterable result as a list (a generator is fine); anything else as it is, for the check."""
+    if isinstance(result, (str, bytes, Mapping)) or not isinstance(result, Iterable):
+        return result
+    return list(result)
+
+
+def _rows_problem(rows: Any, given: list[dict], ctx: Any) -> str | None:
+    if not isinstance(rows, list):
+        return plugins.describe_value(rows)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            return f"{plugins.describe_value(row)} as row {i}"
+        if "messages" not in row and not ("prompt" in row and "completion" in row):
+            return f"a row with keys {', '.join(sorted(map(str, row))) or '(none)'} as row {i}"
+    return None
+
+
+def _selection_problem(kept: Any, candidates: list[Candidate], history: list[Candidate]) -> str | None:
+    if not isinstance(kept, list):
+        return plugins.describe_value(kept)
+    bad = next((i for i, c in enumerate(kept) if not isinstance(c, Candidate)), None)
+    return None if bad is None else f"{plugins.describe_value(kept[bad])} at position {bad}"
+
+
+# what an augmenter and a selector return (hookspecs.register_augmenters, register_selectors)
+ROWS = plugins.Returns("a list of TRL conversational rows, each {'messages': [...]} or {'prompt': [...], "
+                       "'completion': [...]}", _rows_problem)
+SELECTION = plugins.Returns("a list of the llama2rlhf.sampling.candidates.Candidate objects to keep",
+                            _selection_problem)
+
+
 def augment(ctx, rows: list[dict]) -> list[dict]:
     """The selected augmenter (``augmenter=<name>``, Ghost Attention by default) over the
-    fine-tuning rows, with its options; a third-party augmenter that fails is named in the
-    error."""
+    fine-tuning rows, with its options; a third-party augmenter that fails or returns
+    something else than rows is named in the error."""
     item = plugins.selected("augmenters", ctx.cfg)
     with item.blame():
-        out = list(item.call(rows, ctx))
-    return unify_sft_formats(out)
+        out = _listed(item.call(rows, ctx))
+    return unify_sft_formats(item.check(ROWS, out, rows, ctx))
 
 
 def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[Candidate]:
     """The selected selector (``selector=<name>``) over this round's candidates and the history,
-    with its options; a third-party selector that fails is named in the error."""
+    with its options; a third-party selector that fails or returns something else than
+    candidates is named in the error."""
     item = plugins.selected("selectors", cfg)
     with item.blame():
-        return list(item.call(candidates, history))
+        kept = _listed(item.call(candidates, history))
+    return item.check(SELECTION, kept, candidates, history)
 
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:

@@ -45,6 +45,20 @@ def with_margins(rows: list[dict], loss: Any, source: str, scale: float = 1.0) -
     return out
 
 
+def _loss_problem(loss: Any, r_chosen: Any, r_rejected: Any, margin: Any) -> str | None:
+    import torch
+
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.is_floating_point():
+        return plugins.describe_value(loss)
+    if torch.is_grad_enabled() and r_chosen.requires_grad and not loss.requires_grad:
+        return "a tensor cut off from the rewards' graph (requires_grad is False: .item(), .detach() or a new tensor?)"
+    return None
+
+
+# what a reward loss returns (hookspecs.register_reward_losses); checked at every step
+LOSS = plugins.Returns("a scalar float tensor (shape ()) computed from r_chosen and r_rejected", _loss_problem)
+
+
 def _trainer_class():
     import torch
     from transformers.modeling_outputs import SequenceClassifierOutputWithPast
@@ -69,7 +83,8 @@ def _trainer_class():
             else:
                 outputs = SequenceClassifierOutputWithPast(logits=packed_rewards(model, inputs, ends).unsqueeze(-1))
             r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            loss = self.reward_loss.call(r_chosen, r_rejected, margin)
+            loss = self.reward_loss.check(LOSS, self.reward_loss.call(r_chosen, r_rejected, margin), r_chosen,
+                                          r_rejected, margin)
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
             with torch.no_grad():

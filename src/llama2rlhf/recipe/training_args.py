@@ -17,16 +17,42 @@ _OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "as
          "round_init_from", "round_epochs", "padding_free", "name_or_path", "safety_name_or_path"}
 
 
+def _names_problem(result: Any, **hook_args: Any) -> str | None:
+    if not isinstance(result, (list, tuple)):
+        return plugins.describe_value(result)
+    bad = [n for n in result if not isinstance(n, str)]
+    return f"{plugins.describe_value(bad[0])} among its names" if bad else None
+
+
+def _callbacks_problem(result: Any, **hook_args: Any) -> str | None:
+    from transformers import TrainerCallback
+
+    if not isinstance(result, (list, tuple)):
+        return plugins.describe_value(result)
+    for cb in result:
+        # transformers takes a callback class as well as an instance
+        if not (isinstance(cb, TrainerCallback) or (isinstance(cb, type) and issubclass(cb, TrainerCallback))):
+            return f"{plugins.describe_value(cb)} among its callbacks"
+    return None
+
+
+REPORT_TO = plugins.Returns("a list of transformers integration names (str), [] when its logger is not selected",
+                            _names_problem)
+CALLBACKS = plugins.Returns("a list of transformers.TrainerCallback objects, [] when its logger is not selected",
+                            _callbacks_problem)
+
+
 def report_to(cfg: Any, stage: str) -> list[str]:
     """``report_to`` of a trainer of ``stage``: the integrations every logger plugin names
     (``trainer_report_to``), each once."""
-    names = [n for result in plugins.get_plugin_manager().hook.trainer_report_to(cfg=cfg, stage=stage) for n in result]
-    return list(dict.fromkeys(names))
+    results = plugins.call_hook("trainer_report_to", cfg=cfg, stage=stage, returns=REPORT_TO)
+    return list(dict.fromkeys(n for result in results for n in result))
 
 
 def trainer_callbacks(cfg: Any, stage: str) -> list[Any]:
     """Callbacks for a trainer of ``stage``: every logger plugin's (``trainer_callbacks``)."""
-    return [cb for result in plugins.get_plugin_manager().hook.trainer_callbacks(cfg=cfg, stage=stage) for cb in result]
+    results = plugins.call_hook("trainer_callbacks", cfg=cfg, stage=stage, returns=CALLBACKS)
+    return [cb for result in results for cb in result]
 
 
 def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(), *,

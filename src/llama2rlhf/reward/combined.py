@@ -62,6 +62,21 @@ def selected_combiner(cfg: Any, available: Sequence[str]) -> tuple[plugins.Selec
     return combiner, None
 
 
+def _combined_problem(combined: Any, scores: dict[str, Any], is_safety: Any) -> str | None:
+    import torch
+
+    if not isinstance(combined, torch.Tensor):
+        return plugins.describe_value(combined)
+    shape = next(iter(scores.values())).shape
+    if combined.shape != shape or not combined.is_floating_point():
+        return f"{plugins.describe_value(combined)} for scores of shape {tuple(shape)}"
+    return None
+
+
+# what a combiner returns (hookspecs.register_reward_combiners)
+COMBINED = plugins.Returns("a float tensor of the scores' shape, one reward per score", _combined_problem)
+
+
 def _same_tokenizer(a, b) -> bool:
     return (type(a) is type(b) and a.chat_template == b.chat_template and a.pad_token_id == b.pad_token_id
             and a.get_vocab() == b.get_vocab())
@@ -134,12 +149,7 @@ class CombinedReward:
 
     def combine(self, scores: dict[str, Any], is_safety, whiten: bool = True):
         """The combiner's output for raw ``scores`` (tensors), whitened unless ``whiten`` is False."""
-        import torch
-
-        combined = self.combiner.call(scores, is_safety)
-        if not isinstance(combined, torch.Tensor):
-            raise plugins.PluginError(f"reward combiner {self.combiner_name!r} returned {type(combined).__name__}, "
-                                      "not a tensor")
+        combined = self.combiner.check(COMBINED, self.combiner.call(scores, is_safety), scores, is_safety)
         if whiten and self.whitening:
             combined = (combined - self.whitening["mean"]) / self.whitening["std"]
         return combined

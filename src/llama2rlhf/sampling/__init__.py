@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ContextManager, Protocol, Sequence, runtime_checkable
 
+from llama2rlhf.plugins import Returns, describe_value
+
 Messages = list[dict[str, str]]
 
 
@@ -54,17 +56,38 @@ def load_policy(model_path: str, cfg: Any, device: Any = None) -> tuple[Any, Any
     return model, tokenizer
 
 
+def _samples_problem(result: Any, prompts: Sequence[Messages], n: int, *args: Any, **kwargs: Any) -> str | None:
+    """What is wrong with what ``sample(prompts, n, ...)`` returned, or None."""
+    if not isinstance(result, (list, tuple)):
+        return describe_value(result)
+    if len(result) != len(prompts):
+        return f"{len(result)} lists of samples for {len(prompts)} prompts"
+    for i, samples in enumerate(result):
+        if not isinstance(samples, (list, tuple)):
+            return f"{describe_value(samples)} for prompt {i}"
+        if len(samples) != n:
+            return f"{len(samples)} samples for prompt {i} (n={n})"
+        bad = [s for s in samples if not isinstance(s, Sample)]
+        if bad:
+            return f"{describe_value(bad[0])} among the samples of prompt {i}"
+    return None
+
+
+SAMPLES = Returns("for each prompt, in order, a list of n llama2rlhf.sampling.Sample", _samples_problem)
+
+
 def load_sampler(cfg: Any, model_path: str) -> Sampler:
     """The configured sampler (``sampler=<name>``) for the policy saved in ``model_path``;
-    a factory that returns something that is not a :class:`Sampler` is refused, naming its
-    plugin."""
+    a factory that returns something that is not a :class:`Sampler`, or a third-party
+    sampler whose ``sample`` returns something else than ``n`` :class:`Sample` objects per
+    prompt, is refused with an error that names its plugin."""
     from llama2rlhf import plugins
 
     item = plugins.selected("samplers", cfg)
     sampler = item.call(model_path, cfg)
     if not isinstance(sampler, Sampler):
         raise plugins.PluginError(
-            f"sampler {item.name!r} of plugin {item.plugin!r} (distribution {item.distribution or 'unknown'}) "
-            f"returned a {type(sampler).__name__}, not a llama2rlhf.sampling.Sampler: it has no "
-            "sample(prompts, n, temperature, max_new_tokens, desc=None) method")
-    return item.wrap(sampler, "sample", "keep_prefixes")
+            f"{item.who} returned {describe_value(sampler)}; expected a llama2rlhf.sampling.Sampler, with a "
+            "sample(prompts, n, temperature, max_new_tokens, desc=None) method (see register_samplers)")
+    return item.wrap(sampler, "sample", "keep_prefixes", returns={"sample": SAMPLES})
+
