@@ -18,9 +18,15 @@ inputs, then the extra keys of its selected config node as keyword arguments
 (``**options``): a plugin gives its options a structured node (:func:`register_configs`),
 so Hydra type-checks them and they arrive typed. Keys of a group's base config class that
 the framework reads itself (``reward_loss.margin_scale``, ``reward.whiten``; each base
-class in ``llama2rlhf.config`` says which) are not passed. A third-party plugin that raises
-is named in a one-line ``PluginError`` (``<kind> 'name' of plugin 'p' (distribution d)
-failed: ...``); ``summary.json``'s ``plugins`` records what a run selected of every kind.
+class in ``llama2rlhf.config`` says which) are not passed. Before a run starts the options
+of what it selects are checked (``llama2rlhf --validate``): against the node's dataclass,
+or, for a plain node, against the callable's signature as its kind calls it.
+
+A third-party plugin that raises is named in a one-line ``PluginError`` (``<kind> 'name'
+of plugin 'p' (distribution d) failed: ...``; ``hook <hook> of plugin ...`` for the hooks
+that register nothing), and so is one that returns something else than its hook below
+says (``... returned <what>; expected <what>``: types and shapes are checked where the
+result comes back). ``summary.json``'s ``plugins`` records what a run selected of every kind.
 
 Keep module-level imports of torch, transformers and trl out of plugin modules: the CLI
 imports every plugin to build its config groups, and should start in well under a second.
@@ -151,8 +157,11 @@ def register_checkers(register: Register) -> None:
 def register_stages(register: Register) -> None:
     """Register pipeline stages (sft, reward, rejection_sampling, ppo, ...).
 
-    Call ``register(name, Stage(run, summary_key=...))`` with a :class:`llama2rlhf.Stage`
-    (anything else is an error that names the plugin). ``run(ctx: RunContext) -> dict``
+    Call ``register(name, Stage(run, summary_key=..., uses=...))`` with a
+    :class:`llama2rlhf.Stage` (anything else is an error that names the plugin); ``uses``
+    names the kinds the stage calls (``("samplers", "reward_combiners")``, the keys of
+    ``llama2rlhf.plugins.KINDS``), whose options a run checks before it starts (all kinds
+    when not given). ``run(ctx: RunContext) -> dict``
     runs one stage of the pipeline: it reads its inputs from ``ctx`` (config, run
     directory, the paths of earlier stages' outputs), writes its outputs under
     ``ctx.stage_dir()`` (its own folder in this round, named as the stage runs: a stage
