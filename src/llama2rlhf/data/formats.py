@@ -304,8 +304,11 @@ class _Columns:
 
     def add(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
-            # A column first seen on a later row is null on the earlier ones.
-            self.data.setdefault(name, [None] * self.rows).append(value)
+            column = self.data.get(name)
+            if column is None:
+                # A column first seen on a later row is null on the earlier ones.
+                column = self.data[name] = [None] * self.rows
+            column.append(value)
         self.rows += 1
         for column in self.data.values():
             if len(column) < self.rows:
