@@ -26,7 +26,8 @@ quirks that are not errors of the file's format; they follow fixed rules, counte
 * ``empty_reply`` (skipped): a row whose reply to train on or compare is empty, in any
   format (SFT learns nothing from it; a reward model would compare a reply with nothing);
 * ``empty_turn`` (skipped): an hh-rlhf transcript with an empty earlier turn;
-* ``identical_replies`` (skipped): a preference pair whose two replies are the same.
+* ``identical_replies`` (skipped): a preference pair whose two replies are the same, white
+  space around them aside (chat templates strip it).
 
 Plain-text preference pairs become conversational ones (the prompt a user message, each
 reply an assistant message), so reward models train on and score the same chat-template
@@ -573,6 +574,15 @@ def _safety(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
     return {"safety": row.data["safety"]}
 
 
+def _same_replies(chosen: list[Message], rejected: list[Message]) -> bool:
+    # chat templates strip each message's content: replies that differ only in the white
+    # space around them render as the same tokens
+    def shown(messages: list[Message]) -> list[tuple[str, str]]:
+        return [(m["role"], m["content"].strip()) for m in messages]
+
+    return shown(chosen) == shown(rejected)
+
+
 def load_preferences(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport | None = None,
                      **where: Any) -> "Dataset":
     """Load preference pairs in TRL's conversational preference format (reward modeling /
@@ -609,7 +619,7 @@ def load_preferences(path: PathLike, *, on_bad_row: str = "skip", report: LoadRe
                 if conversational != _is_conversational(row, field, value):
                     raise row.error(field, f"must be {_kind_name(conversational)} like 'chosen', got {_json_type(value)}")
             values = (_conversational_pair if conversational else _plain_pair)(row, chosen, rejected)
-        if values["chosen"] == values["rejected"]:
+        if _same_replies(values["chosen"], values["rejected"]):
             row.skip("identical_replies", "rejected", "'chosen' and 'rejected' are the same reply")
         values.update(_strength_and_margin(row, same))
         values.update(_safety(row, same))
