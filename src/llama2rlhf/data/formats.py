@@ -40,7 +40,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from llama2rlhf.data.errors import DataError
+from llama2rlhf.data.errors import ConfigError, DataError
 from llama2rlhf.data.hh import HUMAN_TAG, hh_turns, merge_repeated_turns
 from llama2rlhf.data.jsonl import PathLike
 from llama2rlhf.data.sources import open_rows
@@ -334,7 +334,7 @@ def _load(path: PathLike, where: dict[str, Any], on_bad_row: str, report: LoadRe
     """Run ``read_row(row) -> column values`` over every row of ``path``; rows skipped by rule
     are counted in ``report`` and logged as one WARNING line."""
     if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"data.on_bad_row must be one of {', '.join(ON_BAD_ROW)}, not {on_bad_row!r}")
+        raise ConfigError("data.on_bad_row", f"must be one of {', '.join(ON_BAD_ROW)}", on_bad_row)
     report = report if report is not None else LoadReport()
     file, rows = open_rows(path, **where)
     report.file = file
