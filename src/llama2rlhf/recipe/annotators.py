@@ -191,9 +191,17 @@ class RewardModelAnnotator:
         self.cfg = cfg
         self.options = options
         self.quantiles = check_quantiles(options.strength_quantiles)
-        # before the collect stage samples anything: a policy given as the judge stops the run now
-        for judge in filter(None, (options.name_or_path, options.safety_name_or_path)):
-            check_judge(judge, cfg)
+        # before the collect stage samples anything: a missing judge, or a policy given as the
+        # judge, stops the run now
+        from llama2rlhf.runtime.model_checks import source_problem
+
+        for key, judge in (("annotator.name_or_path", options.name_or_path),
+                           ("annotator.safety_name_or_path", options.safety_name_or_path)):
+            if judge:
+                problem = source_problem(key, judge, hub=False)
+                if problem is not None:
+                    raise problem
+                check_judge(judge, cfg)
 
     def judge_for(self, pair: PairToLabel) -> str:
         from llama2rlhf.reward.combined import is_safety_prompt

@@ -13,7 +13,7 @@ in :data:`CHECKS`):
   late (``llama2rlhf.config.checks``);
 * the plugins every planned stage selects, their options against their schema;
 * every input file the planned stages read, row by row, as the stages will load them;
-* the models the run starts from (local folders and Hub ids);
+* the models the run starts from (local folders and Hub ids) (``llama2rlhf.runtime.model_checks``);
 * the run directory a resumed run continues (``state.json`` and its artifacts).
 
 ``llama2rlhf --validate [overrides]`` runs only this; a run runs it first, and stops with
@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llama2rlhf.data.errors import InputError
+from llama2rlhf.runtime.model_checks import model_problems
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
-CHECKS: list[Check] = []
+CHECKS: list[Check] = [
+    model_problems,
+]
 
 
 def validate(cfg: Any, run_dir: Path) -> list[InputError]:
