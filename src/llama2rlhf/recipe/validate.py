@@ -12,7 +12,8 @@ in :data:`CHECKS`):
 * the config's own rules, the values a stage would otherwise take silently or fail on
   late (``llama2rlhf.config.checks``);
 * the plugins every planned stage selects, their options against their schema;
-* every input file the planned stages read, row by row, as the stages will load them;
+* every input file the planned stages read, row by row, as the stages will load them
+  (``llama2rlhf.data.checks``), and the labels people wrote for ``annotator=file``;
 * the models the run starts from (local folders and Hub ids) (``llama2rlhf.runtime.model_checks``);
 * the run directory a resumed run continues (``state.json`` and its artifacts).
 
@@ -25,12 +26,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from llama2rlhf.data.checks import data_problems
 from llama2rlhf.data.errors import InputError
+from llama2rlhf.recipe.annotators import label_problems
 from llama2rlhf.runtime.model_checks import model_problems
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
 CHECKS: list[Check] = [
+    data_problems,
+    label_problems,
     model_problems,
 ]
 
