@@ -353,7 +353,9 @@ def test_a_folder_without_weights(cli, tmp_path, model_copy):
 
 
 def test_a_folder_without_a_tokenizer(cli, tmp_path, model_copy):
-    (model_copy / "tokenizer.json").unlink()
+    # what model.save_pretrained alone writes
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (model_copy / name).unlink()
     assert_bad(validate(cli, tmp_path, *hf(model_copy)), f"model.name_or_path={model_copy}: no tokenizer")
 
 
@@ -405,7 +407,8 @@ def test_the_model_loaders_raise_the_same_line(model_copy):
                             "reward_model": {"name_or_path": str(model_copy)}})
     with pytest.raises(InputError, match=f"^reward_model.name_or_path={model_copy}: cannot read model.safetensors"):
         load_reward_model(str(model_copy), cfg)
-    (model_copy / "tokenizer.json").unlink()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model_copy / name).unlink()
     with pytest.raises(InputError, match=f"^model.name_or_path={model_copy}: no tokenizer"):
         load_tokenizer(str(model_copy), key="model.name_or_path")
     with pytest.raises(InputError, match="^model.name_or_path=a/b/c: no such folder, and not a Hub id"):

@@ -22,9 +22,9 @@ from llama2rlhf.data.errors import ConfigError, InputError, one_line
 # the files from_pretrained reads weights from, in its order of preference
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-# a tokenizer's vocabulary, in one of the forms AutoTokenizer reads
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tekken.json")
+# the files a tokenizer is saved as, in the forms AutoTokenizer reads (a sentencepiece model
+# may have any name ending in .model); a tokenizer that needs no vocabulary has its config
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tekken.json")
 HUB_TIMEOUT_S = 10.0
 EXAMPLE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_KEY = "model.gguf_file"
@@ -75,7 +75,7 @@ def key_of(path: str, cfg: Any) -> Optional[str]:
         try:
             if config_value(cfg, key) == str(path):
                 return key
-        except Exception:  # a partial config (a test's namespace) lacks some nodes
+        except (AttributeError, KeyError, TypeError):  # a partial config (a test's namespace)
             continue
     return None
 
@@ -159,8 +159,8 @@ def _folder_problem(key: str, value: str, path: Path, *, config: bool, weights: 
         reason = weights_problem(path)
         if reason:
             return bad(reason)
-    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
-        return bad(f"no tokenizer in the folder ({', '.join(TOKENIZER_FILES[:4])}, ...); save it with the model: "
+    if tokenizer and not (any((path / name).is_file() for name in TOKENIZER_FILES) or any(path.glob("*.model"))):
+        return bad(f"no tokenizer in the folder ({', '.join(TOKENIZER_FILES[:3])}, ...); save it with the model: "
                    "tokenizer.save_pretrained(folder)")
     return None
 
