@@ -123,13 +123,14 @@ def test_gguf_file_becomes_a_plain_checkpoint_with_the_same_logits(tiny_gguf, tm
 
 
 def test_a_missing_gguf_file_names_the_key_and_the_path(tiny_gguf, tmp_path):
+    from llama2rlhf.data.errors import InputError
     from llama2rlhf.runtime.models import build_base
 
-    folder, _, _, _ = tiny_gguf
-    with pytest.raises(FileNotFoundError) as err:
+    folder, name, _, _ = tiny_gguf
+    with pytest.raises(InputError) as err:
         build_base(hf_config(folder, "nope.Q4_K_M.gguf"), None, tmp_path / "base")
-    assert str(err.value) == f"model.gguf_file: no GGUF file {folder / 'nope.Q4_K_M.gguf'}"
-    with pytest.raises(FileNotFoundError, match="model.gguf_file: no GGUF file /no/such/folder/x.gguf"):
+    assert str(err.value) == f"model.gguf_file=nope.Q4_K_M.gguf: no such file in model.name_or_path={folder} (it holds {name})"
+    with pytest.raises(InputError, match="^model.name_or_path=/no/such/folder: no such folder, and not a Hub id"):
         build_base(hf_config("/no/such/folder", "x.gguf"), None, tmp_path / "base")
     assert not (tmp_path / "base").exists()
 
@@ -139,11 +140,13 @@ def test_without_the_gguf_package_the_error_says_what_to_install(tiny_gguf, tmp_
 
     folder, name, _, _ = tiny_gguf
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
-    with pytest.raises(ImportError) as err:
+    from llama2rlhf.data.errors import InputError
+
+    with pytest.raises(InputError) as err:
         build_base(hf_config(folder, name), None, tmp_path / "base")
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"model.gguf_file={folder}/{name}:")
+    assert message.startswith(f"model.gguf_file={name}:")
     assert "pip install gguf" in message and "make setup" in message
 
 

@@ -274,10 +274,10 @@ def test_bad_row_stops_the_run_naming_file_line_and_field(tmp_path):
                         {"role": "assistant", "content": "Hello."}]}
     sft.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     proc = run_cli(tmp_path, "data=jsonl", f"data.sft_path={sft}", f"data.preference_path={sft}", *SFT_RM)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert f"{sft}:3: field 'messages[1].role': a second user message in a row" in proc.stderr
-    # the base checkpoint written before the bad file was read is kept
-    assert (tmp_path / "run" / "base" / "config.json").is_file()
+    # every file is read before the run starts: nothing was written
+    assert not (tmp_path / "run").exists()
 
 
 # rounds without PPO (PPO is in the default run's tests)

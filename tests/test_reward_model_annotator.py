@@ -216,6 +216,7 @@ def test_a_missing_judge_names_the_key():
 
 def test_a_language_model_is_refused_as_judge(tokenizer, tiny_llama, tmp_path):
     tiny_llama.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="LlamaForCausalLM.*not a reward model"):
         make(config(name_or_path=str(tmp_path)))
 

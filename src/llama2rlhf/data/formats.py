@@ -26,7 +26,8 @@ quirks that are not errors of the file's format; they follow fixed rules, counte
 * ``empty_reply`` (skipped): a row whose reply to train on or compare is empty, in any
   format (SFT learns nothing from it; a reward model would compare a reply with nothing);
 * ``empty_turn`` (skipped): an hh-rlhf transcript with an empty earlier turn;
-* ``identical_replies`` (skipped): a preference pair whose two replies are the same.
+* ``identical_replies`` (skipped): a preference pair whose two replies are the same, white
+  space around them aside (chat templates strip it).
 
 Plain-text preference pairs become conversational ones (the prompt a user message, each
 reply an assistant message), so reward models train on and score the same chat-template
@@ -39,7 +40,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from llama2rlhf.data.errors import DataError
+from llama2rlhf.data.errors import ConfigError, DataError
 from llama2rlhf.data.hh import HUMAN_TAG, hh_turns, merge_repeated_turns
 from llama2rlhf.data.jsonl import PathLike
 from llama2rlhf.data.sources import open_rows
@@ -304,8 +305,11 @@ class _Columns:
 
     def add(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
-            # A column first seen on a later row is null on the earlier ones.
-            self.data.setdefault(name, [None] * self.rows).append(value)
+            column = self.data.get(name)
+            if column is None:
+                # A column first seen on a later row is null on the earlier ones.
+                column = self.data[name] = [None] * self.rows
+            column.append(value)
         self.rows += 1
         for column in self.data.values():
             if len(column) < self.rows:
@@ -330,7 +334,7 @@ def _load(path: PathLike, where: dict[str, Any], on_bad_row: str, report: LoadRe
     """Run ``read_row(row) -> column values`` over every row of ``path``; rows skipped by rule
     are counted in ``report`` and logged as one WARNING line."""
     if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"data.on_bad_row must be one of {', '.join(ON_BAD_ROW)}, not {on_bad_row!r}")
+        raise ConfigError("data.on_bad_row", f"must be one of {', '.join(ON_BAD_ROW)}", on_bad_row)
     report = report if report is not None else LoadReport()
     file, rows = open_rows(path, **where)
     report.file = file
@@ -570,6 +574,15 @@ def _safety(row: _Row, same: _SameEveryRow) -> dict[str, Any]:
     return {"safety": row.data["safety"]}
 
 
+def _same_replies(chosen: list[Message], rejected: list[Message]) -> bool:
+    # chat templates strip each message's content: replies that differ only in the white
+    # space around them render as the same tokens
+    def shown(messages: list[Message]) -> list[tuple[str, str]]:
+        return [(m["role"], m["content"].strip()) for m in messages]
+
+    return shown(chosen) == shown(rejected)
+
+
 def load_preferences(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport | None = None,
                      **where: Any) -> "Dataset":
     """Load preference pairs in TRL's conversational preference format (reward modeling /
@@ -606,7 +619,7 @@ def load_preferences(path: PathLike, *, on_bad_row: str = "skip", report: LoadRe
                 if conversational != _is_conversational(row, field, value):
                     raise row.error(field, f"must be {_kind_name(conversational)} like 'chosen', got {_json_type(value)}")
             values = (_conversational_pair if conversational else _plain_pair)(row, chosen, rejected)
-        if values["chosen"] == values["rejected"]:
+        if _same_replies(values["chosen"], values["rejected"]):
             row.skip("identical_replies", "rejected", "'chosen' and 'rejected' are the same reply")
         values.update(_strength_and_margin(row, same))
         values.update(_safety(row, same))

@@ -37,15 +37,11 @@ def round_prompts(ctx, purpose: str, n: int, heldout: bool = False) -> list[Roun
                 for p in ctx.world.prompts("heldout" if heldout else "train", n, purpose=purpose)]
     import random
 
-    from llama2rlhf.data.formats import LoadReport, load_prompts
-    from llama2rlhf.data.sources import where
+    from llama2rlhf.data.formats import LoadReport
+    from llama2rlhf.data.inputs import load_input
 
-    if not ctx.cfg.data.prompt_path:
-        raise ValueError("RLHF rounds on real data need data.prompt_path (JSONL or a data set with a 'prompt' "
-                         "field, or Anthropic hh-rlhf transcripts)")
     report = LoadReport()
-    rows = load_prompts(ctx.cfg.data.prompt_path, on_bad_row=ctx.cfg.data.on_bad_row, report=report,
-                        **where(ctx.cfg.data)).to_list()
+    rows = load_input(ctx.cfg, "prompt_path", report=report, stage=getattr(ctx, "current_stage", "")).to_list()
     ctx.record_data("prompts", report)
     label = {} if ctx.cfg.data.safety is None else {"safety": ctx.cfg.data.safety}
     pool = [RoundPrompt(prompt_id(r["prompt"]), r["prompt"],

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from llama2rlhf import hookimpl
 from llama2rlhf.config import AnnotatorConfig
-from llama2rlhf.data.errors import DataError
+from llama2rlhf.data.errors import DataError, InputError
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.strength import STRENGTHS
 from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
@@ -91,6 +91,24 @@ class FileExchangeAnnotator:
             raise DataError(file, None, "id", f"{len(missing)} of {len(pairs)} pairs have no label yet "
                                               f"(first: {missing[0]!r})")
         return [seen[p.id] for p in pairs]
+
+
+def label_problems(cfg: Any, run_dir: Path, stages: list[str]) -> list[InputError]:
+    """The labels people wrote for ``annotator=file`` in a run waiting for them: each collect
+    stage's ``labelled.jsonl`` read against its ``pairs.jsonl`` as the stage will read it
+    (a check of ``llama2rlhf.recipe.validate``)."""
+    if getattr(cfg.annotator, "name", None) != "file" or "collect" not in stages:
+        return []
+    problems: list[InputError] = []
+    for folder in sorted({run_dir / "collect", *run_dir.glob("round_*/collect")}):
+        labelled, pairs = folder / FileExchangeAnnotator.LABELLED, folder / "pairs.jsonl"
+        if not (labelled.is_file() and pairs.is_file()) or (folder / "comparisons.jsonl").exists():
+            continue  # nothing labelled yet, or the stage has read the labels already
+        try:
+            FileExchangeAnnotator.read_labels([PairToLabel(**row) for _, row in read_jsonl(pairs)], labelled)
+        except InputError as err:
+            problems.append(err)
+    return problems
 
 
 @dataclass
@@ -191,9 +209,17 @@ class RewardModelAnnotator:
         self.cfg = cfg
         self.options = options
         self.quantiles = check_quantiles(options.strength_quantiles)
-        # before the collect stage samples anything: a policy given as the judge stops the run now
-        for judge in filter(None, (options.name_or_path, options.safety_name_or_path)):
-            check_judge(judge, cfg)
+        # before the collect stage samples anything: a missing judge, or a policy given as the
+        # judge, stops the run now
+        from llama2rlhf.runtime.model_checks import source_problem
+
+        for key, judge in (("annotator.name_or_path", options.name_or_path),
+                           ("annotator.safety_name_or_path", options.safety_name_or_path)):
+            if judge:
+                problem = source_problem(key, judge, hub=False)
+                if problem is not None:
+                    raise problem
+                check_judge(judge, cfg)
 
     def judge_for(self, pair: PairToLabel) -> str:
         from llama2rlhf.reward.combined import is_safety_prompt

@@ -32,9 +32,9 @@ def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
     messages = [p.messages for p in prompts]
     a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")
             for t in temperatures)
-    # identical responses tell an annotator nothing
+    # identical responses tell an annotator nothing (chat templates strip the white space around them)
     return [PairToLabel(f"r{k}-{i}", p.messages, x[0].text, y[0].text, p.meta)
-            for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)) if x[0].text != y[0].text]
+            for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)) if x[0].text.strip() != y[0].text.strip()]
 
 
 def collect_stage(ctx) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf import RewardLoss, plugins
-from llama2rlhf.data.formats import LoadReport, limited, load_preferences
-from llama2rlhf.data.sources import where
+from llama2rlhf.data.formats import LoadReport, limited
+from llama2rlhf.data.inputs import INPUTS, load_input
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 from llama2rlhf.reward.pair_tokens import tokenize_pairs
 from llama2rlhf.reward.scoring import Cuts, model_max_length
@@ -154,20 +154,18 @@ def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
     if cfg.data.source == "toy":
         return (ctx.world.seed_comparisons(cfg.data.n_pairs, "train"),
                 ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
-    if not cfg.data.preference_path:
-        raise ValueError("data.source=files needs data.preference_path (JSONL or a data set of preference pairs)")
-    rows = limited(_load_pairs(ctx, "preferences", cfg.data.preference_path, where(cfg.data)), cfg, "preferences")
+    rows = limited(_load_pairs(ctx, "preference_path"), cfg, "preferences")
     if cfg.data.preference_eval_path:
-        held_out = _load_pairs(ctx, "preference_eval", cfg.data.preference_eval_path, where(cfg.data, evaluation=True))
+        held_out = _load_pairs(ctx, "preference_eval_path")
         return rows, held_out, cfg.data.preference_path
     n_eval = max(1, int(len(rows) * cfg.data.eval_fraction))
     return rows[n_eval:], rows[:n_eval], cfg.data.preference_path
 
 
-def _load_pairs(ctx, use: str, path: str, keywords: dict[str, Any]) -> list[dict]:
+def _load_pairs(ctx, key: str) -> list[dict]:
     report = LoadReport()
-    rows = load_preferences(path, on_bad_row=ctx.cfg.data.on_bad_row, report=report, **keywords).to_list()
-    ctx.record_data(use, report)
+    rows = load_input(ctx.cfg, key, report=report, stage="reward").to_list()
+    ctx.record_data(INPUTS[key].use, report)
     if ctx.cfg.data.safety is not None:
         rows = [{"safety": ctx.cfg.data.safety, **row} for row in rows]  # a row's own label wins
     return rows

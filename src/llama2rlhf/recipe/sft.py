@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llama2rlhf.data.formats import LoadReport, limited, load_sft
-from llama2rlhf.data.sources import where
+from llama2rlhf.data.formats import LoadReport, limited
+from llama2rlhf.data.inputs import load_input
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
@@ -138,10 +138,8 @@ def sft_rows(ctx) -> Any:
     cfg = ctx.cfg
     if cfg.data.source == "toy":
         return ctx.world.sft_rows(cfg.data.n_sft)
-    if not cfg.data.sft_path:
-        raise ValueError("data.source=files needs data.sft_path (JSONL or a data set in a TRL format)")
     report = LoadReport()
-    rows = load_sft(cfg.data.sft_path, on_bad_row=cfg.data.on_bad_row, report=report, **where(cfg.data))
+    rows = load_input(cfg, "sft_path", report=report, stage="sft")
     ctx.record_data("sft", report)
     return limited(rows.to_list(), cfg, "sft")
 

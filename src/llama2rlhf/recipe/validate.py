@@ -12,8 +12,10 @@ in :data:`CHECKS`):
 * the config's own rules, the values a stage would otherwise take silently or fail on
   late (``llama2rlhf.config.checks``);
 * the plugins every planned stage selects, their options against their schema;
-* every input file the planned stages read, row by row, as the stages will load them;
-* the models the run starts from (local folders and Hub ids);
+* every input file the planned stages read, row by row, as the stages will load them
+  (``llama2rlhf.data.checks``), and the labels people wrote for ``annotator=file``;
+* the models the run starts from (local folders and Hub ids), then the lengths their
+  tokenizers give the training data (``llama2rlhf.runtime.model_checks``, ``length_checks``);
 * the run directory a resumed run continues (``state.json`` and its artifacts).
 
 ``llama2rlhf --validate [overrides]`` runs only this; a run runs it first, and stops with
@@ -26,12 +28,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llama2rlhf import plugins
+from llama2rlhf.data.checks import data_problems
 from llama2rlhf.data.errors import InputError
+from llama2rlhf.recipe.annotators import label_problems
+from llama2rlhf.runtime.length_checks import length_problems
+from llama2rlhf.runtime.model_checks import model_problems
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
 CHECKS: list[Check] = [
     plugins.option_problems,
+    data_problems,
+    label_problems,
+    model_problems,
+    length_problems,
 ]
 
 

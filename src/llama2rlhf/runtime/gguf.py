@@ -13,6 +13,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from llama2rlhf.data.errors import InputError
+
 log = logging.getLogger(__name__)
 
 KEY = "model.gguf_file"
@@ -23,12 +25,12 @@ def gguf_path(name_or_path: str, gguf_file: str) -> Path:
     downloaded from (into the Hugging Face cache). Errors name the config key and the path."""
     where = f"{name_or_path}/{gguf_file}"
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"{KEY}={where}: reading GGUF files needs the gguf package: pip install gguf "
-                          "(make setup installs it)")
+        raise InputError(f"{KEY}={gguf_file}: reading GGUF files needs the gguf package: pip install gguf "
+                         "(make setup installs it)")
     if Path(name_or_path).is_dir() or name_or_path.startswith(("/", "./", "../", "~")):
         path = Path(name_or_path).expanduser() / gguf_file
         if not path.is_file():
-            raise FileNotFoundError(f"{KEY}: no GGUF file {path}")
+            raise InputError(f"{KEY}={gguf_file}: no such file in model.name_or_path={name_or_path} (no GGUF file {path})")
         return path
     from transformers.utils import cached_file
 
@@ -36,7 +38,7 @@ def gguf_path(name_or_path: str, gguf_file: str) -> Path:
         return Path(cached_file(name_or_path, gguf_file))
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileNotFoundError(f"{KEY}: cannot get {where} (not a local folder; from the Hub: {reason})") from exc
+        raise InputError(f"{KEY}={gguf_file}: cannot get {where} (not a local folder; from the Hub: {reason})") from exc
 
 
 def convert_gguf(name_or_path: str, gguf_file: str, out_dir: Path) -> Path:

@@ -4,6 +4,11 @@
 loads ``model.name_or_path`` (a Hub id or a local folder) through the same code, with the
 Llama 2 chat template applied when the tokenizer has none; with ``model.gguf_file`` the base
 stage first converts that GGUF checkpoint into a plain one (``llama2rlhf.runtime.gguf``).
+
+A model the config names (``model.name_or_path``, ``reward_model.name_or_path``, ...) that
+cannot load, a missing folder, a truncated weights file or a Hub id that cannot be fetched,
+raises an :class:`~llama2rlhf.data.errors.InputError` naming the key and the path, the line
+``llama2rlhf --validate`` prints for it (``llama2rlhf.runtime.model_checks``).
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from llama2rlhf.data.errors import ConfigError, InputError, one_line
 from llama2rlhf.data.templates import llama2_chat_template, plain_chat_template
 from llama2rlhf.runtime import artifacts
+from llama2rlhf.runtime.model_checks import key_of, source_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +67,56 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
         return {artifacts.BASE: str(out_dir), artifacts.TOKENIZER: str(out_dir)}
     if m.kind == "hf":
         if not m.name_or_path:
-            raise ValueError("model.kind=hf needs model.name_or_path (a Hub id or a local folder)")
+            raise ConfigError("model.name_or_path", "model.kind=hf needs it: a Hub id or a local folder")
         base = str(m.name_or_path)
+        _require(base, "model.name_or_path", gguf_file=m.gguf_file, config=True, weights=True, tokenizer=True)
         if m.gguf_file:
             from llama2rlhf.runtime.gguf import convert_gguf
 
             # converted once, here: later stages load a plain checkpoint
             base = str(convert_gguf(base, m.gguf_file, out_dir / "model"))
-        tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code)
+        tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code, key=None if m.gguf_file else "model.name_or_path")
         tok.save_pretrained(out_dir / "tokenizer")
         return {artifacts.BASE: base, artifacts.TOKENIZER: str(out_dir / "tokenizer")}
     raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False, *, fallback_template: str = "llama2"):
+def _require(path: str, key: str | None, *, gguf_file: str | None = None, config: bool = False,
+             weights: bool = False, tokenizer: bool = False) -> None:
+    """Raise the problem :func:`~llama2rlhf.runtime.model_checks.source_problem` finds with the
+    model ``key`` names (local checks only); nothing for a path no key names (the run's own)."""
+    if key is None:
+        return
+    problem = source_problem(key, path, gguf_file=gguf_file, config=config, weights=weights, tokenizer=tokenizer,
+                             hub=False)
+    if problem is not None:
+        raise problem
+
+
+@contextmanager
+def _named(path: str, key: str | None):
+    """``from_pretrained``'s errors for a model ``key`` names as one line naming both (the
+    Hub's, a missing file's): the user fixes the key."""
+    try:
+        yield
+    except OSError as exc:
+        if key is None:
+            raise
+        raise InputError(f"{key}={path}: {one_line(exc)}") from exc
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, *, fallback_template: str = "llama2",
+                   key: str | None = None):
     """``path``'s tokenizer with a chat template and a pad token. One without a chat template
     gets ``fallback_template``: ``llama2`` (the policy's: Llama 2's ``[INST]`` format) or
     ``plain`` (a reward model's own tokenizer: ``User: ... Assistant: ...``, no BOS token
-    needed, so encoder classifiers such as BERT and DeBERTa render conversations too)."""
+    needed, so encoder classifiers such as BERT and DeBERTa render conversations too).
+    ``key``: the config key that names ``path``, for errors (:class:`InputError`)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    _require(path, key, tokenizer=True)
+    with _named(path, key):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not tok.chat_template:
         templates = {"llama2": ("the Llama 2", llama2_chat_template), "plain": ("a plain", plain_chat_template)}
         name, template = templates[fallback_template]
@@ -97,9 +133,14 @@ def _init_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def load_causal_lm(path: str, cfg: Any):
+    """The causal LM in ``path``; a model the config names that cannot load raises an
+    :class:`InputError` naming its key."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, **_init_kwargs(cfg))
+    key = key_of(path, cfg)
+    _require(path, key, config=True, weights=True)
+    with _named(path, key):
+        return AutoModelForCausalLM.from_pretrained(path, **_init_kwargs(cfg))
 
 
 def load_reward_model(path: str, cfg: Any, tokenizer=None):
@@ -108,7 +149,9 @@ def load_reward_model(path: str, cfg: Any, tokenizer=None):
 
     from llama2rlhf.runtime.quiet import quiet_new_head
 
-    with quiet_new_head():
+    key = key_of(path, cfg)
+    _require(path, key, config=True, weights=True)
+    with quiet_new_head(), _named(path, key):
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **_init_kwargs(cfg))
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
