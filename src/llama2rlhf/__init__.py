@@ -64,12 +64,19 @@ class Stage:
     (``Stage.NAME``) under the name the stage is registered as, under another key when
     given (several stages may share one, as ``ppo``, ``rloo`` and ``grpo`` do), or merged
     into the round's entry with ``None``.
+
+    ``needs`` names the artifacts (``ctx.state.artifacts``) it reads, which a stage planned
+    before it must make, and ``makes`` those it writes or may write; with both declared,
+    ``llama2rlhf --validate`` finds a stage listed before the one that makes what it reads.
+    The run's start makes ``base`` and ``tokenizer``.
     """
 
     NAME: ClassVar[Any] = _RegisteredName()
 
     run: Callable[[Any], Mapping[str, Any] | None]
     summary_key: str | None = NAME
+    needs: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
 
     def __call__(self, ctx):
         return self.run(ctx)

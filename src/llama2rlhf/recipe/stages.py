@@ -14,14 +14,16 @@ def register_stages(register):
     from llama2rlhf.recipe.rejection_sampling import rejection_sampling_stage
     from llama2rlhf.recipe.reward_model import reward_stage
     from llama2rlhf.recipe.sft import sft_stage
+    from llama2rlhf.runtime.artifacts import POLICY, REWARD, REWARD_SAFETY, REWARD_WHITENING, SFT
 
-    register("sft", Stage(sft_stage))
-    register("reward", Stage(reward_stage))
-    register("collect", Stage(collect_stage))
-    register("rejection_sampling", Stage(rejection_sampling_stage, summary_key="rs"))
+    register("sft", Stage(sft_stage, makes=(SFT, POLICY)))
+    # the safety reward model only where the data labels safety prompts
+    register("reward", Stage(reward_stage, makes=(REWARD, REWARD_SAFETY, REWARD_WHITENING)))
+    register("collect", Stage(collect_stage, needs=(POLICY,)))
+    register("rejection_sampling", Stage(rejection_sampling_stage, summary_key="rs", needs=(POLICY, REWARD),
+                                         makes=(POLICY,)))
     # its numbers go straight into the round's entry (rounds[i])
-    register("evaluate", Stage(evaluate_stage, summary_key=None))
+    register("evaluate", Stage(evaluate_stage, summary_key=None, needs=(POLICY, SFT, REWARD)))
     # the online RL trainers are alternatives for one step of the round: one key for all
-    register("ppo", Stage(ppo_stage, summary_key="ppo"))
-    register("rloo", Stage(rloo_stage, summary_key="ppo"))
-    register("grpo", Stage(grpo_stage, summary_key="ppo"))
+    for name, run in (("ppo", ppo_stage), ("rloo", rloo_stage), ("grpo", grpo_stage)):
+        register(name, Stage(run, summary_key="ppo", needs=(POLICY, REWARD), makes=(POLICY,)))
