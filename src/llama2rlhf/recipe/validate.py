@@ -25,11 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from llama2rlhf.config.checks import config_problems
 from llama2rlhf.data.errors import InputError
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
-CHECKS: list[Check] = []
+CHECKS: list[Check] = [
+    config_problems,
+]
 
 
 def validate(cfg: Any, run_dir: Path) -> list[InputError]:
