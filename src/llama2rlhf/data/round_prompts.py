@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama2rlhf.data.errors import ConfigError
+
 Messages = list[dict[str, str]]
 
 
@@ -41,8 +43,9 @@ def round_prompts(ctx, purpose: str, n: int, heldout: bool = False) -> list[Roun
     from llama2rlhf.data.sources import where
 
     if not ctx.cfg.data.prompt_path:
-        raise ValueError("RLHF rounds on real data need data.prompt_path (JSONL or a data set with a 'prompt' "
-                         "field, or Anthropic hh-rlhf transcripts)")
+        raise ConfigError("data.prompt_path", "is not set: RLHF rounds on real data sample their prompts from it "
+                                              "(JSONL or a data set with a 'prompt' field, or Anthropic hh-rlhf "
+                                              "transcripts)")
     report = LoadReport()
     rows = load_prompts(ctx.cfg.data.prompt_path, on_bad_row=ctx.cfg.data.on_bad_row, report=report,
                         **where(ctx.cfg.data)).to_list()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf import RewardLoss, plugins
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.formats import LoadReport, limited, load_preferences
 from llama2rlhf.data.sources import where
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
@@ -140,7 +141,8 @@ def preference_rows(ctx) -> tuple[list[dict], list[dict], str]:
         return (ctx.world.seed_comparisons(cfg.data.n_pairs, "train"),
                 ctx.world.seed_comparisons(cfg.data.n_eval_pairs, "heldout"), "toy world seed comparisons")
     if not cfg.data.preference_path:
-        raise ValueError("data.source=files needs data.preference_path (JSONL or a data set of preference pairs)")
+        raise ConfigError("data.preference_path", "is not set: with data.source=files the reward stage reads its "
+                                                  "comparisons from it (JSONL or a data set of preference pairs)")
     rows = limited(_load_pairs(ctx, "preferences", cfg.data.preference_path, where(cfg.data)), cfg, "preferences")
     if cfg.data.preference_eval_path:
         held_out = _load_pairs(ctx, "preference_eval", cfg.data.preference_eval_path, where(cfg.data, evaluation=True))
@@ -188,6 +190,11 @@ def _start(ctx, name: str) -> tuple[str, str, float]:
     start = own.get(name) or own.get("helpfulness")
     if start:  # a reward model of its own, with its own tokenizer
         return start, start, stage_cfg.num_train_epochs
+    if stage_cfg.init_from not in ctx.state.artifacts:
+        raise ConfigError("reward_model.init_from", f"the run has no artifact {stage_cfg.init_from!r} yet (it has "
+                                                    f"{', '.join(ctx.state.artifacts)}): list the stage that makes it "
+                                                    "before the reward stage, or name one the run has",
+                          stage_cfg.init_from)
     return ctx.artifact(stage_cfg.init_from), ctx.artifact(artifacts.TOKENIZER), stage_cfg.num_train_epochs
 
 

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.formats import LoadReport, limited, load_sft
 from llama2rlhf.data.sources import where
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
@@ -68,11 +69,11 @@ def assistant_masked(rows: Any, tokenizer) -> list[dict[str, list[int]]]:
                 continue
             before, upto = render(messages[:i], generation_prompt=True), render(messages[: i + 1])
             if not (upto.startswith(before) and text.startswith(upto)):
-                raise ValueError(
-                    f"sft.assistant_only_loss: {tokenizer.name_or_path}'s chat template has no {{% generation %}} "
-                    f"markers and does not render SFT row {index + 1} prefix by prefix, so its assistant tokens "
-                    "cannot be found; give the tokenizer a template with the markers, or set "
-                    "sft.assistant_only_loss=false")
+                raise ConfigError(
+                    "sft.assistant_only_loss",
+                    f"{tokenizer.name_or_path}'s chat template has no {{% generation %}} markers and does not render "
+                    f"SFT row {index + 1} prefix by prefix, so its assistant tokens cannot be found; give the "
+                    "tokenizer a template with the markers, or set sft.assistant_only_loss=false")
             spans.append((len(before), len(upto)))
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         mask = [int(any(start < end_ and end > start_ for start_, end_ in spans))
@@ -139,7 +140,8 @@ def sft_rows(ctx) -> Any:
     if cfg.data.source == "toy":
         return ctx.world.sft_rows(cfg.data.n_sft)
     if not cfg.data.sft_path:
-        raise ValueError("data.source=files needs data.sft_path (JSONL or a data set in a TRL format)")
+        raise ConfigError("data.sft_path", "is not set: with data.source=files SFT reads its demonstrations from it "
+                                           "(JSONL or a data set in a TRL format)")
     report = LoadReport()
     rows = load_sft(cfg.data.sft_path, on_bad_row=cfg.data.on_bad_row, report=report, **where(cfg.data))
     ctx.record_data("sft", report)

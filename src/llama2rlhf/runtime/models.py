@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.templates import llama2_chat_template, plain_chat_template
 from llama2rlhf.runtime import artifacts
 
@@ -27,7 +28,7 @@ def torch_dtype(name: str):
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, not {name!r}") from None
+        raise ConfigError("model.dtype", "must be auto, float32, bfloat16 or float16", name) from None
 
 
 def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
@@ -60,7 +61,8 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
         return {artifacts.BASE: str(out_dir), artifacts.TOKENIZER: str(out_dir)}
     if m.kind == "hf":
         if not m.name_or_path:
-            raise ValueError("model.kind=hf needs model.name_or_path (a Hub id or a local folder)")
+            raise ConfigError("model.name_or_path", "is not set: model.kind=hf loads the policy from it (a Hub id or "
+                                                    "a local folder)")
         base = str(m.name_or_path)
         if m.gguf_file:
             from llama2rlhf.runtime.gguf import convert_gguf
@@ -70,7 +72,7 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
         tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code)
         tok.save_pretrained(out_dir / "tokenizer")
         return {artifacts.BASE: base, artifacts.TOKENIZER: str(out_dir / "tokenizer")}
-    raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
+    raise ConfigError("model.kind", "must be toy or hf", m.kind)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, *, fallback_template: str = "llama2"):
@@ -177,7 +179,7 @@ def peft_config(cfg: Any, task_type: str, model: Any = None):
     if not cfg.model.peft:
         return None
     if cfg.model.peft != "lora":
-        raise ValueError(f"model.peft must be lora or null, not {cfg.model.peft!r}")
+        raise ConfigError("model.peft", "must be lora or null", cfg.model.peft)
     from peft import LoraConfig
 
     where: dict[str, Any] = {"target_modules": "all-linear"}
