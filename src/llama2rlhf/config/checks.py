@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 from llama2rlhf.config import ppo_rounds, round_stage_keys
 from llama2rlhf.data.errors import ConfigError, InputError
 from llama2rlhf.data.formats import ON_BAD_ROW
+from llama2rlhf.data.strength import STRENGTHS
 
 # what the run's start makes before the first stage (llama2rlhf.runtime.models.build_base)
 START_ARTIFACTS = ("base", "tokenizer")
@@ -406,10 +407,18 @@ def collect_rules(cfg: Any) -> list[InputError]:
         out.append(ConfigError("annotator", "labels comparisons with the toy world's oracle, and data.source=files "
                                             "has none; on real data use annotator=reward_model (a judge reward model, e.g. "
                                             "annotator.name_or_path=run:reward) or annotator=file (people)", "toy"))
-    if name == "reward_model" and not value(cfg, "annotator.name_or_path"):
-        out.append(ConfigError("annotator.name_or_path", "is not set: annotator=reward_model needs its judge, a Hub "
-                                                         "id or folder of a reward model, or run:reward for this "
-                                                         "run's newest reward model"))
+    if name == "reward_model":
+        if not value(cfg, "annotator.name_or_path"):
+            out.append(ConfigError("annotator.name_or_path", "is not set: annotator=reward_model needs its judge, a "
+                                                             "Hub id or folder of a reward model, or run:reward for "
+                                                             "this run's newest reward model"))
+        quantiles = value(cfg, "annotator.strength_quantiles")
+        if quantiles is not None and not (len(quantiles) == len(STRENGTHS) - 1 and all(0 < q < 1 for q in quantiles)
+                                          and all(a < b for a, b in zip(quantiles, quantiles[1:], strict=False))):
+            out.append(ConfigError("annotator.strength_quantiles", f"must be {len(STRENGTHS) - 1} increasing values "
+                                                                   "in (0, 1), the score-gap quantiles between the "
+                                                                   f"strength labels {', '.join(STRENGTHS)}; e.g. "
+                                                                   "[0.25,0.5,0.75]", quantiles))
     return out
 
 
