@@ -504,7 +504,7 @@ def test_options_of_a_kind_no_planned_stage_uses_are_not_checked(cli, tmp_path, 
 
 def test_an_unknown_stage_name(cli, tmp_path, fresh):
     assert_bad(validate(cli, tmp_path, "pipeline.round_stages=[collect,reward,rejection_sampling,evalute]"),
-               "pipeline.round_stages: no stages named 'evalute'", "evaluate")
+               "pipeline.round_stages=", "no stage is registered as 'evalute' (did you mean 'evaluate'?)")
 
 
 def test_the_api_gives_the_same_lines_without_validation(fresh):

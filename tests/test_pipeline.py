@@ -389,7 +389,8 @@ def test_sigkill_mid_round_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_file_exchange_annotator_stops_and_continues_the_round(tmp_path):
-    args = [*ROUNDS_TINY[1:], "pipeline.rounds=1", "annotator=file"]
+    # one round, so no Ghost Attention (ROUNDS_TINY starts it in round 2)
+    args = [*ROUNDS_TINY[1:3], "pipeline.rounds=1", "augmenter=none", "annotator=file"]
     proc = run_cli(tmp_path, *args)
     assert proc.returncode == 3, proc.stderr[-3000:]
     to_label = tmp_path / "run" / "round_1" / "collect" / "to_label.jsonl"

@@ -205,7 +205,7 @@ def test_thresholds_are_numpy_linear_quantiles_and_exceeding_them_strictly_count
 @pytest.mark.parametrize("bad", [[0.5, 0.25, 0.75], [0.25, 0.5], [0.0, 0.5, 0.75], [0.25, 0.5, 1.0],
                                  [0.25, 0.5, 0.5], [0.1, 0.2, 0.3, 0.4]])
 def test_bad_quantiles_name_the_key(judges, bad):
-    with pytest.raises(ValueError, match=r"annotator\.strength_quantiles must be 3 increasing values in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"annotator\.strength_quantiles=.*: must be 3 increasing values in \(0, 1\)"):
         make(config(name_or_path=judges["sin"], strength_quantiles=bad))
 
 

@@ -63,10 +63,17 @@ class Stage:
     returns its metrics. ``summary_key`` is where ``summary.json`` keeps them: by default
     (``Stage.NAME``) under the name the stage is registered as, under another key when
     given (several stages may share one, as ``ppo``, ``rloo`` and ``grpo`` do), or merged
-    into the round's entry with ``None``. ``uses`` names the plugin kinds it calls
-    (``"samplers"``, ``"selectors"``... as in ``llama2rlhf.plugins.KINDS``): a run that plans
-    the stage has the options of what the config selects of those kinds checked before it
-    starts; ``None`` (the default) checks every kind.
+    into the round's entry with ``None``.
+
+    ``uses`` names the plugin kinds it calls (``"samplers"``, ``"selectors"``... as in
+    ``llama2rlhf.plugins.KINDS``): a run that plans the stage has the options of what the
+    config selects of those kinds checked before it starts; ``None`` (the default) checks
+    every kind.
+
+    ``needs`` names the artifacts (``ctx.state.artifacts``) it reads, which a stage planned
+    before it must make, and ``makes`` those it writes or may write; with both declared,
+    ``llama2rlhf --validate`` finds a stage listed before the one that makes what it reads.
+    The run's start makes ``base`` and ``tokenizer``.
     """
 
     NAME: ClassVar[Any] = _RegisteredName()
@@ -74,6 +81,8 @@ class Stage:
     run: Callable[[Any], Mapping[str, Any] | None]
     summary_key: str | None = NAME
     uses: tuple[str, ...] | None = None
+    needs: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
 
     def __call__(self, ctx):
         return self.run(ctx)

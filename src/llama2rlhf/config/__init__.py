@@ -397,6 +397,18 @@ def ppo_rounds(cfg: Any) -> list[int]:
     return [cfg.pipeline.rounds] if rounds is None and cfg.pipeline.rounds > 0 else list(rounds or [])
 
 
+def round_stage_keys(cfg: Any, k: int) -> list[tuple[str, str]]:
+    """(stage, the key that lists it) for round ``k``, in the order they run:
+    ``pipeline.round_stages``, with ``pipeline.ppo_stages`` right after rejection sampling
+    (at the end without it) in a round of :func:`ppo_rounds`."""
+    stages = [(name, "pipeline.round_stages") for name in cfg.pipeline.round_stages]
+    if k in ppo_rounds(cfg):
+        names = [name for name, _ in stages]
+        at = names.index("rejection_sampling") + 1 if "rejection_sampling" in names else len(names)
+        stages[at:at] = [(name, "pipeline.ppo_stages") for name in cfg.pipeline.ppo_stages]
+    return stages
+
+
 # Config groups whose options come from plugin registries: group -> registry kind
 PLUGIN_GROUPS = {
     "reward_loss": "reward_losses",

@@ -12,10 +12,10 @@ unusable file (every row skipped by rule) with its key and path. Rows skipped by
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
-from llama2rlhf.data.errors import ConfigError, InputError
-from llama2rlhf.data.inputs import OPTIONAL, STAGE_READS, input_path, load_input
+from llama2rlhf.data.errors import InputError
+from llama2rlhf.data.inputs import OPTIONAL, first_readers, input_path, load_input
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -23,15 +23,6 @@ if TYPE_CHECKING:
 # the stages that draw prompts held out for evaluation, and those that draw training prompts
 HELD_OUT_PROMPTS = ("evaluate", "ppo", "rloo", "grpo")
 TRAINING_PROMPTS = ("collect", "rejection_sampling", "ppo", "rloo", "grpo")
-
-
-def _stages_reading(stages: Iterable[str]) -> dict[str, str]:
-    """key -> the first planned stage that reads it."""
-    out: dict[str, str] = {}
-    for stage in stages:
-        for key in STAGE_READS.get(stage, ()):
-            out.setdefault(key, stage)
-    return out
 
 
 def data_problems(cfg: Any, run_dir: Path, stages: list[str]) -> list[InputError]:
@@ -42,12 +33,10 @@ def data_problems(cfg: Any, run_dir: Path, stages: list[str]) -> list[InputError
     stages draw from both."""
     if cfg.data.source == "toy":
         return []
-    from llama2rlhf.data.formats import ON_BAD_ROW, LoadReport
+    from llama2rlhf.data.formats import LoadReport
 
-    if cfg.data.on_bad_row not in ON_BAD_ROW:
-        return [ConfigError("data.on_bad_row", f"must be one of {', '.join(ON_BAD_ROW)}", cfg.data.on_bad_row)]
     problems: list[InputError] = []
-    for key, stage in _stages_reading(stages).items():
+    for key, stage in first_readers(stages).items():
         if key in OPTIONAL and input_path(cfg, key) is None:
             continue
         try:

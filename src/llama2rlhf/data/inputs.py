@@ -11,7 +11,7 @@ and the path (``data.prompt_path=/x/y.jsonl: no such file or folder``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from llama2rlhf.data.errors import ConfigError, DataError, InputError
 
@@ -53,6 +53,15 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "evaluate": _PROMPTS,
 }
 OPTIONAL = ("preference_eval_path",)
+
+
+def first_readers(stages: Iterable[str]) -> dict[str, str]:
+    """Each input key the ``stages`` read -> the first of them that reads it."""
+    out: dict[str, str] = {}
+    for stage in stages:
+        for key in STAGE_READS.get(stage, ()):
+            out.setdefault(key, stage)
+    return out
 
 
 def input_path(cfg: Any, key: str) -> str | None:

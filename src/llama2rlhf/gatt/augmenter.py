@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from llama2rlhf import hookimpl
+from llama2rlhf.data.errors import ConfigError, InputError
 from llama2rlhf.data.jsonl import read_jsonl, write_json, write_jsonl
 from llama2rlhf.runtime import artifacts
 
@@ -28,7 +29,7 @@ def constraint_source(cfg: Any):
         return ToyConstraints(g.max_constraints, list(g.toy_kinds))
     if g.constraints == "list":
         return ListConstraints(list(g.figures), list(g.languages), list(g.hobbies), g.max_constraints)
-    raise ValueError(f"gatt.constraints must be 'toy' or 'list', got {g.constraints!r}")
+    raise ConfigError("gatt.constraints", "must be toy or list", g.constraints)
 
 
 def token_fitter(tokenizer, max_length: int):
@@ -71,7 +72,8 @@ def user_turns(ctx, n: int) -> list[tuple[str, bool]]:
 
     pool = [(p.messages[-1]["content"], is_safety_prompt(p.meta)) for p in round_prompts(ctx, f"gatt:{ctx.round}", n)]
     if not pool:
-        raise ValueError("GAtt needs user turns, and the round's prompt pool is empty")
+        raise InputError("GAtt needs user turns, and the round's prompt pool is empty: data.prompt_path has no prompt "
+                         "that data.eval_fraction leaves for training")
     return [pool[i % len(pool)] for i in range(n)]  # a small pool repeats across dialogues
 
 
@@ -120,7 +122,8 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
                  ctx.round, len(examples))
         return rows + examples
     if not 1 <= g.min_turns <= g.max_turns:
-        raise ValueError(f"gatt: need 1 <= min_turns <= max_turns, got {g.min_turns} and {g.max_turns}")
+        raise ConfigError("gatt.max_turns", f"need 1 <= gatt.min_turns <= gatt.max_turns; gatt.min_turns is {g.min_turns}",
+                          g.max_turns)
     policy = ctx.artifact(artifacts.POLICY)
     # the model GAtt started from: evaluation reports adherence before and after it
     ctx.state.artifacts.setdefault(artifacts.GATT_BASELINE, policy)

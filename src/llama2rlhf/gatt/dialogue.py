@@ -27,6 +27,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from llama2rlhf.data.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -88,7 +90,8 @@ class ListConstraints:
     def __init__(self, figures: Sequence[str], languages: Sequence[str], hobbies: Sequence[str], max_constraints: int = 2):
         self.pools = {k: list(v) for k, v in (("figures", figures), ("languages", languages), ("hobbies", hobbies)) if v}
         if not self.pools:
-            raise ValueError("gatt.constraints=list needs at least one of figures, languages, hobbies")
+            raise ConfigError("gatt.constraints", "needs at least one of gatt.figures, gatt.languages, gatt.hobbies",
+                              "list")
         self.max_constraints = max_constraints
 
     def sample(self, rng: random.Random) -> Instruction:

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.jsonl import write_json
 from llama2rlhf.runtime import artifacts
 
@@ -35,8 +36,9 @@ def heldout_dialogues(ctx) -> tuple[list, list[list[str]]]:
         source = constraint_source(ctx.cfg)
         held_out = [p.messages[-1]["content"] for p in round_prompts(ctx, "gatt-eval", n * turns, heldout=True)]
         if not held_out:
-            raise ValueError("the GAtt evaluation needs held-out prompts: data.prompt_path has none held out "
-                             "(data.eval_fraction)")
+            raise ConfigError("data.eval_fraction", "holds out none of data.prompt_path's prompts, and the GAtt "
+                                                    "evaluation needs some; raise it, or give more prompts",
+                              ctx.cfg.data.eval_fraction)
         pool = [held_out[i % len(held_out)] for i in range(n * turns)]  # a small share repeats
     instructions = [source.sample(rng) for _ in range(n)]
     return instructions, [pool[d * turns:(d + 1) * turns] for d in range(n)]

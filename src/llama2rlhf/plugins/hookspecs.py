@@ -172,7 +172,9 @@ def register_stages(register: Register) -> None:
     that finished is recorded in ``state.json`` and skipped when the run is resumed;
     ``ctx.state.artifacts`` maps names (``policy``, ``reward``, ``sft``...; the built-in ones
     are constants of ``llama2rlhf.runtime.artifacts``) to the paths a stage produced for
-    later ones. ``pipeline.stages`` lists the stages run once, in
+    later ones; ``Stage(run, needs=(...), makes=(...))`` declares those it reads and those
+    it writes, and a run that lists it before a stage that makes what it reads is refused
+    before it starts. ``pipeline.stages`` lists the stages run once, in
     order, ``pipeline.round_stages`` those run in every round, and ``pipeline.ppo_stages``
     those run after rejection sampling in ``pipeline.ppo_rounds`` (built-ins: ``ppo``,
     ``rloo``, ``grpo``).

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from llama2rlhf import hookimpl
 from llama2rlhf.config import AnnotatorConfig
-from llama2rlhf.data.errors import DataError, InputError
+from llama2rlhf.data.errors import ConfigError, DataError, InputError
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.strength import STRENGTHS
 from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
@@ -32,8 +32,8 @@ class ToyAnnotator:
 
     def __init__(self, world: Any, seed: int = 0):
         if world is None:
-            raise ValueError("annotator=toy labels with the toy world's oracle: it needs data.source=toy; "
-                             "use annotator=file for real data")
+            raise ConfigError("annotator", "labels with the toy world's oracle: it needs data.source=toy; on real "
+                                           "data use annotator=reward_model or annotator=file", "toy")
         self.world = world
         self.seed = seed
 
@@ -187,8 +187,8 @@ def check_quantiles(quantiles: Any) -> list[float]:
           and all(isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1 for q in values)
           and all(a < b for a, b in zip(values, values[1:], strict=False)))
     if not ok:
-        raise ValueError(f"annotator.strength_quantiles must be {len(STRENGTHS) - 1} increasing values in (0, 1), "
-                         f"one per boundary between the strength labels {', '.join(STRENGTHS)}; got {values}")
+        raise ConfigError("annotator.strength_quantiles", f"must be {len(STRENGTHS) - 1} increasing values in (0, 1), "
+                          f"one per boundary between the strength labels {', '.join(STRENGTHS)}", values)
     return [float(q) for q in values]
 
 
@@ -204,8 +204,9 @@ class RewardModelAnnotator:
 
     def __init__(self, cfg: Any, options: RewardModelAnnotatorConfig):
         if not options.name_or_path:
-            raise ValueError("annotator=reward_model needs annotator.name_or_path: the judge, a Hub id or a "
-                             "local folder of a sequence classifier with one output (a reward model)")
+            raise ConfigError("annotator.name_or_path", "is not set: annotator=reward_model needs its judge, a Hub id "
+                                                        "or a local folder of a sequence classifier with one output "
+                                                        "(a reward model), or run:reward")
         self.cfg = cfg
         self.options = options
         self.quantiles = check_quantiles(options.strength_quantiles)

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any, Mapping
 
 from llama2rlhf import plugins
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.round_prompts import round_prompts
 from llama2rlhf.data.strength import STRENGTHS
@@ -100,8 +101,9 @@ def _collect(ctx) -> dict[str, Any]:
     cfg, k = ctx.cfg, ctx.round
     out_dir = ctx.stage_dir("collect")
     temperatures = list(cfg.collect.temperatures)
-    if len(temperatures) != 2:
-        raise ValueError(f"collect.temperatures must hold two temperatures (one per response), got {temperatures}")
+    if len(temperatures) != 2 or min(temperatures) <= 0:
+        raise ConfigError("collect.temperatures", "must hold two temperatures above 0, one per reply of a pair, e.g. "
+                                                  "[0.7,1.2]", temperatures)
     # the annotator first: a bad annotator setting stops the stage before the sampling, not after
     annotator = load_annotator(ctx)
     prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llama2rlhf import plugins
-from llama2rlhf.config import node_plugin, ppo_rounds
+from llama2rlhf.config import node_plugin, round_stage_keys
 from llama2rlhf.evaluation.final import final_metrics
 from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.run import RunContext
@@ -79,10 +79,7 @@ def round_plan(cfg: Any, k: int) -> list[tuple[str, str]]:
     ``pipeline.ppo_stages`` after rejection sampling in a PPO round (paper 3.2.3: RLHF-V5 is
     rejection sampling on top of V4's PPO model). A stage that already ran in the round runs
     again as ``<stage>_after_<the stage before it>``."""
-    stages = list(cfg.pipeline.round_stages)
-    if k in ppo_rounds(cfg):
-        at = stages.index("rejection_sampling") + 1 if "rejection_sampling" in stages else len(stages)
-        stages[at:at] = list(cfg.pipeline.ppo_stages)
+    stages = [name for name, _ in round_stage_keys(cfg, k)]
     plan: list[tuple[str, str]] = []
     for i, name in enumerate(stages):
         seen = any(n == name for n, _ in plan)

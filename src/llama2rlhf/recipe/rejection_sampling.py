@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from llama2rlhf import plugins
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.formats import unify_sft_formats
 from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
 from llama2rlhf.data.round_prompts import round_prompts
@@ -122,6 +123,15 @@ def select(cfg, candidates: list[Candidate], history: list[Candidate]) -> list[C
 
 def rejection_sampling_stage(ctx) -> dict[str, Any]:
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
+    # refused before any sampling: at 0 or below the sampler decodes greedily, and a start
+    # the run does not have would stop the stage only after it
+    if not rs.temperatures or min(rs.temperatures) <= 0:
+        raise ConfigError("rs.temperatures", "must hold one temperature or more, each above 0 (at 0 or below the "
+                                             "sampler decodes greedily), e.g. [0.8,1.0,1.2]", list(rs.temperatures))
+    if rs.init_from != "previous" and rs.init_from not in ctx.state.artifacts:
+        raise ConfigError("rs.init_from", f"the run has no artifact {rs.init_from!r} yet (it has "
+                                          f"{', '.join(ctx.state.artifacts)}): 'previous' (the latest policy) or one "
+                                          "of those", rs.init_from)
     # sampling, scoring, selection and augmentation on the main process alone; every
     # process then fine-tunes on the rows it kept (llama2rlhf.runtime.distributed)
     rows, metrics = distributed.main_process_only(_sample_and_select, ctx)

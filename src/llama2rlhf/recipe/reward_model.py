@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llama2rlhf import RewardLoss, plugins
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.formats import LoadReport, limited
 from llama2rlhf.data.inputs import INPUTS, load_input
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
@@ -201,6 +202,11 @@ def _start(ctx, name: str) -> tuple[str, str, float]:
     start = own.get(name) or own.get("helpfulness")
     if start:  # a reward model of its own, with its own tokenizer
         return start, start, stage_cfg.num_train_epochs
+    if stage_cfg.init_from not in ctx.state.artifacts:
+        raise ConfigError("reward_model.init_from", f"the run has no artifact {stage_cfg.init_from!r} yet (it has "
+                                                    f"{', '.join(ctx.state.artifacts)}): list the stage that makes it "
+                                                    "before the reward stage, or name one the run has",
+                          stage_cfg.init_from)
     return ctx.artifact(stage_cfg.init_from), ctx.artifact(artifacts.TOKENIZER), stage_cfg.num_train_epochs
 
 

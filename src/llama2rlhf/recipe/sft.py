@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.formats import LoadReport, limited
 from llama2rlhf.data.inputs import load_input
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
@@ -68,11 +69,11 @@ def assistant_masked(rows: Any, tokenizer) -> list[dict[str, list[int]]]:
                 continue
             before, upto = render(messages[:i], generation_prompt=True), render(messages[: i + 1])
             if not (upto.startswith(before) and text.startswith(upto)):
-                raise ValueError(
-                    f"sft.assistant_only_loss: {tokenizer.name_or_path}'s chat template has no {{% generation %}} "
-                    f"markers and does not render SFT row {index + 1} prefix by prefix, so its assistant tokens "
-                    "cannot be found; give the tokenizer a template with the markers, or set "
-                    "sft.assistant_only_loss=false")
+                raise ConfigError(
+                    "sft.assistant_only_loss",
+                    f"{tokenizer.name_or_path}'s chat template has no {{% generation %}} markers and does not render "
+                    f"SFT row {index + 1} prefix by prefix, so its assistant tokens cannot be found; give the "
+                    "tokenizer a template with the markers, or set sft.assistant_only_loss=false")
             spans.append((len(before), len(upto)))
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         mask = [int(any(start < end_ and end > start_ for start_, end_ in spans))

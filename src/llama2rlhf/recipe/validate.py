@@ -7,7 +7,7 @@ every problem it finds, each an :class:`~llama2rlhf.data.errors.InputError` whos
 message names the key, ``file:line`` and field, plugin or path.
 
 The checks, in order (each is a function ``(cfg, run_dir, stages) -> Iterable[InputError]``
-in :data:`CHECKS`):
+in :data:`CHECKS`, in tiers):
 
 * the config's own rules, the values a stage would otherwise take silently or fail on
   late (``llama2rlhf.config.checks``);
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llama2rlhf import plugins
+from llama2rlhf.config.checks import config_problems
 from llama2rlhf.data.checks import data_problems
 from llama2rlhf.data.errors import InputError
 from llama2rlhf.recipe.annotators import label_problems
@@ -36,29 +37,30 @@ from llama2rlhf.runtime.model_checks import model_problems
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
-CHECKS: list[Check] = [
-    plugins.option_problems,
-    data_problems,
-    label_problems,
-    model_problems,
-    length_problems,
+# Tiers: a tier runs only when the ones before it found nothing, so that a file is read
+# only once the config that names it is sound, and lengths are measured only once the files
+# and models are; one problem is then not reported twice in other words.
+CHECKS: list[list[Check]] = [
+    [config_problems, plugins.option_problems],
+    [data_problems, label_problems, model_problems],
+    [length_problems],
 ]
 
 
 def validate(cfg: Any, run_dir: Path) -> list[InputError]:
-    """Every problem the checks find in ``cfg`` for a run in ``run_dir``; an empty list
-    when the run can start. A check that finds the config too broken to go on stops the
-    list there (a later check would only repeat it in other words)."""
+    """Every problem the checks find in ``cfg`` for a run in ``run_dir`` (the first tier of
+    :data:`CHECKS` that finds any); an empty list when the run can start."""
     from llama2rlhf.recipe.pipeline import stages_used
 
-    problems: list[InputError] = []
     try:
         stages = stages_used(cfg)
     except InputError as exc:
         return [exc]
-    for check in CHECKS:
-        problems.extend(check(cfg, run_dir, stages))
-    return problems
+    for tier in CHECKS:
+        problems = [problem for check in tier for problem in check(cfg, run_dir, stages)]
+        if problems:
+            return problems
+    return []
 
 
 VALIDATE_ONLY = False  # set by ``llama2rlhf --validate``: check, report, and exit

@@ -34,7 +34,7 @@ def torch_dtype(name: str):
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, not {name!r}") from None
+        raise ConfigError("model.dtype", "must be auto, float32, bfloat16 or float16", name) from None
 
 
 def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
@@ -67,7 +67,8 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
         return {artifacts.BASE: str(out_dir), artifacts.TOKENIZER: str(out_dir)}
     if m.kind == "hf":
         if not m.name_or_path:
-            raise ConfigError("model.name_or_path", "model.kind=hf needs it: a Hub id or a local folder")
+            raise ConfigError("model.name_or_path", "is not set: model.kind=hf loads the policy from it (a Hub id or "
+                                                    "a local folder)")
         base = str(m.name_or_path)
         _require(base, "model.name_or_path", gguf_file=m.gguf_file, config=True, weights=True, tokenizer=True)
         if m.gguf_file:
@@ -78,7 +79,7 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
         tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code, key=None if m.gguf_file else "model.name_or_path")
         tok.save_pretrained(out_dir / "tokenizer")
         return {artifacts.BASE: base, artifacts.TOKENIZER: str(out_dir / "tokenizer")}
-    raise ValueError(f"model.kind must be toy or hf, not {m.kind!r}")
+    raise ConfigError("model.kind", "must be toy or hf", m.kind)
 
 
 def _require(path: str, key: str | None, *, gguf_file: str | None = None, config: bool = False,
@@ -220,7 +221,7 @@ def peft_config(cfg: Any, task_type: str, model: Any = None):
     if not cfg.model.peft:
         return None
     if cfg.model.peft != "lora":
-        raise ValueError(f"model.peft must be lora or null, not {cfg.model.peft!r}")
+        raise ConfigError("model.peft", "must be lora or null", cfg.model.peft)
     from peft import LoraConfig
 
     where: dict[str, Any] = {"target_modules": "all-linear"}

@@ -29,8 +29,10 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.toyworld import oracle
 from llama2rlhf.toyworld.annotator import SimulatedAnnotator
+from llama2rlhf.toyworld.constraints import KINDS as CONSTRAINT_KINDS
 from llama2rlhf.toyworld.constraints import apply_all, constraint_from_key, sample_constraints, system_prompt
 from llama2rlhf.toyworld.tasks import (
     ANSWER_PREFIX,
@@ -74,16 +76,45 @@ class WorldSpec:
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
 
 
+def spec_problems(spec: WorldSpec) -> list[ConfigError]:
+    """What in ``spec`` (a :class:`WorldSpec`, or the ``toyworld`` config node) no world can
+    be made from, each naming its ``toyworld.<field>`` key."""
+    problems = []
+
+    def bad(name: str, reason: str) -> None:
+        value = getattr(spec, name)
+        problems.append(ConfigError(f"toyworld.{name}", reason, list(value) if isinstance(value, Iterable) else value))
+
+    if not 0.0 <= spec.demo_error_rate <= 1.0 / 3.0:
+        bad("demo_error_rate", "must be in [0, 1/3]: above 1/3 the demonstrator's per-fact error rate passes 1")
+    for name in ("unsafe_fraction", "same_style_pairs", "demo_signoff_rate", "constrained_fraction",
+                 "dialogue_fraction"):
+        if not 0.0 <= getattr(spec, name) <= 1.0:
+            bad(name, "must be in [0, 1] (a share)")
+    if not 0.0 < spec.heldout_fraction < 1.0:
+        bad("heldout_fraction", "must be in (0, 1): the prompts held out for evaluation, and the rest for training, "
+                                "must both exist")
+    if spec.annotator_noise < 0:
+        bad("annotator_noise", "must be 0 or more (a standard deviation)")
+    if spec.dialogue_fraction > 0 and spec.max_dialogue_turns < 2:
+        bad("max_dialogue_turns", "must be 2 or more: a dialogue demonstration has 2 turns at least "
+                                  "(toyworld.dialogue_fraction=0 makes none)")
+    unknown = sorted(set(spec.constraint_kinds) - set(CONSTRAINT_KINDS))
+    if unknown or (not spec.constraint_kinds and spec.constrained_fraction > 0):
+        bad("constraint_kinds", f"must name some of {list(CONSTRAINT_KINDS)}"
+                                + ("" if spec.constraint_kinds else " (or set toyworld.constrained_fraction=0)"))
+    unknown = sorted(set(spec.families) - set(FAMILIES))
+    if unknown or not spec.families:
+        bad("families", f"must name some of {sorted(FAMILIES)}")
+    return problems
+
+
 class ToyWorld:
     def __init__(self, spec: WorldSpec | None = None, **kwargs):
         self.spec = spec or WorldSpec(**kwargs)
-        if not 0.0 <= self.spec.demo_error_rate <= 1.0 / 3.0:
-            raise ValueError(f"demo_error_rate must be in [0, 1/3], got {self.spec.demo_error_rate}")
-        if not 0.0 <= self.spec.demo_signoff_rate <= 1.0:
-            raise ValueError(f"demo_signoff_rate must be in [0, 1], got {self.spec.demo_signoff_rate}")
-        unknown = sorted(set(self.spec.families) - set(FAMILIES))
-        if unknown or not self.spec.families:
-            raise ValueError(f"toyworld.families must name some of {sorted(FAMILIES)}, got {list(self.spec.families)}")
+        problems = spec_problems(self.spec)
+        if problems:
+            raise problems[0]
         self.annotator = SimulatedAnnotator(noise=self.spec.annotator_noise)
 
     # -- randomness ---------------------------------------------------------------------
