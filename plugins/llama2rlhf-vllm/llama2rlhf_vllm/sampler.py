@@ -14,8 +14,8 @@ How it maps onto vLLM:
   exactly the tokens the ``hf`` sampler would;
 * one request per prompt, ``SamplingParams(n=K, temperature=T, max_tokens=...,
   seed=..., stop_token_ids=[eos])``: vLLM shares the prompt's prefill among its K samples;
-  the per-request seeds come from torch's generator, which every stage seeds, so a re-run
-  round draws the same samples;
+  the per-request seeds come from torch's generator, which the pipeline seeds before every
+  stage, so a redone stage draws the same samples;
 * the factory gets the policy's folder (a new checkpoint every round) and loads only its
   tokenizer; the engine loads the weights from the folder, lazily at the first
   ``sample``; at most one engine holds GPU memory at a time, and it is shut down (its
@@ -147,8 +147,8 @@ def to_samples(outputs: Sequence[Any], prompt_ids: Sequence[list[int]], n: int, 
 
 
 def request_seeds(count: int) -> list[int]:
-    """One seed per request, from torch's global generator: the stage's ``torch.manual_seed``
-    fixes them, as it fixes the ``hf`` sampler's draws, and every call gets new ones."""
+    """One seed per request, from torch's global generator: the stage's seed fixes them, as
+    it fixes the ``hf`` sampler's draws, and every call gets new ones."""
     import torch
 
     base = int(torch.randint(0, 2**31 - 1, (1,)).item())

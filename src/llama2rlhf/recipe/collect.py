@@ -25,10 +25,7 @@ from llama2rlhf.sampling import load_sampler
 
 
 def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
-    import torch
-
     cfg, k = ctx.cfg, ctx.round
-    torch.manual_seed(cfg.seed * 1000 + k)
     sampler = load_sampler(cfg, ctx.artifact(artifacts.POLICY))
     messages = [p.messages for p in prompts]
     a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")

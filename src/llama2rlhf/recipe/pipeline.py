@@ -22,6 +22,7 @@ from llama2rlhf.config import node_plugin, round_stage_keys
 from llama2rlhf.evaluation.final import final_metrics
 from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.run import RunContext
+from llama2rlhf.runtime.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ def run_stage(ctx: RunContext, name: str, as_name: str | None = None) -> None:
     ctx.current_stage = as_name
     distributed.main_process_only(plugins.call_hook, "on_stage_start", ctx=ctx, stage=name, round=ctx.round)
     log.info("stage %s (plugin %s)", key, stage.plugin)
+    # from the stage's own seed, so that its result does not depend on what ran before it
+    # in this process: a stage redone on resuming gives what the uninterrupted run gave
+    seed_everything(ctx.seed())
     started = time.perf_counter()
     metrics = stage.check(METRICS, stage.call(ctx), ctx) or {}
     seconds = time.perf_counter() - started

@@ -28,6 +28,7 @@ from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
+from llama2rlhf.runtime.seeding import seed_everything
 from llama2rlhf.runtime.trainer_metrics import TRAINER_METRICS
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,12 @@ def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list)
     ``sampled``: ``ppo.eval_samples`` replies per prompt at ``ppo.temperature``, the
     distribution PPO trains (TRL's PPO samples its rollouts at that temperature and scores
     their log-probabilities with the logits divided by it), so their mean reward is the
-    objective PPO raises, measured on prompts it never saw. The same seed before and after,
-    so both models draw with the same random numbers.
+    objective PPO raises, measured on prompts it never saw. From the same seed before and
+    after (the stage's ``eval`` stream), so both models draw with the same random numbers.
     ``greedy``: one greedy reply per prompt, as every round's evaluation reads a model.
 
     Each holds the mean combined reward and, in the toy world, the gold reward, task accuracy
     and accuracy per family."""
-    import torch
-
     from llama2rlhf.evaluation.policy import gold_metrics, greedy_replies
     from llama2rlhf.sampling import load_sampler
 
@@ -126,7 +125,7 @@ def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list)
     messages, flags = [m for m, _, _ in prompts], [f for _, f, _ in prompts]
     sampler = load_sampler(ctx.cfg, model_path)
     greedy = greedy_replies(sampler, messages, ctx.cfg.eval.max_new_tokens)
-    torch.manual_seed(ctx.cfg.seed * 1000 + 800 + ctx.round)
+    seed_everything(ctx.seed("eval"))
     sampled = sampler.sample(messages, n=pcfg.eval_samples, temperature=pcfg.temperature,
                              max_new_tokens=pcfg.max_new_tokens, desc=f"evaluating (T={pcfg.temperature:g})")
     out: dict[str, Any] = {}
@@ -214,7 +213,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
         dataset = Dataset.from_dict({"input_ids": queries})
         args = build_args(PPOConfig, pcfg, cfg, out_dir / "trainer", exclude=_NOT_PPO,
                           response_length=pcfg.max_new_tokens, stop_token="eos", num_sample_generations=0,
-                          whiten_rewards=False, stage=kind)
+                          whiten_rewards=False, stage=kind, seed=ctx.seed())
         policy = load_causal_lm(start, cfg)
         lora = peft_config(cfg, "CAUSAL_LM", policy)
         # with LoRA the reference is the policy with its adapter switched off (TRL's way)
@@ -243,7 +242,7 @@ def _trainer(kind: str, ctx, start: str, tokenizer, reward: CombinedReward, prom
     else:
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
-    args = build_args(Config, pcfg, cfg, out_dir / "trainer", stage=kind, **common)
+    args = build_args(Config, pcfg, cfg, out_dir / "trainer", stage=kind, seed=ctx.seed(), **common)
     policy = load_causal_lm(start, cfg)
     return Trainer(model=policy, reward_funcs=[reward_function(reward)], args=args,
                    train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg, "CAUSAL_LM", policy),
@@ -268,8 +267,6 @@ def _fit_prompts(prompts: list, tokenizer, max_length: int) -> tuple[list, int]:
 
 def _online_rl_stage(kind: str):
     def stage(ctx) -> dict[str, Any]:
-        import torch
-
         cfg, pcfg = ctx.cfg, ctx.cfg.ppo
         out_dir = ctx.stage_dir()
         start = ctx.artifact(artifacts.POLICY)  # the rejection-sampled model of this round
@@ -278,7 +275,9 @@ def _online_rl_stage(kind: str):
         eval_prompts = _eval_prompts(ctx)
         # evaluation and the KL on the main process alone (llama2rlhf.runtime.distributed)
         before = distributed.main_process_only(evaluate_policy, ctx, reward, start, eval_prompts)
-        torch.manual_seed(cfg.seed * 1000 + 700 + ctx.round)
+        # the evaluation drew numbers on the main process alone: every process trains from
+        # the same generators again
+        seed_everything(ctx.seed("train"))
         prompts, n_cut = _fit_prompts(round_prompts(ctx, "ppo", pcfg.n_prompts), tokenizer, pcfg.max_prompt_length)
         good_dir = out_dir / "last_good"
         if distributed.is_main_process():

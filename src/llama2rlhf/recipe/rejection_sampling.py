@@ -137,7 +137,7 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
     rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
     init = ctx.artifact(artifacts.POLICY) if rs.init_from == "previous" else ctx.artifact(rs.init_from)
     out = train_sft(cfg, rs.train, init, ctx.artifact(artifacts.TOKENIZER), rows, ctx.stage_dir(),
-                    stage="rejection_sampling")
+                    stage="rejection_sampling", seed=ctx.seed())
     ctx.state.artifacts[artifacts.POLICY] = out["model_path"]
     ctx.state.artifacts[artifacts.kept(k)] = str(ctx.stage_dir() / "kept.jsonl")
     return {**metrics, "train_loss": out["train_loss"]}
@@ -145,13 +145,10 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
 
 def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
     """The fine-tuning rows (kept samples, then the augmenter's) and the stage's metrics but training's."""
-    import torch
-
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
     out_dir = ctx.stage_dir()  # rejection_sampling, or rejection_sampling_after_ppo
     prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
     policy = ctx.artifact(artifacts.POLICY)
-    torch.manual_seed(cfg.seed * 1000 + 500 + k)  # a re-run round draws the same samples
     sampler = load_sampler(cfg, policy)
     reward = CombinedReward.for_run(ctx)
 

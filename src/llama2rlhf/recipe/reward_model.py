@@ -99,7 +99,10 @@ def _trainer_class():
 
 
 def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict], out_dir: Path, source: str,
-                 epochs: float | None = None) -> dict:
+                 epochs: float | None = None, seed: int | None = None) -> dict:
+    """A reward model from ``init_path`` (a new score head if it is a policy) trained on
+    ``rows``, saved to ``out_dir/model``; ``seed`` is the trainer's (the running stage's,
+    ``RunContext.seed``; by default ``cfg.seed``)."""
     from datasets import Dataset
     from trl import RewardConfig
 
@@ -135,7 +138,7 @@ def train_reward(cfg: Any, init_path: str, tokenizer_path: str, rows: list[dict]
     overrides = {"num_train_epochs": epochs} if epochs is not None else {}
     args = build_args(RewardConfig, stage_cfg, cfg, out_dir / "trainer", max_length=stage_cfg.max_length,
                       per_device_eval_batch_size=stage_cfg.eval_batch_size, dataset_num_proc=None, stage="reward",
-                      **overrides)
+                      seed=cfg.seed if seed is None else seed, **overrides)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
         peft_config=peft_config(cfg, "SEQ_CLS", model), reward_loss=loss,
@@ -220,14 +223,14 @@ def reward_stage(ctx) -> dict[str, Any]:
     n_collected = len(rows) - len(train_rows)
     out_dir = ctx.stage_dir("reward")
     init, tokenizer, epochs = _start(ctx, "helpfulness")
-    out = train_reward(cfg, init, tokenizer, rows, out_dir, source, epochs=epochs)
+    out = train_reward(cfg, init, tokenizer, rows, out_dir, source, epochs=epochs, seed=ctx.seed())
     ctx.state.artifacts[artifacts.REWARD] = out["model_path"]
     paths = {"helpfulness": out["model_path"]}
     safety_out = None
     if any(row_is_safety(r) for r in rows):
         init, tokenizer, epochs = _start(ctx, "safety")
         safety_out = train_reward(cfg, init, tokenizer, safety_mixture(rows, cfg.seed), out_dir / "safety", source,
-                                  epochs=epochs)
+                                  epochs=epochs, seed=ctx.seed())
         ctx.state.artifacts[artifacts.REWARD_SAFETY] = paths["safety"] = safety_out["model_path"]
 
     # the held-out comparisons, scored once by every model: bucket accuracies and whitening,

@@ -83,9 +83,10 @@ def assistant_masked(rows: Any, tokenizer) -> list[dict[str, list[int]]]:
 
 
 def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, rows: Any, out_dir: Path,
-              stage: str = "sft") -> dict[str, Any]:
+              stage: str = "sft", seed: int | None = None) -> dict[str, Any]:
     """Fine-tune ``init_path`` on conversational ``rows``; save to ``out_dir/model``. ``stage``
-    names the stage that trains, for the logger plugins.
+    names the stage that trains, for the logger plugins; ``seed`` is the trainer's (the
+    running stage's, ``RunContext.seed``; by default ``cfg.seed``).
 
     Under ``accelerate launch`` every process calls it with the same ``rows``."""
     from datasets import Dataset
@@ -116,6 +117,7 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         packing=False,
         dataset_num_proc=None,
         stage=stage,
+        seed=cfg.seed if seed is None else seed,
     )
     trainer = SFTTrainer(
         model=model,
@@ -148,7 +150,7 @@ def sft_rows(ctx) -> Any:
 def sft_stage(ctx) -> dict[str, Any]:
     cfg = ctx.cfg
     out = train_sft(cfg, cfg.sft, ctx.artifact(artifacts.BASE), ctx.artifact(artifacts.TOKENIZER), sft_rows(ctx),
-                    ctx.stage_dir("sft"))
+                    ctx.stage_dir("sft"), seed=ctx.seed())
     ctx.state.artifacts[artifacts.SFT] = ctx.state.artifacts[artifacts.POLICY] = out["model_path"]
     metrics = {k: v for k, v in out.items() if k != "model_path"}
     if ctx.world is not None:

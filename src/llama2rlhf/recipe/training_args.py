@@ -56,17 +56,18 @@ def trainer_callbacks(cfg: Any, stage: str) -> list[Any]:
 
 
 def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: set[str] = frozenset(), *,
-               stage: str, **overrides: Any):
+               stage: str, seed: int, **overrides: Any):
     """``config_cls(**fields)``: TrainConfig fields but ``exclude``, then ``extra_args``, then
-    ``overrides``; ``stage`` names the stage that trains, for the logger plugins."""
+    ``overrides``; ``stage`` names the stage that trains, for the logger plugins; ``seed``
+    (the stage's, ``RunContext.seed``) seeds the trainer and orders its data."""
     fields = OmegaConf.to_container(stage_cfg, resolve=True) if not isinstance(stage_cfg, dict) else dict(stage_cfg)
     extra = fields.pop("extra_args", {}) or {}
     kwargs = {k: v for k, v in fields.items() if k not in _OURS and k not in exclude}
     kwargs.update(
         output_dir=str(output_dir),
         bf16=use_bf16(str(stage_cfg.bf16)),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=seed,
+        data_seed=seed,
         save_strategy="no",  # the stage saves the final model itself, in one place
         # the logger plugins' integrations (logger=wandb: transformers' own W&B integration)
         report_to=report_to(cfg, stage),

@@ -22,6 +22,7 @@ from typing import Any
 
 from llama2rlhf.data.jsonl import write_json
 from llama2rlhf.runtime import distributed
+from llama2rlhf.runtime.seeding import stage_seed
 
 STATE_VERSION = 1
 
@@ -88,6 +89,11 @@ class RunContext:
 
     def stage_key(self, stage: str) -> str:
         return stage if self.round == 0 else f"round_{self.round}/{stage}"
+
+    def seed(self, purpose: str = "") -> int:
+        """The running stage's seed (``llama2rlhf.runtime.seeding``), or with ``purpose`` the
+        seed of an independent stream inside it."""
+        return stage_seed(self.cfg.seed, self.current_stage, self.round, purpose)
 
     def stage_dir(self, stage: str | None = None) -> Path:
         """The folder of ``stage`` in this round; by default the running stage's."""
