@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llama2rlhf.data.errors import InputError
+from llama2rlhf.recipe.pipeline import check_run_directory
 
 Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 
-CHECKS: list[Check] = []
+CHECKS: list[Check] = [
+    check_run_directory,  # the run directory a resumed run continues
+]
 
 
 def validate(cfg: Any, run_dir: Path) -> list[InputError]:
