@@ -2,15 +2,21 @@
 of objects, the other layout data sets are published in; and writing one JSON document.
 
 Reading names the file and 1-based line of any broken row (:class:`DataError`).
-:func:`write_jsonl` and :func:`write_json` are the one way the run writes its JSON files:
-both replace the file atomically (:func:`_replace_atomically`), so a reader, or a run
-killed mid-write, finds the old file or the complete new one, never half of it.
+
+This module is also the one way the run writes its files. :func:`write_jsonl`,
+:func:`write_json`, :func:`write_text` and :func:`write_bytes` replace a file atomically
+(:func:`_replace_atomically`), so a reader, or a run killed mid-write, finds the old file
+or the complete new one, never half of it; :func:`staging_folder` and
+:func:`replace_folder` do the same for a folder a library writes file by file (a model's
+``save_pretrained``). The one file that grows instead, ``metrics.jsonl``, is an append-only
+log (:func:`append_log`, read back by :func:`read_log`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -194,6 +200,107 @@ def write_json(path: PathLike, data: Any, *, indent: int | None = 2,
     """
     text = json.dumps(data, indent=indent, default=default) + "\n"
     _replace_atomically(path, [text.encode("ascii")])
+
+
+def write_text(path: PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path``, replacing it atomically (``report.md``)."""
+    _replace_atomically(path, [text.encode(encoding)])
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path``, replacing it atomically (a plot's PNG)."""
+    _replace_atomically(path, [bytes(data)])
+
+
+def staging_folder(path: PathLike) -> str:
+    """The folder to write a new version of the folder ``path`` into (its sibling
+    ``<name>.tmp``), emptied first: what a killed attempt left there is never mixed into
+    this one. :func:`replace_folder` then puts it in place of ``path``."""
+    target = os.path.abspath(os.fspath(path))
+    staging = target + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def replace_folder(staging: PathLike, path: PathLike) -> None:
+    """Put the complete folder ``staging`` (from :func:`staging_folder`) in place of the
+    folder ``path``: its files are fsynced, the old folder is renamed away, the new one
+    renamed in, then the old one removed. A kill at any moment leaves the old folder whole,
+    or no folder at ``path``, never files of two writes side by side."""
+    source, target = os.path.abspath(os.fspath(staging)), os.path.abspath(os.fspath(path))
+    for root, _, files in os.walk(source):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+    old = target + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(target):
+        os.replace(target, old)
+    os.replace(source, target)
+    _fsync_directory(os.path.dirname(target))
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def append_log(path: PathLike, record: Mapping[str, Any], *, default: Callable[[Any], Any] | None = None) -> None:
+    """Append ``record`` as one line to the append-only JSON Lines log ``path`` (created if
+    missing), in one write, flushed.
+
+    Appending keeps every earlier record whatever happens to this one, where rewriting the
+    file would risk them all. A kill mid-append can leave the last line cut short (no
+    newline at its end): that fragment was never a record, and it is dropped before this
+    one is appended, so the log is whole lines plus at most a cut last line, which
+    :func:`read_log` skips. ``default`` and NaN as in :func:`write_json`.
+    """
+    line = (json.dumps(dict(record), default=default) + "\n").encode("utf-8")
+    with open(os.fspath(path), "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        if end:
+            handle.seek(end - 1)
+            if handle.read(1) != b"\n":
+                handle.truncate(_last_line_start(handle, end))
+                handle.seek(0, os.SEEK_END)
+        handle.write(line)
+        handle.flush()
+
+
+def _last_line_start(handle: Any, end: int, chunk: int = 65536) -> int:
+    """The offset just past the last newline before ``end`` (0 when there is none)."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        handle.seek(start)
+        found = handle.read(pos - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        pos = start
+    return 0
+
+
+def read_log(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for every record of a log written by
+    :func:`append_log`; a last line cut short by a kill (no newline at its end, not valid
+    JSON) is skipped. Any other broken line is a :class:`DataError`, as in
+    :func:`read_jsonl`."""
+    file = os.fspath(path)
+    with open(file, "rb") as handle:
+        data = handle.read()
+    cut = not data.endswith(b"\n")
+    lines = data.split(b"\n")
+    if not cut:
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if cut and number == len(lines):
+                return
+            raise DataError(file, number, None, f"not a JSON record ({err})") from None
+        if not isinstance(row, dict):
+            raise DataError(file, number, None, "expected a JSON object")
+        yield number, row
 
 
 def append_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> int:

@@ -32,12 +32,17 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # legends placed under the axes stay in
+    import io
+
     import matplotlib.pyplot as plt
 
+    from llama2rlhf.data.jsonl import write_bytes
+
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI, bbox_inches="tight")  # legends placed under the axes stay in
     plt.close(fig)
+    write_bytes(path, png.getvalue())  # replaced whole, as every file the run writes
     return path
 
 

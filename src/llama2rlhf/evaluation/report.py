@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from llama2rlhf.data.jsonl import write_text
 from llama2rlhf.data.strength import PAPER_HELPFULNESS_RM_ACCURACY, PAPER_HELPFULNESS_RM_ACCURACY_OVERALL, STRENGTHS
 from llama2rlhf.evaluation import plots
 from llama2rlhf.evaluation.progress import gatt_table, progress_table
@@ -345,8 +346,7 @@ def write_report(run_dir: Path, summary: dict[str, Any] | None = None, config: A
             path.unlink(missing_ok=True)  # an earlier build's plot would no longer match the summary
             md += [f"_{note}_", ""]
     report = out_dir / REPORT
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(md), encoding="utf-8")
+    write_text(report, "\n".join(md))
     return report
 
 

@@ -1,7 +1,11 @@
 """The pipeline: base model, the configured stages, then the RLHF rounds.
 
 Each stage runs once per run directory: a finished stage is recorded in ``state.json``
-with the artifacts it produced, and skipped when the same run directory is used again.
+with the artifacts it produced, and skipped when the same run directory is used again; a
+stage that did not finish (the run was killed in it) runs again from its start, and
+rewrites whatever its earlier attempt left in its folder. A run directory that holds done
+stages the config does not plan, or artifacts gone from disk, is refused before anything
+runs (:func:`check_run_directory`).
 ``summary.json``'s ``plugins`` says which plugin provided what the run selected of every
 kind, with its options (:func:`selected_plugins`).
 
@@ -21,7 +25,7 @@ from llama2rlhf import plugins
 from llama2rlhf.config import node_plugin, round_stage_keys
 from llama2rlhf.evaluation.final import final_metrics
 from llama2rlhf.runtime import artifacts, distributed
-from llama2rlhf.runtime.run import RunContext
+from llama2rlhf.runtime.run import RunContext, run_dir_problems
 from llama2rlhf.runtime.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,24 @@ def stages_used(cfg: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def planned_keys(cfg: Any) -> list[str]:
+    """Every key a run of ``cfg`` records as done in ``state.json``, in order: ``base``, the
+    stages of ``pipeline.stages``, then each round's stages (``round_<k>/<name it runs
+    as>``) and the round itself (``round_<k>``)."""
+    keys = ["base", *cfg.pipeline.stages]
+    for k in range(1, cfg.pipeline.rounds + 1):
+        keys += [f"round_{k}/{as_name}" for _, as_name in round_plan(cfg, k)] + [f"round_{k}"]
+    return keys
+
+
+def check_run_directory(cfg: Any, run_dir: Path, stages: list[str]) -> list:
+    """The check (``llama2rlhf.recipe.validate``) of the run directory a resumed run
+    continues: ``state.json`` and ``summary.json`` readable, every done stage one this
+    config plans and a plugin registers, every artifact still on disk
+    (``llama2rlhf.runtime.run.run_dir_problems``)."""
+    return run_dir_problems(Path(run_dir), planned_keys(cfg))
+
+
 def selected_plugins(cfg: Any) -> dict[str, Any]:
     """What the run selected of every kind, by config group (``reward_loss``, ``reward``,
     ``sampler`` ...), then ``logger`` and the ``stages`` it runs: each with its name, the
@@ -137,7 +159,8 @@ def run(cfg: Any, run_dir: Path) -> RunContext:
     distributed.setup(cfg)
     # one run directory, the main process's: Hydra's ${now:...} can differ between processes
     run_dir = Path(distributed.from_main(str(run_dir)))
-    ctx = RunContext.open(cfg, run_dir, make_world(cfg))
+    # a run directory that cannot be continued stops the run here, before anything is written
+    ctx = RunContext.open(cfg, run_dir, make_world(cfg), plan=planned_keys(cfg))
     distributed.wait_for_everyone()  # all have read state.json before the main process rewrites it
     ctx.summary["num_processes"] = distributed.num_processes()
     ctx.summary["plugins"] = selected_plugins(cfg)

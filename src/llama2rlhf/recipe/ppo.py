@@ -77,25 +77,6 @@ def _guard_callback(kind: str, max_kl: float, checkpoint_steps: int, save_good):
     return Guard()
 
 
-def _save_atomic(trainer, start: str, cfg: Any, target: Path) -> None:
-    """Save to a sibling folder, then swap it in: a kill mid-save leaves the old checkpoint.
-    Every process calls it (saving may gather sharded weights); the main one writes."""
-    tmp = target.with_name(target.name + ".tmp")
-    if distributed.is_main_process():
-        shutil.rmtree(tmp, ignore_errors=True)
-    # LoRA: merged weights are saved; training goes on with the adapter
-    save_trained_model(trainer, tmp, lambda: load_causal_lm(start, cfg), keep_training=True)
-    distributed.main_process_only(_swap_in, tmp, target)
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _eval_prompts(ctx) -> list:
     """Held-out prompts as (messages, is_safety, toy prompt or None)."""
     if ctx.world is not None:
@@ -286,7 +267,9 @@ def _online_rl_stage(kind: str):
         holder: dict[str, Any] = {}
 
         def save_policy(target: Path) -> None:
-            _save_atomic(holder["trainer"], start, cfg, target)
+            # swapped in whole (save_trained_model): a kill mid-save keeps the last good checkpoint;
+            # LoRA: merged weights are saved, training goes on with the adapter
+            save_trained_model(holder["trainer"], target, lambda: load_causal_lm(start, cfg), keep_training=True)
 
         def save_good(step: int) -> None:
             save_policy(good_dir)

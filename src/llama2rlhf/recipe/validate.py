@@ -32,6 +32,7 @@ from llama2rlhf.config.checks import config_problems
 from llama2rlhf.data.checks import data_problems
 from llama2rlhf.data.errors import InputError
 from llama2rlhf.recipe.annotators import label_problems
+from llama2rlhf.recipe.pipeline import check_run_directory
 from llama2rlhf.runtime.length_checks import length_problems
 from llama2rlhf.runtime.model_checks import model_problems
 
@@ -42,7 +43,7 @@ Check = Callable[[Any, Path, list[str]], Iterable[InputError]]
 # and models are; one problem is then not reported twice in other words.
 CHECKS: list[list[Check]] = [
     [config_problems, plugins.option_problems],
-    [data_problems, label_problems, model_problems],
+    [data_problems, label_problems, model_problems, check_run_directory],
     [length_problems],
 ]
 

@@ -35,6 +35,10 @@ REWARD_SAFETY = "reward_safety"
 REWARD_WHITENING = "reward_whitening"
 GATT_BASELINE = "gatt_baseline"
 
+# the artifacts that are model folders (config.json and weights) when they are in the run
+# directory; a resumed run checks that each is whole (llama2rlhf.runtime.run.run_dir_problems)
+MODELS = (BASE, SFT, POLICY, REWARD, REWARD_SAFETY, GATT_BASELINE)
+
 # reward model (the names combiners read their scores under) -> its artifact
 REWARD_MODELS = {"helpfulness": REWARD, "safety": REWARD_SAFETY}
 

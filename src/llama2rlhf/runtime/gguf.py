@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from llama2rlhf.data.errors import InputError
+from llama2rlhf.data.jsonl import replace_folder, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ def convert_gguf(name_or_path: str, gguf_file: str, out_dir: Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     del loaded
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    # written aside and swapped in whole: a kill mid-save leaves no half checkpoint at out_dir
+    staging = staging_folder(out_dir)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    replace_folder(staging, out_dir)
     n = sum(p.numel() for p in model.parameters())
     log.info("converted %s (%.1fM parameters) to a float32 checkpoint in %s", path, n / 1e6, out_dir)
     return out_dir

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llama2rlhf.data.errors import ConfigError, InputError, one_line
+from llama2rlhf.data.jsonl import replace_folder, staging_folder
 from llama2rlhf.data.templates import llama2_chat_template, plain_chat_template
 from llama2rlhf.runtime import artifacts
 from llama2rlhf.runtime.model_checks import key_of, source_problem
@@ -60,8 +61,11 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
             max_position_embeddings=m.max_position_embeddings,
             seed=cfg.seed,
         )
-        model.save_pretrained(out_dir)
-        tok.save_pretrained(out_dir)
+        # written aside and swapped in whole, as every model folder the run writes
+        staging = staging_folder(out_dir)
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        replace_folder(staging, out_dir)
         n = sum(p.numel() for p in model.parameters())
         log.info("built a tiny Llama with %.2fM parameters and a %d-token BPE tokenizer", n / 1e6, len(tok))
         return {artifacts.BASE: str(out_dir), artifacts.TOKENIZER: str(out_dir)}
@@ -77,7 +81,9 @@ def build_base(cfg: Any, world: Any, out_dir: Path) -> dict[str, str]:
             # converted once, here: later stages load a plain checkpoint
             base = str(convert_gguf(base, m.gguf_file, out_dir / "model"))
         tok = load_tokenizer(base, trust_remote_code=m.trust_remote_code, key=None if m.gguf_file else "model.name_or_path")
-        tok.save_pretrained(out_dir / "tokenizer")
+        staging = staging_folder(out_dir / "tokenizer")
+        tok.save_pretrained(staging)
+        replace_folder(staging, out_dir / "tokenizer")
         return {artifacts.BASE: base, artifacts.TOKENIZER: str(out_dir / "tokenizer")}
     raise ConfigError("model.kind", "must be toy or hf", m.kind)
 
@@ -163,6 +169,11 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
     """Save what ``trainer`` trained, with its tokenizer, as a plain checkpoint in ``out_dir``
     that later stages load with ``from_pretrained``; LoRA adapters are merged in.
 
+    The checkpoint is written into a staging folder and then swapped in whole
+    (``llama2rlhf.data.jsonl.replace_folder``): a run killed mid-save leaves the folder
+    ``out_dir`` had before, or none, never a partial one, and nothing of a killed attempt's
+    save survives into the next.
+
     Call it on every process: ``Trainer.save_model`` gathers the weights that FSDP or
     DeepSpeed ZeRO-3 sharded (collectives) and writes on the main process alone. With LoRA
     in one process the adapter is merged in memory (into a copy when ``keep_training``); over
@@ -171,20 +182,24 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
     """
     from llama2rlhf.runtime import distributed
 
+    # emptied by the main process before any process writes into it (main_process_only waits)
+    staging = Path(distributed.main_process_only(staging_folder, out_dir))
     with _saveable(trainer):
         model = getattr(trainer.model, "policy", trainer.model)  # TRL's PPO trains policy and value together
         if not hasattr(model, "merge_and_unload"):
-            trainer.save_model(str(out_dir))
+            trainer.save_model(str(staging))
         elif not distributed.is_distributed():
             import copy
 
-            (copy.deepcopy(model) if keep_training else model).merge_and_unload().save_pretrained(out_dir)
-            trainer.processing_class.save_pretrained(out_dir)
+            (copy.deepcopy(model) if keep_training else model).merge_and_unload().save_pretrained(staging)
+            trainer.processing_class.save_pretrained(staging)
         else:
-            adapter_dir = out_dir.with_name(out_dir.name + "-adapter")
+            adapter = out_dir.with_name(out_dir.name + "-adapter")
+            adapter_dir = Path(distributed.main_process_only(staging_folder, adapter))
             trainer.save_model(str(adapter_dir))
-            distributed.main_process_only(_merge_adapter, load_base, adapter_dir, out_dir, trainer.processing_class)
-    distributed.wait_for_everyone()  # the others load it next
+            distributed.main_process_only(_merge_adapter, load_base, adapter_dir, staging, trainer.processing_class)
+    distributed.wait_for_everyone()  # every process is done saving
+    distributed.main_process_only(replace_folder, staging, out_dir)  # the others wait: they load it next
 
 
 def _merge_adapter(load_base: Callable[[], Any], adapter_dir: Path, out_dir: Path, tokenizer) -> None:

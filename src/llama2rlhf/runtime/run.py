@@ -4,9 +4,14 @@ Layout under Hydra's run dir (docs/design.md, "Run directory")::
 
     state.json        finished stages and artifact paths, rewritten atomically
     summary.json      the numbers a person reads first, rewritten after every stage
-    metrics.jsonl     one line per logged metric record
+    metrics.jsonl     one line per logged metric record, an append-only log
     base/             the starting model and tokenizer
     sft/ reward/      one folder per stage (round k: round_k/<stage>/)
+
+A run given a run directory that already holds ``state.json`` continues it: stages named
+in its ``done`` list are skipped, the others run. :func:`run_dir_problems` says what stops
+that (a file that cannot be read, a done stage the config does not plan, an artifact gone
+from disk); a broken file is named and left as it is, never rewritten.
 
 Under ``accelerate launch`` every process holds a RunContext, and the main process alone
 writes these files (``llama2rlhf.runtime.distributed``); the others keep the same state in memory.
@@ -16,15 +21,81 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama2rlhf.data.jsonl import write_json
+from llama2rlhf.data.errors import DataError, InputError
+from llama2rlhf.data.jsonl import append_log, read_log, write_json
+from llama2rlhf.runtime import artifacts as artifact_names
 from llama2rlhf.runtime import distributed
 from llama2rlhf.runtime.seeding import stage_seed
 
 STATE_VERSION = 1
+STATE_FILE = "state.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+_NEW_RUN_DIR = "start in a new run directory (hydra.run.dir=...)"
+_LEFT_AS_IS = "the file is left as it is"
+_WHAT = {
+    STATE_FILE: "the run's record of its finished stages cannot be read, so it cannot tell what to redo",
+    SUMMARY_FILE: "the numbers of the run's finished stages cannot be read, and would be lost",
+}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _broken(path: Path, line: int | None, field_name: str | None, reason: str) -> DataError:
+    """A run-directory file that cannot be used: where, what, and what to do."""
+    return DataError(str(path), line, field_name,
+                     f"{reason}: {_WHAT[path.name]}; restore the file from a copy, or {_NEW_RUN_DIR}; {_LEFT_AS_IS}")
+
+
+def read_run_file(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``state.json`` or ``summary.json`` (None when there is no such
+    file); a :class:`~llama2rlhf.data.errors.DataError` naming the file, the line and
+    column of broken JSON, and what to do, for anything else. Only ever reads."""
+    if not path.exists():
+        return None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _broken(path, raw.count(b"\n", 0, err.start) + 1, None,
+                      f"not UTF-8 text (byte 0x{raw[err.start]:02x} at byte offset {err.start})") from None
+    if not text.strip():
+        raise _broken(path, None, None, "the file is empty (cut short by a kill or a full disk?)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _broken(path, err.lineno, None, f"invalid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(data, dict):
+        raise _broken(path, None, None, f"expected a JSON object, got {_json_type(data)}")
+    return data
+
+
+def _check_fields(path: Path, data: dict[str, Any], fields: dict[str, tuple[type, type | None, str]]) -> None:
+    """Each present key of ``fields`` holds a value of its type (and items of its item type)."""
+    for key, (kind, items, what) in fields.items():
+        if key not in data:
+            continue
+        value = data[key]
+        inner = value.values() if isinstance(value, dict) else value
+        if not isinstance(value, kind) or (items is not None and not all(isinstance(v, items) for v in inner)):
+            raise _broken(path, None, key, f"must be {what}, got {_json_type(value)}")
+
+
+_STATE_FIELDS = {"done": (list, str, "a list of stage keys"),
+                 "artifacts": (dict, str, "an object of artifact name to path"),
+                 "events": (list, dict, "a list of objects")}
+_SUMMARY_FIELDS = {"rounds": (list, dict, "a list of objects, one per round"),
+                   "timings": (dict, None, "an object of stage key to seconds"),
+                   "data": (dict, None, "an object")}
 
 
 @dataclass
@@ -38,11 +109,20 @@ class RunState:
 
     @classmethod
     def load(cls, path: Path) -> "RunState":
-        if not path.exists():
+        """The state in ``path`` (empty when there is no file yet); a broken file is a
+        :class:`~llama2rlhf.data.errors.DataError` naming it, and is left as it is."""
+        data = read_run_file(path)
+        if data is None:
             return cls(path)
-        data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != STATE_VERSION:
-            raise RuntimeError(f"{path}: state version {data.get('version')!r}, expected {STATE_VERSION}")
+            raise DataError(str(path), None, "version", (
+                f"is {data.get('version')!r}, this llama2rlhf reads version {STATE_VERSION}: the run directory "
+                f"was written by another version of llama2rlhf; continue it with that version, or {_NEW_RUN_DIR}; "
+                f"{_LEFT_AS_IS}"))
+        for key in ("done", "artifacts"):
+            if key not in data:
+                raise _broken(path, None, key, "missing")
+        _check_fields(path, data, _STATE_FIELDS)
         return cls(path, list(data["done"]), dict(data["artifacts"]), list(data.get("events", [])))
 
     def save(self) -> None:
@@ -67,6 +147,132 @@ class RunState:
         self.save()
 
 
+def load_summary(path: Path) -> dict[str, Any]:
+    """``summary.json`` (empty when there is none yet); a broken one is a
+    :class:`~llama2rlhf.data.errors.DataError` naming it, and is left as it is."""
+    data = read_run_file(path)
+    if data is None:
+        return {}
+    _check_fields(path, data, _SUMMARY_FIELDS)
+    return data
+
+
+# a model folder holds its weights in one of these (transformers' file names, with the index
+# of a sharded checkpoint); checked by name, so that validation imports no transformers
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def missing_weights(folder: Path) -> str | None:
+    """What a model folder lacks to load (its ``config.json``, its weights, a shard its
+    index names), or None when it is complete."""
+    if not (folder / "config.json").is_file():
+        return "no config.json"
+    if any((folder / name).is_file() for name in _WEIGHTS):
+        return None
+    for name in _WEIGHT_INDEXES:
+        index = folder / name
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return f"{name} cannot be read"
+            gone = sorted(s for s in shards if not (folder / s).is_file())
+            return f"no {gone[0]} (a shard {name} names)" if gone else None
+    return f"no weights ({' or '.join(_WEIGHTS + _WEIGHT_INDEXES)})"
+
+
+def _stage_of(path: Path, run_dir: Path) -> str | None:
+    """The stage key whose folder holds ``path`` (``sft``, ``round_2/reward``), if any."""
+    try:
+        parts = path.resolve().relative_to(run_dir.resolve()).parts
+    except ValueError:
+        return None
+    if not parts:
+        return None
+    if parts[0].startswith("round_") and len(parts) > 1:
+        return f"{parts[0]}/{parts[1]}"
+    return parts[0]
+
+
+def _unplanned(key: str, plan: Sequence[str]) -> str:
+    """Why the done stage ``key`` is not one the config plans."""
+    from llama2rlhf import plugins
+
+    rounds = sum(1 for k in plan if k.startswith("round_") and "/" not in k)
+    head, _, name = key.rpartition("/")
+    if (head or name).startswith("round_") and (head or name) not in plan:
+        return f"the config plans {rounds} round(s) (pipeline.rounds={rounds})"
+    if name and name not in ("base",) and not name.startswith("round_"):
+        registered = plugins.registry("stages")
+        stage = name if name in registered else name.split("_after_")[0]
+        if stage not in registered:
+            return (f"no installed plugin registers a stage {stage!r} (stages: {', '.join(sorted(registered))}); "
+                    f"install the plugin that ran it")
+    if head:
+        planned = [k.split("/", 1)[1] for k in plan if k.startswith(head + "/")]
+        return f"the config's {head.replace('_', ' ')} runs {', '.join(planned)}"
+    before = [k for k in plan if "/" not in k and not k.startswith("round_") and k != "base"]
+    return f"the config's pipeline.stages=[{', '.join(before)}]"
+
+
+def run_dir_problems(run_dir: Path, plan: Sequence[str] | None = None) -> list[InputError]:
+    """What stops a run from continuing in ``run_dir`` (nothing when there is no
+    ``state.json`` yet): ``state.json`` or ``summary.json`` that cannot be read; a done stage
+    that ``plan`` (the stage keys the run's config records as done, in order) does not hold,
+    or that no installed plugin registers; an artifact ``state.json`` names that is gone
+    from disk, or a model folder without its weights. Each problem is one line naming the
+    file, stage or path and what to do; nothing is written."""
+    state_path, summary_path = run_dir / STATE_FILE, run_dir / SUMMARY_FILE
+    problems: list[InputError] = []
+    try:
+        state = RunState.load(state_path)
+    except InputError as exc:
+        problems.append(exc)
+        state = None
+    try:
+        load_summary(summary_path)
+    except InputError as exc:
+        problems.append(exc)
+    if state is None:
+        return problems
+    redo = f'remove it from "done" in {state_path} to run it again, or {_NEW_RUN_DIR}'
+    if plan is not None:
+        for key in state.done:
+            if key not in plan:
+                problems.append(InputError(
+                    f"{state_path}: done stage {key!r} is not in this run's plan: {_unplanned(key, plan)}; this run "
+                    f"directory holds a run of another config: continue it with that config, {redo}"))
+    by_path: dict[Path, list[str]] = {}
+    for name, value in state.artifacts.items():
+        if Path(value).is_absolute():  # not: a Hub id or a path the config gives (the models check's)
+            by_path.setdefault(Path(value), []).append(name)
+    moved: list[tuple[str, Path]] = []
+    for path, names in by_path.items():
+        stage = _stage_of(path, run_dir)
+        named = (f"artifact {names[0]!r} is" if len(names) == 1
+                 else f"artifacts {', '.join(map(repr, names))} are")
+        if stage is None and not path.exists():
+            moved.append((names[0], path))
+            continue
+        what_to_do = (f"stage {stage!r} made it: remove {stage!r} from \"done\" in {state_path} to redo that stage, "
+                      f"or {_NEW_RUN_DIR}") if stage in state.done else _NEW_RUN_DIR
+        if not path.exists():
+            problems.append(InputError(f"{state_path}: {named} {path}, which does not exist; {what_to_do}"))
+        elif path.is_dir() and (any(n in artifact_names.MODELS for n in names) or (path / "config.json").exists()):
+            lacks = missing_weights(path)
+            if lacks:
+                problems.append(InputError(f"{state_path}: {named} the model folder {path}, which has {lacks} "
+                                           f"(a save cut short?); {what_to_do}"))
+    if moved:
+        name, path = moved[0]
+        others = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""
+        problems.append(InputError(
+            f"{state_path}: artifact {name!r} is {path}, which does not exist{others}, outside this run directory: "
+            f"if the run directory was moved, move it back, or {_NEW_RUN_DIR}"))
+    return problems
+
+
 @dataclass
 class RunContext:
     """What every stage receives: the config, the run directory, state and summary."""
@@ -80,11 +286,16 @@ class RunContext:
     current_stage: str = ""  # the name the running stage runs as (see pipeline.run_stage)
 
     @classmethod
-    def open(cls, cfg: Any, run_dir: Path, world: Any = None) -> "RunContext":
+    def open(cls, cfg: Any, run_dir: Path, world: Any = None, plan: Sequence[str] | None = None) -> "RunContext":
+        """The context of a run in ``run_dir``, continuing what its ``state.json`` records.
+        Raises the first of :func:`run_dir_problems` (``plan``: the stage keys the config
+        records as done, ``llama2rlhf.recipe.pipeline.planned_keys``; None skips that check)."""
+        problems = run_dir_problems(run_dir, plan)
+        if problems:
+            raise problems[0]
         run_dir.mkdir(parents=True, exist_ok=True)
-        state = RunState.load(run_dir / "state.json")
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+        state = RunState.load(run_dir / STATE_FILE)
+        summary = load_summary(run_dir / SUMMARY_FILE)
         return cls(cfg, run_dir, state, summary, world)
 
     def stage_key(self, stage: str) -> str:
@@ -139,13 +350,19 @@ class RunContext:
 
     def save_summary(self) -> None:
         if distributed.is_main_process():
-            write_json(self.run_dir / "summary.json", self.summary, default=str)
+            write_json(self.run_dir / SUMMARY_FILE, self.summary, default=str)
 
     def log_metrics(self, prefix: str, metrics: dict[str, Any]) -> None:
-        if not distributed.is_main_process():
-            return
-        # an append-only log, one record per call: appending keeps every earlier record
-        # whatever happens to this one, where rewriting the file would risk them all
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"prefix": prefix, "round": self.round, "time": time.time(), **metrics}, default=str))
-            f.write("\n")
+        if distributed.is_main_process():
+            append_log(self.run_dir / METRICS_FILE,
+                       {"prefix": prefix, "round": self.round, "time": time.time(), **metrics}, default=str)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` in ``run_dir``, oldest first (none when there is no
+    such file); a last line cut short by a kill is left out. A stage that was redone after a
+    kill has a record from each attempt that reached its end: the last one counts."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [record for _, record in read_log(path)]
