@@ -174,8 +174,9 @@ def test_a_done_stage_before_the_rounds_that_pipeline_stages_leaves_out(cli, tmp
     run = tmp_path / "run"
     finished_sft(run)
     before = snapshot(run)
-    assert_bad(cli(f"hydra.run.dir={run}", *TINY, "pipeline.stages=[reward]"), "done stage 'sft'",
-               "pipeline.stages=[reward]")
+    # a config that is sound on its own: a reward model from the base checkpoint, no rounds
+    assert_bad(cli(f"hydra.run.dir={run}", *TINY, "pipeline.stages=[reward]", "pipeline.rounds=0",
+                   "reward_model.init_from=base"), "done stage 'sft'", "pipeline.stages=[reward]")
     assert snapshot(run) == before
 
 
