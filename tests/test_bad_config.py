@@ -11,23 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import assert_bad, snapshot
+from conftest import TINY, assert_bad, snapshot
 from llama2rlhf.data.errors import ConfigError
 
-# tests/test_pipeline.py's tiny run
-TINY = [
-    "data.n_sft=160", "data.n_pairs=160", "data.n_eval_pairs=40", "data.n_eval_prompts=16",
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2",
-    "model.vocab_size=400", "sft.num_train_epochs=1", "reward_model.num_train_epochs=1",
-    "eval.max_new_tokens=12",
-    "collect.n_prompts=24", "collect.max_new_tokens=10", "rs.n_prompts=16", "rs.k=3", "rs.search_prompts=6",
-    "rs.temperatures=[0.8,1.3]", "rs.train.num_train_epochs=1", "rs.max_new_tokens=10",
-    "ppo.n_prompts=16", "ppo.per_device_train_batch_size=8", "ppo.gradient_accumulation_steps=1",
-    "ppo.num_mini_batches=1", "ppo.max_new_tokens=10", "ppo.checkpoint_steps=1",
-    "gatt.n_dialogues=4", "gatt.max_turns=3", "gatt.max_new_tokens=10", "gatt.filter=false",
-    "gatt.eval_dialogues=4", "gatt.eval_turns=3",
-    "logger=none",
-]
 FILES = ["data=jsonl", "data.sft_path=sft.jsonl", "data.preference_path=prefs.jsonl"]
 REAL = [*FILES, "data.prompt_path=prompts.jsonl", "annotator=file", "gatt.constraints=list"]
 

@@ -10,25 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY
+
 CLI = str(Path(sys.executable).with_name("llama2rlhf"))
-TINY = [
-    "data.n_sft=160", "data.n_pairs=160", "data.n_eval_pairs=40", "data.n_eval_prompts=16",
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2",
-    "model.vocab_size=400", "sft.num_train_epochs=1", "reward_model.num_train_epochs=1",
-    "eval.max_new_tokens=12",
-    # rounds (and the round-0 collect) at tiny size
-    "collect.n_prompts=24", "collect.max_new_tokens=10", "rs.n_prompts=16", "rs.k=3", "rs.search_prompts=6",
-    "rs.temperatures=[0.8,1.3]", "rs.train.num_train_epochs=1", "rs.max_new_tokens=10",
-    # PPO: two iterations of 8 rollouts, a checkpoint after each
-    "ppo.n_prompts=16", "ppo.per_device_train_batch_size=8", "ppo.gradient_accumulation_steps=1",
-    "ppo.num_mini_batches=1", "ppo.max_new_tokens=10", "ppo.checkpoint_steps=1",
-    # Ghost Attention: four dialogues of up to three turns,
-    # unfiltered (a tiny model breaks every instruction), evaluated over three turns
-    "gatt.n_dialogues=4", "gatt.max_turns=3", "gatt.max_new_tokens=10", "gatt.filter=false",
-    "gatt.eval_dialogues=4", "gatt.eval_turns=3",
-    # W&B is the default logger; the tests about it keep it, the others skip its start-up
-    "logger=none",
-]
 # TINY with the default logger
 TINY_WANDB = [o for o in TINY if o != "logger=none"]
 # W&B with no account: auto mode logs offline (no WANDB_API_KEY, no ~/.netrc)
