@@ -16,12 +16,20 @@ from conftest import assert_bad, snapshot
 TINY = ["logger=none", "pipeline.rounds=1"]
 
 
+def weights_file(path: Path) -> None:
+    """A safetensors file whose header reads (what the run-directory check opens)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(path))
+
+
 def model_folder(folder: Path, weights: bool = True) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (folder / "tokenizer.json").write_text("{}")
     if weights:
-        (folder / "model.safetensors").write_bytes(b"weights")
+        weights_file(folder / "model.safetensors")
     return str(folder)
 
 
@@ -208,8 +216,16 @@ def test_a_sharded_model_folder_missing_a_shard(cli, tmp_path):
     (model / "model.safetensors").unlink()
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (model / "model.safetensors.index.json").write_text(json.dumps(index))
-    (model / "model-00001-of-00002.safetensors").write_bytes(b"half")
-    refused(cli, run, "artifacts 'sft', 'policy'", "no model-00002-of-00002.safetensors")
+    weights_file(model / "model-00001-of-00002.safetensors")
+    refused(cli, run, "artifacts 'sft', 'policy'", "names the shard model-00002-of-00002.safetensors")
+
+
+def test_a_model_folder_whose_weights_were_cut_short(cli, tmp_path):
+    run = tmp_path / "run"
+    finished_sft(run)
+    weights = run / "sft" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])
+    refused(cli, run, "artifacts 'sft', 'policy'", "cannot read model.safetensors", "redo that stage")
 
 
 def test_a_comparisons_file_that_was_deleted(cli, tmp_path):

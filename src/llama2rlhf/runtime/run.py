@@ -157,29 +157,13 @@ def load_summary(path: Path) -> dict[str, Any]:
     return data
 
 
-# a model folder holds its weights in one of these (transformers' file names, with the index
-# of a sharded checkpoint); checked by name, so that validation imports no transformers
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
 def missing_weights(folder: Path) -> str | None:
-    """What a model folder lacks to load (its ``config.json``, its weights, a shard its
-    index names), or None when it is complete."""
+    """What a model folder lacks to load (its ``config.json``, readable weights), or None."""
+    from llama2rlhf.runtime.model_checks import weights_problem
+
     if not (folder / "config.json").is_file():
         return "no config.json"
-    if any((folder / name).is_file() for name in _WEIGHTS):
-        return None
-    for name in _WEIGHT_INDEXES:
-        index = folder / name
-        if index.is_file():
-            try:
-                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return f"{name} cannot be read"
-            gone = sorted(s for s in shards if not (folder / s).is_file())
-            return f"no {gone[0]} (a shard {name} names)" if gone else None
-    return f"no weights ({' or '.join(_WEIGHTS + _WEIGHT_INDEXES)})"
+    return weights_problem(folder)
 
 
 def _stage_of(path: Path, run_dir: Path) -> str | None:
@@ -262,7 +246,7 @@ def run_dir_problems(run_dir: Path, plan: Sequence[str] | None = None) -> list[I
         elif path.is_dir() and (any(n in artifact_names.MODELS for n in names) or (path / "config.json").exists()):
             lacks = missing_weights(path)
             if lacks:
-                problems.append(InputError(f"{state_path}: {named} the model folder {path}, which has {lacks} "
+                problems.append(InputError(f"{state_path}: {named} the model folder {path}: {lacks} "
                                            f"(a save cut short?); {what_to_do}"))
     if moved:
         name, path = moved[0]
