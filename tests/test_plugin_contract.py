@@ -445,7 +445,7 @@ def test_a_stages_metrics_go_under_its_summary_key(fresh, world, tmp_path, stage
 
     fresh.register(throwaway("register_stages", "counted", stage), PLUGIN, distribution=DIST)
     assert fresh.named("stages", "counted").obj.summary_key == key  # the default is the registered name
-    ctx = RunContext.open(OmegaConf.create({"logger": {"name": "none"}}), tmp_path / "run", world)
+    ctx = RunContext.open(OmegaConf.create({"logger": {"name": "none"}, "seed": 0}), tmp_path / "run", world)
     ctx.round = 1
     run_stage(ctx, "counted")
     entry = json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"][0]

@@ -198,6 +198,7 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
             adapter_dir = Path(distributed.main_process_only(staging_folder, adapter))
             trainer.save_model(str(adapter_dir))
             distributed.main_process_only(_merge_adapter, load_base, adapter_dir, staging, trainer.processing_class)
+            distributed.main_process_only(replace_folder, adapter_dir, adapter)  # kept beside the merged model
     distributed.wait_for_everyone()  # every process is done saving
     distributed.main_process_only(replace_folder, staging, out_dir)  # the others wait: they load it next
 
