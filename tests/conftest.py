@@ -51,6 +51,22 @@ def tiny_llama(tokenizer):
     return build_tiny_llama(tokenizer, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
 
 
+@pytest.fixture(scope="session")
+def reward_model(tmp_path_factory, tokenizer):
+    """A tiny saved reward model, for the combiner's code path (``CombinedReward``)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("rm")
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def fresh(monkeypatch):
     """A plugin manager rebuilt from scratch for this test, and forgotten after it."""

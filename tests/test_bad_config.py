@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import TINY, assert_bad, snapshot
+from conftest import TINY, assert_bad
 from llama2rlhf.data.errors import ConfigError
 
 FILES = ["data=jsonl", "data.sft_path=sft.jsonl", "data.preference_path=prefs.jsonl"]
@@ -155,16 +155,6 @@ def test_a_run_with_real_files_and_the_toy_annotator_stops_before_sft(cli, tmp_p
     assert_bad(cli(f"hydra.run.dir={run}", *TINY, *FILES, "data.prompt_path=prompts.jsonl", "gatt.constraints=list"),
                "annotator='toy'")
     assert not (run / "sft").exists()
-
-
-def test_a_broken_rule_leaves_an_existing_run_directory_as_it_was(cli, tmp_path):
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text("- logger=none\n")
-    (run / "state.json").write_text('{"version": 1, "done": ["base"], "artifacts": {}}')
-    before = snapshot(run)
-    assert_bad(cli(f"hydra.run.dir={run}", *TINY, "collect.temperatures=[0.7]"), "collect.temperatures")
-    assert snapshot(run) == before
 
 
 def test_every_problem_is_listed(cli, tmp_path):

@@ -34,13 +34,15 @@ def test_validate_accepts_the_default_run_and_creates_nothing(cli, tmp_path):
     assert not run.exists()
 
 
-def test_a_bad_override_leaves_an_existing_run_directory_as_it_was(cli, tmp_path):
+@pytest.mark.parametrize("override,key", [("rs.kk=3", "rs.kk"), ("collect.temperatures=[0.7]", "collect.temperatures")],
+                         ids=["misspelt key", "broken rule"])
+def test_bad_input_leaves_an_existing_run_directory_as_it_was(cli, tmp_path, override, key):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- logger=none\n")
     (run / "state.json").write_text('{"version": 1, "done": ["base"], "artifacts": {}}')
     before = snapshot(run)
-    assert_bad(cli(f"hydra.run.dir={run}", *TINY, "rs.kk=3"), "rs.kk")
+    assert_bad(cli(f"hydra.run.dir={run}", *TINY, override), key)
     assert snapshot(run) == before
 
 

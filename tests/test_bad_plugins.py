@@ -372,20 +372,6 @@ def test_an_annotator_that_returns_the_wrong_structure(env, install, name):
         assert text in line, (text, line)
 
 
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory, tokenizer):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("rm")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 COMBINERS = {
     # the batch's mean: one number for every reply
     "pooled": (lambda scores, is_safety: scores["helpfulness"].mean(),

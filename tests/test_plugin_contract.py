@@ -227,21 +227,6 @@ def test_every_kind_has_a_case():
         assert (case.hook, case.label) == (plugins.KINDS[kind].hook, plugins.KINDS[kind].label)
 
 
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory, tokenizer):
-    """A tiny saved reward model, for the combiner's code path (``CombinedReward``)."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("rm")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture
 def env(fresh, world, tokenizer, reward_model, tmp_path):
     """(cfg, ctx, what the code paths need): a structured config on the CPU and a run context."""
