@@ -382,7 +382,8 @@ class Config:
     gatt: Any = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    # seeds the trainers, sampling and the annotator (the toy world has its own, toyworld.seed)
+    # seeds the trainers, sampling and the annotator: each stage's seed derives from it, the
+    # stage and the round (llama2rlhf.runtime.seeding); the toy world has its own, toyworld.seed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # under accelerate launch: how long the other processes wait for the main one, which

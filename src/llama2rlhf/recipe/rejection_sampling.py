@@ -20,6 +20,7 @@ from llama2rlhf.data.round_prompts import round_prompts
 from llama2rlhf.recipe.sft import train_sft
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime.seeding import seed_everything
 from llama2rlhf.sampling import load_sampler
 from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.sampling.temperature import search_temperature
@@ -135,6 +136,9 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
     # sampling, scoring, selection and augmentation on the main process alone; every
     # process then fine-tunes on the rows it kept (llama2rlhf.runtime.distributed)
     rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
+    # the sampling drew numbers on the main process alone: every process fine-tunes from the
+    # same generators again (a LoRA adapter's initial weights, say)
+    seed_everything(ctx.seed("train"))
     init = ctx.artifact(artifacts.POLICY) if rs.init_from == "previous" else ctx.artifact(rs.init_from)
     out = train_sft(cfg, rs.train, init, ctx.artifact(artifacts.TOKENIZER), rows, ctx.stage_dir(),
                     stage="rejection_sampling", seed=ctx.seed())
