@@ -12,10 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_kills_resume_to_the_same_run(tmp_path):
-    # aimed at stages whose redo is exact, and so are the stages after them that a kill which
-    # overshoots its stage lands in: every draw seeded, replies greedy. A redone first reward
-    # stage (its new reward head drawn from the process's random state) and a redone PPO
-    # stage (TRL shuffles its mini-batches with numpy's global generator) are not exact
+    # aimed at the run's last stages, and so are the stages after them that a kill which
+    # overshoots its stage lands in; every stage's redo is exact (llama2rlhf.runtime.seeding:
+    # each stage seeded from seed, stage and round), tests/test_resume_identical.py redoes each
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "chaos.py"), "--kills", "2", "--seed", "0",
          "--stages", "rejection_sampling_after_ppo,evaluate", "--workdir", str(tmp_path)],
