@@ -114,7 +114,7 @@ class ScriptedSampler:
         self.script = script
         self.prompts = []
 
-    def sample(self, prompts, n, temperature, max_new_tokens, desc=""):
+    def sample(self, prompts, n, temperature, max_new_tokens, desc="", seeds=None):
         self.prompts.append([list(p) for p in prompts])
         return [[Sample(self.script(p) if n == 1 else self.script(p, j), 3, True) for j in range(n)] for p in prompts]
 
@@ -276,7 +276,7 @@ class QueuedSampler:
         self.drawn: dict[str, int] = {}
         self.calls: list[tuple[int, int]] = []
 
-    def sample(self, prompts, n, temperature, max_new_tokens, desc=""):
+    def sample(self, prompts, n, temperature, max_new_tokens, desc="", seeds=None):
         self.calls.append((len(prompts), n))
         out = []
         for p in prompts:
@@ -406,7 +406,7 @@ def test_the_last_reply_is_the_rewards_best_of_the_samples_that_follow_the_instr
     scored = []
 
     class Reward:
-        def score(self, prompts, completions, is_safety, desc=None):
+        def score(self, prompts, completions, is_safety, desc=None, shard_size=None):
             scored.append((prompts, completions, is_safety))
             return [1.0 if "right" in c.lower() else -float(len(c)) for c in completions]
 

@@ -225,13 +225,12 @@ def test_sliding_window_models_take_the_plain_path(tokenizer, tiny_llama):
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 1.4])
-def test_inverse_cdf_sampling_draws_from_the_tempered_softmax(temperature):
-    from llama2rlhf.sampling.hf import inverse_cdf_sampling
+def test_seeded_sampling_draws_from_the_tempered_softmax(temperature):
+    from llama2rlhf.sampling.hf import row_keys, seeded_sampling
 
     logits = torch.tensor([2.0, 0.5, -1.0, 1.0, float("-inf")])
     rows = 40000
-    torch.manual_seed(0)
-    out = inverse_cdf_sampling(temperature)(None, logits.repeat(rows, 1))
+    out = seeded_sampling(temperature, row_keys(range(rows), 1))(None, logits.repeat(rows, 1))
     # exactly one finite logit per row, so greedy decoding takes the drawn token
     assert torch.isfinite(out).sum(-1).eq(1).all()
     drawn = out.argmax(-1)
@@ -239,6 +238,40 @@ def test_inverse_cdf_sampling_draws_from_the_tempered_softmax(temperature):
     want = torch.softmax(logits / temperature, -1)
     assert freq[4] == 0  # a token with probability 0 is never drawn
     assert torch.allclose(freq, want, atol=0.01), (freq, want)
+
+
+def test_seeded_uniforms_are_uniform_and_new_at_every_step():
+    from llama2rlhf.sampling.hf import row_keys, uniforms
+
+    keys = torch.tensor(row_keys(range(5000), 2), dtype=torch.long)
+    first, second = uniforms(keys, 0), uniforms(keys, 1)
+    for u in (first, second):
+        assert 0 < u.min() and u.max() < 1
+        assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.003
+        assert len(set(u.tolist())) > 9990  # 10000 rows, no structure
+    assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 0.05
+    assert torch.equal(uniforms(keys[7:9], 1), second[7:9])  # a row's draw depends on its key alone
+
+
+def test_a_prompts_samples_depend_on_its_seed_alone(tokenizer, tiny_llama):
+    from llama2rlhf.sampling.hf import HFSampler
+
+    sampler = HFSampler(tiny_llama, tokenizer, show_progress=False)
+    seeds = [11, 12, 13, 14]
+    together = sampler.sample(PROMPTS[:4], 3, 1.0, 10, seeds=seeds)
+    # alone, in another order, in smaller batches: the same samples for the same seed
+    alone = [sampler.sample([p], 3, 1.0, 10, seeds=[s])[0] for p, s in zip(PROMPTS[:4], seeds)]
+    assert together == alone
+    reordered = sampler.sample(PROMPTS[:4][::-1], 3, 1.0, 10, seeds=seeds[::-1])
+    assert reordered[::-1] == together
+    small = HFSampler(tiny_llama, tokenizer, show_progress=False, batch_tokens=40)
+    assert small.sample(PROMPTS[:4], 3, 1.0, 10, seeds=seeds) == together
+    # another seed, other samples; the K samples of a prompt differ from each other
+    other = sampler.sample(PROMPTS[:4], 3, 1.0, 10, seeds=[21, 22, 23, 24])
+    assert [[s.text for s in ss] for ss in other] != [[s.text for s in ss] for ss in together]
+    assert any(len({s.text for s in ss}) > 1 for ss in together)
+    with pytest.raises(ValueError, match="3 seeds for 4 prompts"):
+        sampler.sample(PROMPTS[:4], 1, 1.0, 5, seeds=seeds[:3])
 
 
 # --- decoding into reserved cache slots (llama2rlhf.runtime.speedups.kv_cache.reserved_cache) ---

@@ -390,7 +390,7 @@ def test_a_wrapped_samplers_prefix_cache_and_attributes_are_its_own(env, fresh):
     class WithPrefixes:
         show_progress = True
 
-        def sample(self, prompts, n, temperature, max_new_tokens, desc=None):
+        def sample(self, prompts, n, temperature, max_new_tokens, desc=None, seeds=None):
             return [[Sample("x", 1, True)] * n for _ in prompts]
 
         @contextlib.contextmanager
@@ -545,3 +545,25 @@ def test_summary_names_a_logger_plugin_by_its_config_node(fresh):
     logger = selected_plugins(events)["logger"]
     assert (logger["plugin"], logger["distribution"], logger["options"]["patience"]) == (
         "example", "llama2rlhf-example", 3)
+
+
+def test_a_sampler_without_seeds_gets_torchs_generator_seeded_per_call(env, fresh):
+    import torch
+
+    from llama2rlhf.sampling import SeedsThroughGenerator, load_sampler
+
+    cfg, _, _ = env
+
+    class Unseeded:
+        def sample(self, prompts, n, temperature, max_new_tokens, desc=None):
+            return [[Sample(str(torch.randint(0, 10**9, ()).item()), 1, True) for _ in range(n)] for _ in prompts]
+
+    fresh.register(throwaway("register_samplers", "unseeded", lambda model_path, cfg, **o: Unseeded()), PLUGIN,
+                   distribution=DIST)
+    cfg.sampler.name = "unseeded"
+    sampler = load_sampler(cfg, "/x")
+    assert isinstance(sampler.__wrapped__, SeedsThroughGenerator)
+    a = sampler.sample([[{"role": "user", "content": "hi"}]] * 2, 2, 1.0, 5, seeds=[7, 8])
+    b = sampler.sample([[{"role": "user", "content": "hi"}]] * 2, 2, 1.0, 5, seeds=[7, 8])
+    c = sampler.sample([[{"role": "user", "content": "hi"}]] * 2, 2, 1.0, 5, seeds=[9, 8])
+    assert a == b and a != c  # reproducible from the call's first seed

@@ -62,12 +62,16 @@ class DistinctSampler:
         self.redraws = redraws
         self.log_path = Path(log_path) if log_path else None
 
-    def sample(self, prompts, n: int, temperature: float, max_new_tokens: int, desc: Optional[str] = None):
+    def sample(self, prompts, n: int, temperature: float, max_new_tokens: int, desc: Optional[str] = None,
+               seeds: Optional[Sequence[int]] = None):
         """The sampler contract (:class:`llama2rlhf.sampling.Sampler`); ``desc`` labels the
-        progress output (and this sampler's log lines)."""
+        progress output (and this sampler's log lines). A redraw of a prompt draws from a
+        seed derived from the prompt's own, so it stays a function of that seed alone."""
+        from llama2rlhf.runtime.seeding import item_seeds
+
         desc = desc or "sampling"
         started = time.perf_counter()
-        out = self.inner.sample(prompts, n, temperature, max_new_tokens, desc=desc)
+        out = self.inner.sample(prompts, n, temperature, max_new_tokens, desc=desc, seeds=seeds)
         before = sum(distinct(ss) for ss in out)
         redrawn = 0
         # greedy decoding repeats itself by definition: nothing to redraw
@@ -77,7 +81,9 @@ class DistinctSampler:
                 break
             redrawn += len(repeating)
             more = self.inner.sample([prompts[i] for i in repeating], n, temperature, max_new_tokens,
-                                     desc=f"{desc} (redraw {attempt + 1})")
+                                     desc=f"{desc} (redraw {attempt + 1})",
+                                     seeds=None if seeds is None else
+                                     [item_seeds(seeds[i], [f"redraw {attempt + 1}"])[0] for i in repeating])
             for i, pool in zip(repeating, more, strict=True):
                 out[i] = replace_duplicates(out[i], pool)
         self.record({

@@ -23,7 +23,7 @@ class Scripted:
         self.answers = list(answers)
         self.calls = []
 
-    def sample(self, prompts, n, temperature, max_new_tokens, desc=None):
+    def sample(self, prompts, n, temperature, max_new_tokens, desc=None, seeds=None):
         self.calls.append((len(prompts), n, temperature, desc))
         return self.answers.pop(0)
 

@@ -386,9 +386,14 @@ class Config:
     # stage and the round (llama2rlhf.runtime.seeding); the toy world has its own, toyworld.seed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    # under accelerate launch: how long the other processes wait for the main one, which
-    # samples, scores and evaluates alone (llama2rlhf.runtime.distributed); the process group's timeout
+    # under accelerate launch: how long a process waits for the others at a collective call
+    # (the main one writing, a slow share of the sampling); the process group's timeout
     distributed_timeout_s: int = 14400
+    # prompts, dialogues or replies to score per unit of the sampling, scoring and
+    # evaluation work that the processes share out (llama2rlhf.runtime.distributed.shard).
+    # Results depend on it and never on the number of processes. The sampler batches within a
+    # unit (sampler.batch_tokens), so a unit should hold at least what a device samples at once
+    shard_size: int = 64
 
 
 def ppo_rounds(cfg: Any) -> list[int]:

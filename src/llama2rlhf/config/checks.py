@@ -545,6 +545,7 @@ def run_rules(cfg: Any, plan: Plan) -> list[InputError]:
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
         out.append(ConfigError("device", "must be auto, cpu, cuda (cuda:N), mps or xpu", device))
     out += at_least(cfg, "distributed_timeout_s", 1, "seconds the other processes wait for the main one")
+    out += at_least(cfg, "shard_size", 1, "items per unit of shared sampling and scoring work")
     return out
 
 

@@ -6,11 +6,16 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 
-def greedy_replies(sampler, messages: Sequence[Any], max_new_tokens: int) -> list[str]:
-    """Greedy replies to prompts given as message lists."""
-    samples = sampler.sample(list(messages), n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                             desc="evaluating (greedy)")
-    return [s[0].text for s in samples]
+def greedy_replies(sampler, messages: Sequence[Any], max_new_tokens: int, shard_size: int) -> list[str]:
+    """Greedy replies to prompts given as message lists, the prompts shared out among the
+    processes in chunks of ``shard_size`` (``llama2rlhf.runtime.distributed.shard``)."""
+    from llama2rlhf.runtime import distributed
+
+    def chunk(part: list[Any]) -> list[str]:
+        samples = sampler.sample(part, n=1, temperature=0.0, max_new_tokens=max_new_tokens, desc="evaluating (greedy)")
+        return [s[0].text for s in samples]
+
+    return distributed.shard(chunk, list(messages), shard_size)
 
 
 def gold_metrics(world, prompts: Sequence[Any], replies: Sequence[str]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 from llama2rlhf import hookimpl
 from llama2rlhf.data.errors import ConfigError, InputError
 from llama2rlhf.data.jsonl import read_jsonl, write_json, write_jsonl
-from llama2rlhf.runtime import artifacts
+from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime.seeding import item_seeds
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def best_last_replies(ctx, shown: list[list[str]], safety: list[list[bool]], rep
     flat = [(d, text) for d, texts in sorted(candidates.items()) for text in texts]
     scores = reward.score([[{"role": "user", "content": shown[d][len(replies[d]) - 1]}] for d, _ in flat],
                           [text for _, text in flat], [safety[d][len(replies[d]) - 1] for d, _ in flat],
-                          desc=f"GAtt last replies (round {ctx.round})")
+                          desc=f"GAtt last replies (round {ctx.round})", shard_size=ctx.cfg.shard_size)
     best: dict[int, tuple[float, str]] = {}
     for (d, text), score in zip(flat, scores, strict=True):
         if d not in best or score > best[d][0]:
@@ -162,9 +163,19 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
     # would cut the only reply that teaches
     fit_row = token_fitter(tokenizer, min(g.max_length, ctx.cfg.rs.train.max_length))
     shown = [[user_message(i, u) for u in us] for i, us in zip(instructions, turns, strict=True)]
-    replies = converse(sampler, [[] for _ in instructions], shown, g.temperature, g.max_new_tokens, fit,
-                       n=g.samples_per_turn if g.filter else 1, pick=pick, desc=f"GAtt dialogues (round {ctx.round})",
-                       first_draw=g.first_draw if g.filter else 0)
+    dialogue_seeds = item_seeds(ctx.seed(f"gatt dialogues {ctx.round}"), range(len(instructions)))
+
+    def chunk(ds: list[int]) -> list[tuple[list[str], list[str] | None]]:
+        got = converse(sampler, [[] for _ in ds], [shown[d] for d in ds], g.temperature, g.max_new_tokens, fit,
+                       n=g.samples_per_turn if g.filter else 1, pick=lambda i, t, texts: pick(ds[i], t, texts),
+                       desc=f"GAtt dialogues (round {ctx.round})", first_draw=g.first_draw if g.filter else 0,
+                       seeds=[dialogue_seeds[d] for d in ds])
+        return [(r, last_turn.get(d)) for d, r in zip(ds, got, strict=True)]
+
+    # dialogues shared out among the processes, each chunk held together from turn to turn
+    done = distributed.shard(chunk, list(range(len(instructions))), ctx.cfg.shard_size)
+    replies = [r for r, _ in done]
+    last_turn = {d: ok for d, (_, ok) in enumerate(done) if ok is not None}
     reranked = best_last_replies(ctx, shown, safety, replies, last_turn)
     examples, dropped = [], 0
     broken = sum(len(rs) < len(us) for us, rs in zip(turns, replies, strict=True))
@@ -179,13 +190,14 @@ def gatt(rows: list[dict], ctx) -> list[dict]:
         log.info("GAtt round %d: dropped %d middle turns from training dialogues to fit %d tokens (system prompt kept)",
                  ctx.round, dropped, min(g.max_length, ctx.cfg.rs.train.max_length))
     out_dir = ctx.stage_dir() / "gatt"
-    write_jsonl(out_dir / "examples.jsonl", examples)
     turns_kept = [(len(ex["prompt"]) - 1) // 2 + 1 for ex in examples]
     stats = {"round": ctx.round, "n_dialogues": len(instructions), "n_examples": len(examples),
              "ended_by_filter": broken, "last_reply_reranked": reranked, "middle_turns_dropped": dropped,
              "mean_turns": sum(turns_kept) / max(1, len(turns_kept)),
              "baseline_model": ctx.state.artifacts[artifacts.GATT_BASELINE]}
-    write_json(out_dir / "stats.json", stats)
+    if distributed.is_main_process():
+        write_jsonl(out_dir / "examples.jsonl", examples)
+        write_json(out_dir / "stats.json", stats)
     log.info("GAtt round %d: %d examples from %d dialogues (%d ended where no sample followed the instruction), "
              "%.1f turns on average",
              ctx.round, len(examples), len(instructions), broken, stats["mean_turns"])

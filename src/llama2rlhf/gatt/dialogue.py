@@ -154,6 +154,7 @@ def converse(
     pick: Callable[[int, int, list[str]], str | None] = lambda d, t, texts: texts[0],
     desc: str = "dialogues",
     first_draw: int = 0,
+    seeds: Sequence[int] | None = None,
 ) -> list[list[str]]:
     """Let the policy answer each dialogue's user turns one after another.
 
@@ -169,13 +170,16 @@ def converse(
     ``pick`` then sees all ``n`` in draw order. For a ``pick`` that keeps the first
     acceptable sample, the reply follows the same rule as drawing ``n`` at once, for fewer
     samples where most first draws hold an acceptable one.
+
+    ``seeds``: one per dialogue; each turn's samples draw from a seed of the dialogue's and
+    the turn's, so a dialogue goes the same way whichever others share its calls.
     """
     # a sampler that can keep each dialogue's keys and values from turn to turn (the hf
     # sampler's keep_prefixes) prefills only the new turn, not the whole dialogue again
     keep = getattr(sampler, "keep_prefixes", None)
     with keep() if keep is not None else contextlib.nullcontext() as store:
         replies, dropped = _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n, pick, desc,
-                                     first_draw)
+                                     first_draw, seeds)
     if getattr(store, "hits", 0):
         log.info("%s: %d prompts continued from their dialogue's cached keys and values (%d tokens not run again)",
                  desc, store.hits, store.hit_tokens)
@@ -184,7 +188,12 @@ def converse(
     return replies
 
 
-def _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n, pick, desc, first_draw):
+def _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n, pick, desc, first_draw, seeds):
+    from llama2rlhf.runtime.seeding import item_seeds
+
+    def turn_seeds(dialogues: list[int], key: str) -> list[int] | None:
+        return None if seeds is None else [item_seeds(seeds[d], [key])[0] for d in dialogues]
+
     replies: list[list[str]] = [[] for _ in openings]
     active = list(range(len(openings)))
     dropped = 0
@@ -202,12 +211,14 @@ def _converse(sampler, openings, user_turns, temperature, max_new_tokens, fit, n
             prompts.append(msgs)
         first = first_draw if 0 < first_draw < n else n
         texts = [[s.text for s in ss] for ss in sampler.sample(
-            prompts, n=first, temperature=temperature, max_new_tokens=max_new_tokens, desc=f"{desc}, turn {turn}")]
+            prompts, n=first, temperature=temperature, max_new_tokens=max_new_tokens, desc=f"{desc}, turn {turn}",
+            seeds=turn_seeds(active, f"turn {turn}"))]
         picked = [pick(d, turn, ts) for d, ts in zip(active, texts, strict=True)]
         again = [i for i, r in enumerate(picked) if r is None]
         if first < n and again:
             more = sampler.sample([prompts[i] for i in again], n=n - first, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, desc=f"{desc}, turn {turn}, second draw")
+                                  max_new_tokens=max_new_tokens, desc=f"{desc}, turn {turn}, second draw",
+                                  seeds=turn_seeds([active[i] for i in again], f"turn {turn}, second draw"))
             for i, ss in zip(again, more, strict=True):
                 picked[i] = pick(active[i], turn, texts[i] + [s.text for s in ss])
         still = []
@@ -228,12 +239,21 @@ def adherence_by_turn(
     user_turns: Sequence[Sequence[str]],
     max_new_tokens: int,
     fit: Callable[[Messages], tuple[Messages, int]],
+    shard_size: int = 64,
 ) -> dict[str, float]:
     """Fraction of dialogues whose greedy reply at turn t follows the instruction, given
     once in the system prompt (paper Table 30), by ``check`` (a checker; replies it cannot
     judge are left out); keys are turn numbers as strings."""
+    from llama2rlhf.runtime import distributed
+
     openings = [[{"role": "system", "content": i.text}] for i in instructions]
-    replies = converse(sampler, openings, user_turns, 0.0, max_new_tokens, fit, desc="GAtt evaluation")
+
+    def chunk(ds: list[int]) -> list[list[str]]:
+        return converse(sampler, [openings[d] for d in ds], [user_turns[d] for d in ds], 0.0, max_new_tokens, fit,
+                        desc="GAtt evaluation")
+
+    # dialogues shared out among the processes, each chunk held together from turn to turn
+    replies = distributed.shard(chunk, list(range(len(instructions))), shard_size)
     turns = max(len(u) for u in user_turns)
     out = {}
     for t in range(1, turns + 1):

@@ -17,7 +17,7 @@ from typing import Any
 
 from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.jsonl import write_json
-from llama2rlhf.runtime import artifacts
+from llama2rlhf.runtime import artifacts, distributed
 
 
 def heldout_dialogues(ctx) -> tuple[list, list[list[str]]]:
@@ -51,14 +51,15 @@ def model_adherence(ctx, model_path: str, cache: Path) -> dict[str, float]:
     from llama2rlhf.runtime.models import load_tokenizer
     from llama2rlhf.sampling import load_sampler
 
-    if cache.exists():
-        return json.loads(cache.read_text(encoding="utf-8"))
+    if distributed.from_main(cache.exists()):
+        return distributed.main_process_only(lambda: json.loads(cache.read_text(encoding="utf-8")))
     instructions, turns = heldout_dialogues(ctx)
     fit = token_fitter(load_tokenizer(model_path, trust_remote_code=ctx.cfg.model.trust_remote_code),
                        ctx.cfg.gatt.eval_max_length)
     out = adherence_by_turn(load_sampler(ctx.cfg, model_path), load_checker(ctx.cfg), instructions, turns,
-                            ctx.cfg.eval.max_new_tokens, fit)
-    write_json(cache, out)
+                            ctx.cfg.eval.max_new_tokens, fit, ctx.cfg.shard_size)
+    if distributed.is_main_process():
+        write_json(cache, out)
     return out
 
 

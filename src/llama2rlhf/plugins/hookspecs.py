@@ -80,9 +80,16 @@ def register_samplers(register: Register) -> None:
     sampler through ``llama2rlhf.sampling.load_policy(model_path, cfg)``, which returns the
     model on the run's device and its tokenizer; another engine from the folder itself),
     and returns a :class:`llama2rlhf.sampling.Sampler`:
-    ``sample(prompts, n, temperature, max_new_tokens, desc=None) -> list[list[Sample]]``,
-    for each prompt (a message list, in order) ``n`` completions with their token counts;
-    temperature 0 is greedy; ``desc`` is a label for progress output. ``options`` are the
+    ``sample(prompts, n, temperature, max_new_tokens, desc=None, seeds=None) ->
+    list[list[Sample]]``, for each prompt (a message list, in order) ``n`` completions with
+    their token counts; temperature 0 is greedy; ``desc`` is a label for progress output.
+    ``seeds`` holds one seed per prompt: draw prompt ``i``'s samples from ``seeds[i]`` alone
+    (the ``hf`` sampler keys each sample's draws by it and the sample's index; vLLM takes a
+    seed per request), so that they do not depend on the prompts that share the call. Under
+    ``accelerate launch`` every process samples its own share of the prompts, and this is
+    what makes their samples those of one process. A ``sample`` without the parameter
+    still works: torch's generator is seeded from each call's first seed, and the samples
+    then depend on how the prompts were shared out. ``options`` are the
     extra keys of the ``sampler`` node (``batch_tokens`` is every node's; the ``hf``
     sampler reads it). ``load_sampler`` refuses an object without ``sample`` with an error
     that names the plugin. Selected with ``sampler=<name>``.
@@ -130,6 +137,11 @@ def register_augmenters(register: Register) -> None:
     data) and ``ctx.stage_dir()`` for files.
     Called once per rejection-sampling fine-tune; return ``rows`` unchanged in rounds you
     skip. Selected with ``augmenter=<name>`` (``gatt`` by default, ``none`` to switch off).
+
+    Under ``accelerate launch`` it runs on every process, so that its sampling can be shared
+    out among them: sample through ``llama2rlhf.runtime.distributed.shard`` with seeds
+    from ``ctx.seed(...)`` (see ``gatt``), write files from the main process only
+    (``distributed.is_main_process()``). Every process trains on the main process's rows.
     """
 
 

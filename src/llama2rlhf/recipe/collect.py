@@ -21,23 +21,45 @@ from llama2rlhf.data.strength import STRENGTHS
 from llama2rlhf.recipe.annotation import AwaitingLabels, PairToLabel
 from llama2rlhf.reward.combined import is_safety_prompt
 from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime.seeding import item_seeds
 from llama2rlhf.sampling import load_sampler
 
 
 def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
+    """Two replies per prompt, one per temperature, each from its own seed per prompt; the
+    prompts are shared out among the processes (``shard_size`` per unit of work)."""
     cfg, k = ctx.cfg, ctx.round
     sampler = load_sampler(cfg, ctx.artifact(artifacts.POLICY))
-    messages = [p.messages for p in prompts]
-    a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})")
-            for t in temperatures)
+    seeds = [item_seeds(ctx.seed(f"reply {j}"), [p.id for p in prompts]) for j in range(len(temperatures))]
+
+    def replies(chunk: list[tuple]) -> list[tuple[str, str]]:
+        messages = [p.messages for p, *_ in chunk]
+        a, b = (sampler.sample(messages, 1, t, cfg.collect.max_new_tokens, desc=f"collecting (T={t:g})",
+                               seeds=[row[1 + j] for row in chunk]) for j, t in enumerate(temperatures))
+        return [(x[0].text, y[0].text) for x, y in zip(a, b, strict=True)]
+
+    texts = distributed.shard(replies, list(zip(prompts, *seeds)), cfg.shard_size)
     # identical responses tell an annotator nothing (chat templates strip the white space around them)
-    return [PairToLabel(f"r{k}-{i}", p.messages, x[0].text, y[0].text, p.meta)
-            for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)) if x[0].text.strip() != y[0].text.strip()]
+    return [PairToLabel(f"r{k}-{i}", p.messages, x, y, p.meta)
+            for i, (p, (x, y)) in enumerate(zip(prompts, texts, strict=True)) if x.strip() != y.strip()]
 
 
 def collect_stage(ctx) -> dict[str, Any]:
-    # sampling and labelling on the main process alone; the others wait (llama2rlhf.runtime.distributed)
-    return distributed.main_process_only(_collect, ctx)
+    cfg, k = ctx.cfg, ctx.round
+    temperatures = list(cfg.collect.temperatures)
+    if len(temperatures) != 2 or min(temperatures) <= 0:
+        raise ConfigError("collect.temperatures", "must hold two temperatures above 0, one per reply of a pair, e.g. "
+                                                  "[0.7,1.2]", temperatures)
+    # the annotator first, on the main process, which labels: a bad annotator setting stops
+    # the stage before the sampling, not after
+    annotator = distributed.on_main_process(load_annotator, ctx)
+    prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
+    pairs_path = ctx.stage_dir("collect") / "pairs.jsonl"
+    # a resumed round labels the pairs it already sampled, never a fresh draw: labels
+    # collected in between (annotator=file) belong to these texts
+    pairs = None if distributed.from_main(pairs_path.exists()) else _sample_pairs(ctx, prompts, temperatures)
+    # labelling and writing on the main process alone; the others wait (llama2rlhf.runtime.distributed)
+    return distributed.main_process_only(_label, ctx, annotator, prompts, pairs, pairs_path)
 
 
 def _with_run_checkpoints(ctx):
@@ -94,23 +116,11 @@ def load_annotator(ctx):
     return item.wrap(annotator, "annotate", passthrough=(AwaitingLabels,), returns={"annotate": LABELS})
 
 
-def _collect(ctx) -> dict[str, Any]:
-    cfg, k = ctx.cfg, ctx.round
-    out_dir = ctx.stage_dir("collect")
-    temperatures = list(cfg.collect.temperatures)
-    if len(temperatures) != 2 or min(temperatures) <= 0:
-        raise ConfigError("collect.temperatures", "must hold two temperatures above 0, one per reply of a pair, e.g. "
-                                                  "[0.7,1.2]", temperatures)
-    # the annotator first: a bad annotator setting stops the stage before the sampling, not after
-    annotator = load_annotator(ctx)
-    prompts = round_prompts(ctx, f"collect:{k}", cfg.collect.n_prompts)
-    pairs_path = out_dir / "pairs.jsonl"
-    if pairs_path.exists():
-        # a resumed round labels the pairs it already sampled, never a fresh draw: labels
-        # collected in between (annotator=file) belong to these texts
+def _label(ctx, annotator, prompts, pairs: list[PairToLabel] | None, pairs_path) -> dict[str, Any]:
+    k, out_dir = ctx.round, pairs_path.parent
+    if pairs is None:
         pairs = [PairToLabel(**row) for _, row in read_jsonl(pairs_path)]
     else:
-        pairs = _sample_pairs(ctx, prompts, temperatures)
         write_jsonl(pairs_path, [asdict(p) for p in pairs])
     rows = annotator.annotate(pairs, out_dir)
     for pair, row in zip(pairs, rows, strict=True):

@@ -19,15 +19,12 @@ from llama2rlhf.evaluation.heldout import heldout_prompts, heldout_replies
 from llama2rlhf.evaluation.policy import gold_metrics, win_rate
 from llama2rlhf.gatt.evaluate import gatt_metrics
 from llama2rlhf.reward.combined import CombinedReward
-from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime import artifacts
 
 
 def evaluate_stage(ctx) -> dict[str, Any]:
-    # on the main process alone; the others wait (llama2rlhf.runtime.distributed)
-    return distributed.main_process_only(_evaluate, ctx)
-
-
-def _evaluate(ctx) -> dict[str, Any]:
+    """Run by every process: the replies and their scores are shared out among them
+    (llama2rlhf.runtime.distributed), the main process writes."""
     if ctx.world is None:
         return _evaluate_real(ctx)
     prompts = heldout_prompts(ctx)
@@ -38,7 +35,7 @@ def _evaluate(ctx) -> dict[str, Any]:
     gold_sft = [s.reward for s in ctx.world.score_many(prompts, sft)]
     reward = CombinedReward.for_run(ctx)
     msgs, flags = [p.messages() for p in prompts], [p.unsafe for p in prompts]
-    rm_ours, rm_sft = reward.score(msgs, ours, flags), reward.score(msgs, sft, flags)
+    rm_ours, rm_sft = (reward.score(msgs, replies, flags, shard_size=ctx.cfg.shard_size) for replies in (ours, sft))
     by_gold, by_rm = win_rate(gold_ours, gold_sft), win_rate(rm_ours, rm_sft)
     return {
         **metrics,
@@ -66,7 +63,8 @@ def _evaluate_real(ctx) -> dict[str, Any]:
     n = len(msgs)
     # both models' replies scored in one pass; the combined reward and each model on its own
     raw = reward.model_scores([[*m, {"role": "assistant", "content": r}]
-                               for m, r in zip(msgs + msgs, ours + sft, strict=True)], desc="held-out replies")
+                               for m, r in zip(msgs + msgs, ours + sft, strict=True)], desc="held-out replies",
+                              shard_size=ctx.cfg.shard_size)
     combined = reward.combine(raw, torch.tensor(flags + flags, dtype=torch.bool)).tolist()
     rm_ours, rm_sft = combined[:n], combined[n:]
     by_rm = win_rate(rm_ours, rm_sft)

@@ -28,7 +28,7 @@ from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.runtime import artifacts, distributed
 from llama2rlhf.runtime.models import load_causal_lm, load_reward_model, load_tokenizer, peft_config, save_trained_model
-from llama2rlhf.runtime.seeding import seed_everything
+from llama2rlhf.runtime.seeding import item_seeds, seed_everything
 from llama2rlhf.runtime.trainer_metrics import TRAINER_METRICS
 
 log = logging.getLogger(__name__)
@@ -102,18 +102,24 @@ def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list)
     from llama2rlhf.evaluation.policy import gold_metrics, greedy_replies
     from llama2rlhf.sampling import load_sampler
 
-    pcfg = ctx.cfg.ppo
+    cfg, pcfg = ctx.cfg, ctx.cfg.ppo
     messages, flags = [m for m, _, _ in prompts], [f for _, f, _ in prompts]
-    sampler = load_sampler(ctx.cfg, model_path)
-    greedy = greedy_replies(sampler, messages, ctx.cfg.eval.max_new_tokens)
-    seed_everything(ctx.seed("eval"))
-    sampled = sampler.sample(messages, n=pcfg.eval_samples, temperature=pcfg.temperature,
-                             max_new_tokens=pcfg.max_new_tokens, desc=f"evaluating (T={pcfg.temperature:g})")
+    sampler = load_sampler(cfg, model_path)
+    greedy = greedy_replies(sampler, messages, cfg.eval.max_new_tokens, cfg.shard_size)
+
+    def chunk(rows: list[tuple]) -> list[list[str]]:
+        samples = sampler.sample([m for m, _ in rows], n=pcfg.eval_samples, temperature=pcfg.temperature,
+                                 max_new_tokens=pcfg.max_new_tokens, desc=f"evaluating (T={pcfg.temperature:g})",
+                                 seeds=[seed for _, seed in rows])
+        return [[s.text for s in ss] for ss in samples]
+
+    seeds = item_seeds(ctx.seed("eval"), range(len(messages)))
+    sampled = distributed.shard(chunk, list(zip(messages, seeds, strict=True)), cfg.shard_size)
     out: dict[str, Any] = {}
-    for name, replies, repeat in (("greedy", greedy, 1), ("sampled", [s.text for ss in sampled for s in ss],
+    for name, replies, repeat in (("greedy", greedy, 1), ("sampled", [t for ts in sampled for t in ts],
                                                            pcfg.eval_samples)):
         expand = lambda xs, n=repeat: [x for x in xs for _ in range(n)]  # noqa: E731 - a prompt per reply
-        scores = reward.score(expand(messages), replies, expand(flags))
+        scores = reward.score(expand(messages), replies, expand(flags), shard_size=cfg.shard_size * repeat)
         out[name] = {"reward": sum(scores) / len(scores)}
         if ctx.world is not None:
             gold = gold_metrics(ctx.world, expand([p for _, _, p in prompts]), replies)
@@ -121,32 +127,39 @@ def evaluate_policy(ctx, reward: CombinedReward, model_path: str, prompts: list)
     return out
 
 
-def sampled_kl(cfg, policy_path: str, reference_path: str, prompts: list, max_new_tokens: int) -> float:
+def sampled_kl(cfg, policy_path: str, reference_path: str, prompts: list, max_new_tokens: int, seed: int) -> float:
     """KL(policy || reference) per reply, in nats: over replies sampled from the policy
-    (temperature 1), the sum over their tokens of the exact KL between the two models'
-    next-token distributions, averaged over replies. Exact per token rather than the sampled
-    log-ratio, so it is never negative and one reply per prompt is enough."""
+    (temperature 1, a seed per prompt from ``seed``), the sum over their tokens of the exact
+    KL between the two models' next-token distributions, averaged over replies. Exact per
+    token rather than the sampled log-ratio, so it is never negative and one reply per
+    prompt is enough. The prompts are shared out among the processes."""
     import torch
 
     from llama2rlhf.sampling import load_sampler
 
     tokenizer = load_tokenizer(policy_path)
-    samples = load_sampler(cfg, policy_path).sample([m for m, _, _ in prompts], n=1, temperature=1.0,
-                                                    max_new_tokens=max_new_tokens, desc="sampling for KL")
+    sampler = load_sampler(cfg, policy_path)
     policy, reference = load_causal_lm(policy_path, cfg).eval(), load_causal_lm(reference_path, cfg).eval()
-    total = 0.0
-    for (messages, _, _), s in zip(prompts, samples, strict=True):
-        # the chat template's tokens of the reply, as in training and reward scoring
-        query = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"]
-        full = tokenizer.apply_chat_template(list(messages) + [{"role": "assistant", "content": s[0].text}],
-                                             tokenize=True, return_dict=True)["input_ids"]
-        ids = torch.tensor([full])
-        with torch.inference_mode():
-            logp, logq = (torch.log_softmax(m(input_ids=ids).logits[0, len(query) - 1 : -1].float(), -1)
-                          for m in (policy, reference))
-        total += float((logp.exp() * (logp - logq)).sum())
-    return total / len(prompts)
+
+    def chunk(rows: list[tuple]) -> list[float]:
+        samples = sampler.sample([m for m, _ in rows], n=1, temperature=1.0, max_new_tokens=max_new_tokens,
+                                 desc="sampling for KL", seeds=[seed for _, seed in rows])
+        kls = []
+        for (messages, _), s in zip(rows, samples, strict=True):
+            # the chat template's tokens of the reply, as in training and reward scoring
+            query = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"]
+            full = tokenizer.apply_chat_template(list(messages) + [{"role": "assistant", "content": s[0].text}],
+                                                 tokenize=True, return_dict=True)["input_ids"]
+            ids = torch.tensor([full])
+            with torch.inference_mode():
+                logp, logq = (torch.log_softmax(m(input_ids=ids).logits[0, len(query) - 1 : -1].float(), -1)
+                              for m in (policy, reference))
+            kls.append(float((logp.exp() * (logp - logq)).sum()))
+        return kls
+
+    rows = list(zip([m for m, _, _ in prompts], item_seeds(seed, range(len(prompts))), strict=True))
+    return sum(distributed.shard(chunk, rows, cfg.shard_size)) / len(prompts)
 
 
 def value_model_in_reward_units(value, whitening: dict[str, float] | None):
@@ -254,10 +267,9 @@ def _online_rl_stage(kind: str):
         tokenizer = load_tokenizer(start, trust_remote_code=cfg.model.trust_remote_code)
         reward = CombinedReward.for_run(ctx)
         eval_prompts = _eval_prompts(ctx)
-        # evaluation and the KL on the main process alone (llama2rlhf.runtime.distributed)
-        before = distributed.main_process_only(evaluate_policy, ctx, reward, start, eval_prompts)
-        # the evaluation drew numbers on the main process alone: every process trains from
-        # the same generators again
+        # the evaluation and the KL shared out among the processes (llama2rlhf.runtime.distributed)
+        before = evaluate_policy(ctx, reward, start, eval_prompts)
+        # training starts from generators of its own, whatever the evaluation drew
         seed_everything(ctx.seed("train"))
         prompts, n_cut = _fit_prompts(round_prompts(ctx, "ppo", pcfg.n_prompts), tokenizer, pcfg.max_prompt_length)
         good_dir = out_dir / "last_good"
@@ -292,9 +304,8 @@ def _online_rl_stage(kind: str):
         trainer.accelerator.free_memory()
         trainer = holder["trainer"] = None
         gc.collect()
-        after, kl = distributed.main_process_only(
-            lambda: (evaluate_policy(ctx, reward, policy_path, eval_prompts),
-                     sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens)))
+        after = evaluate_policy(ctx, reward, policy_path, eval_prompts)
+        kl = sampled_kl(cfg, policy_path, start, eval_prompts, pcfg.max_new_tokens, ctx.seed("kl"))
         ctx.state.artifacts[artifacts.POLICY] = policy_path
         metrics: dict[str, Any] = {
             "trainer": kind,

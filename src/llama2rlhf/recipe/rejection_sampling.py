@@ -20,8 +20,8 @@ from llama2rlhf.data.round_prompts import round_prompts
 from llama2rlhf.recipe.sft import train_sft
 from llama2rlhf.reward.combined import CombinedReward, is_safety_prompt
 from llama2rlhf.runtime import artifacts, distributed
-from llama2rlhf.runtime.seeding import seed_everything
-from llama2rlhf.sampling import load_sampler
+from llama2rlhf.runtime.seeding import item_seeds, seed_everything
+from llama2rlhf.sampling import Sample, load_sampler
 from llama2rlhf.sampling.candidates import Candidate
 from llama2rlhf.sampling.temperature import search_temperature
 
@@ -133,11 +133,10 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
         raise ConfigError("rs.init_from", f"the run has no artifact {rs.init_from!r} yet (it has "
                                           f"{', '.join(ctx.state.artifacts)}): 'previous' (the latest policy) or one "
                                           "of those", rs.init_from)
-    # sampling, scoring, selection and augmentation on the main process alone; every
-    # process then fine-tunes on the rows it kept (llama2rlhf.runtime.distributed)
-    rows, metrics = distributed.main_process_only(_sample_and_select, ctx)
-    # the sampling drew numbers on the main process alone: every process fine-tunes from the
-    # same generators again (a LoRA adapter's initial weights, say)
+    # every process samples and scores its share of the prompts (llama2rlhf.runtime.distributed)
+    rows, metrics = _sample_and_select(ctx)
+    # fine-tuning starts from generators of its own, whatever the sampling drew (a LoRA
+    # adapter's initial weights, say)
     seed_everything(ctx.seed("train"))
     init = ctx.artifact(artifacts.POLICY) if rs.init_from == "previous" else ctx.artifact(rs.init_from)
     out = train_sft(cfg, rs.train, init, ctx.artifact(artifacts.TOKENIZER), rows, ctx.stage_dir(),
@@ -148,7 +147,9 @@ def rejection_sampling_stage(ctx) -> dict[str, Any]:
 
 
 def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
-    """The fine-tuning rows (kept samples, then the augmenter's) and the stage's metrics but training's."""
+    """The fine-tuning rows (kept samples, then the augmenter's) and the stage's metrics but
+    training's. Run by every process: the sampling and scoring are shared out among them,
+    the selector runs on the main process, which alone writes."""
     cfg, rs, k = ctx.cfg, ctx.cfg.rs, ctx.round
     out_dir = ctx.stage_dir()  # rejection_sampling, or rejection_sampling_after_ppo
     prompts = round_prompts(ctx, "rs", rs.n_prompts)  # the same pool each round: history meets
@@ -156,36 +157,45 @@ def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
     sampler = load_sampler(cfg, policy)
     reward = CombinedReward.for_run(ctx)
 
-    def sample_and_score(items, t, n, desc):
-        samples = sampler.sample([p.messages for p in items], n, t, rs.max_new_tokens, desc=desc)
-        flat_p = [p.messages for p, ss in zip(items, samples, strict=True) for _ in ss]
-        flat_c = [s.text for ss in samples for s in ss]
-        flags = [is_safety_prompt(p.meta) for p, ss in zip(items, samples, strict=True) for _ in ss]
-        flat = reward.score(flat_p, flat_c, flags)
+    def sample_and_score(items, t: float, n: int, stream: str, desc: str):
+        """K samples of each prompt from a seed per prompt (``stream``), and their rewards;
+        both shared out among the processes, a prompt's K samples scored together."""
+        seeds = item_seeds(ctx.seed(stream), [p.id for p in items])
+
+        def chunk(rows: list[tuple]) -> list[list[Sample]]:
+            return sampler.sample([p.messages for p, _ in rows], n, t, rs.max_new_tokens, desc=desc,
+                                  seeds=[seed for _, seed in rows])
+
+        samples = distributed.shard(chunk, list(zip(items, seeds, strict=True)), cfg.shard_size)
+        flat = reward.score([p.messages for p in items for _ in range(n)], [s.text for ss in samples for s in ss],
+                            [is_safety_prompt(p.meta) for p in items for _ in range(n)], shard_size=cfg.shard_size * n)
         return samples, [flat[i * n:(i + 1) * n] for i in range(len(items))]
 
     search = prompts[: rs.search_prompts]
     temperature, curves = search_temperature(
-        lambda t, n: sample_and_score(search, t, n, f"temperature search (T={t:g})")[1], list(rs.temperatures), rs.k)
+        lambda t, n: sample_and_score(search, t, n, f"search T={t:g}", f"temperature search (T={t:g})")[1],
+        list(rs.temperatures), rs.k)
 
-    samples, scores = sample_and_score(prompts, temperature, rs.k, f"rejection sampling (K={rs.k}, T={temperature:g})")
+    samples, scores = sample_and_score(prompts, temperature, rs.k, "samples",
+                                       f"rejection sampling (K={rs.k}, T={temperature:g})")
     candidates = [Candidate(p.id, p.messages, s.text, sc, k, p.meta)
                   for p, ss, scs in zip(prompts, samples, scores, strict=True) for s, sc in zip(ss, scs, strict=True)]
     history = _history(ctx)
     if history:
         rescored = reward.score([c.prompt for c in history], [c.completion for c in history],
-                                [is_safety_prompt(c.meta) for c in history], desc="re-scoring history")
+                                [is_safety_prompt(c.meta) for c in history], desc="re-scoring history",
+                                shard_size=cfg.shard_size)
         history = [c.rescored(s) for c, s in zip(history, rescored, strict=True)]
-    kept = select(cfg, candidates, history)
-    write_jsonl(out_dir / "candidates.jsonl", [c.to_dict() for c in candidates])
-    write_jsonl(out_dir / "kept.jsonl", [c.to_dict() for c in kept])
+    kept = distributed.main_process_only(_select_and_write, ctx, candidates, history, out_dir)
     sampler = reward = None  # free the models before fine-tuning
 
     if not kept:
         raise RuntimeError(f"selector {cfg.selector.name!r} kept no samples in round {k}; nothing to fine-tune on")
     rows = [{"messages": c.prompt + [{"role": "assistant", "content": c.completion}]} for c in kept]
     n_kept_rows = len(rows)
-    rows = augment(ctx, rows)
+    # every process augments (Ghost Attention shares its dialogues out among them); the main
+    # process's rows are the ones every process trains on
+    rows = distributed.from_main(augment(ctx, rows))
     return rows, {
         "temperature": temperature,
         "best_of_n": curves,
@@ -197,3 +207,10 @@ def _sample_and_select(ctx) -> tuple[list[dict], dict[str, Any]]:
         **_gold(ctx, candidates, kept),
         "n_augmented": len(rows) - n_kept_rows,
     }
+
+
+def _select_and_write(ctx, candidates: list[Candidate], history: list[Candidate], out_dir) -> list[Candidate]:
+    kept = select(ctx.cfg, candidates, history)
+    write_jsonl(out_dir / "candidates.jsonl", [c.to_dict() for c in candidates])
+    write_jsonl(out_dir / "kept.jsonl", [c.to_dict() for c in kept])
+    return kept

@@ -234,8 +234,8 @@ def reward_stage(ctx) -> dict[str, Any]:
         ctx.state.artifacts[artifacts.REWARD_SAFETY] = paths["safety"] = safety_out["model_path"]
 
     # the held-out comparisons, scored once by every model: bucket accuracies and whitening,
-    # on the main process alone (its state and summary reach the others after the stage)
-    return distributed.main_process_only(_score_held_out, ctx, paths, eval_rows, out, safety_out, n_collected)
+    # the pairs shared out among the processes (llama2rlhf.runtime.distributed)
+    return _score_held_out(ctx, paths, eval_rows, out, safety_out, n_collected)
 
 
 def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict, safety_out: dict | None,
@@ -246,7 +246,7 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
 
     cfg, stage_cfg, out_dir = ctx.cfg, ctx.cfg.reward_model, ctx.stage_dir("reward")
     reward = CombinedReward(cfg, paths, batch_size=stage_cfg.eval_batch_size)
-    scores = reward.model_scores(pair_conversations(eval_rows), desc="held-out comparisons")
+    scores = reward.model_scores(pair_conversations(eval_rows), desc="held-out comparisons", shard_size=cfg.shard_size)
     n = len(eval_rows)
     strengths = [r.get("strength") for r in eval_rows]
     acc = bucket_accuracy(scores["helpfulness"][:n].tolist(), scores["helpfulness"][n:].tolist(), strengths)
@@ -263,7 +263,8 @@ def _score_held_out(ctx, paths: dict[str, str], eval_rows: list[dict], out: dict
                                                             [strengths[i] for i in safe])}
     whitening = reward.fit_whitening(scores, flags + flags)
     stats_path = out_dir / "whitening.json"
-    write_json(stats_path, whitening)
+    if distributed.is_main_process():
+        write_json(stats_path, whitening)
     ctx.state.artifacts[artifacts.REWARD_WHITENING] = str(stats_path)
     metrics["whitening"] = whitening
     if reward.fallback:

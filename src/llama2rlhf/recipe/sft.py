@@ -156,7 +156,6 @@ def sft_stage(ctx) -> dict[str, Any]:
     if ctx.world is not None:
         from llama2rlhf.evaluation.heldout import evaluate_checkpoint
 
-        # greedy replies on the main process alone (llama2rlhf.runtime.distributed)
-        metrics.update(distributed.main_process_only(evaluate_checkpoint, ctx, out["model_path"],
-                                                     ctx.stage_dir("sft") / "heldout_replies.jsonl"))
+        # greedy replies, the held-out prompts shared out among the processes (llama2rlhf.runtime.distributed)
+        metrics.update(evaluate_checkpoint(ctx, out["model_path"], ctx.stage_dir("sft") / "heldout_replies.jsonl"))
     return metrics

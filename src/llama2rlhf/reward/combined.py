@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from llama2rlhf import plugins
 from llama2rlhf.reward.scoring import Cuts, model_max_length, score_conversations, tokenize_conversations
-from llama2rlhf.runtime import artifacts
+from llama2rlhf.runtime import artifacts, distributed
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,37 @@ class CombinedReward:
             reward._record("fallback", reward.fallback)
         return reward
 
-    def model_scores(self, conversations: Sequence[Messages], desc: str | None = None) -> dict[str, Any]:
+    def model_scores(self, conversations: Sequence[Messages], desc: str | None = None,
+                     shard_size: int | None = None) -> dict[str, Any]:
         """Each reward model's raw scores of full conversations, as float tensors; a
-        conversation longer than a model reads is cut (``reward_scoring.fit_conversation``)."""
+        conversation longer than a model reads is cut (``reward_scoring.fit_conversation``).
+        With ``shard_size``, a collective call: the conversations are shared out among the
+        processes in chunks of that many (``llama2rlhf.runtime.distributed.shard``), and
+        every process gets every score and the count of every cut."""
+        import torch
+
+        if shard_size is None:
+            scores = self._scores(conversations, desc)
+        else:
+            start = self.cuts
+
+            def chunk(convs: list[Messages]) -> list[tuple[dict[str, float], Cuts | None]]:
+                self.cuts = Cuts()
+                part = self._scores(convs, desc)
+                rows = [{name: float(s[i]) for name, s in part.items()} for i in range(len(convs))]
+                return [(row, self.cuts if i == 0 else None) for i, row in enumerate(rows)]  # the chunk's cuts, once
+
+            done = distributed.shard(chunk, list(conversations), shard_size)
+            self.cuts = start
+            for _, cuts in done:
+                if cuts is not None:
+                    self.cuts.add(cuts)
+            scores = {name: torch.tensor([row[name] for row, _ in done], dtype=torch.float32) for name in self.models}
+        if self._record is not None and self.cuts.conversations:
+            self._record("truncated", self.cuts.as_dict())
+        return scores
+
+    def _scores(self, conversations: Sequence[Messages], desc: str | None) -> dict[str, Any]:
         import torch
 
         tokenized = {}  # once per tokenizer and length, for all the models that share them
@@ -143,8 +171,6 @@ class CombinedReward:
             scores[name] = torch.tensor(score_conversations(model, tokenizer, conversations, self.batch_size,
                                                             desc=f"{desc} ({name})" if desc else None,
                                                             tokenized=tokenized[key]))
-        if self._record is not None and self.cuts.conversations:
-            self._record("truncated", self.cuts.as_dict())
         return scores
 
     def combine(self, scores: dict[str, Any], is_safety, whiten: bool = True):
@@ -155,18 +181,20 @@ class CombinedReward:
         return combined
 
     def score_conversations(self, conversations: Sequence[Messages], is_safety: Sequence[bool],
-                            desc: str | None = None) -> list[float]:
+                            desc: str | None = None, shard_size: int | None = None) -> list[float]:
+        """The combined reward of each full conversation; ``shard_size`` as :meth:`model_scores`."""
         import torch
 
-        scores = self.model_scores(conversations, desc)
+        scores = self.model_scores(conversations, desc, shard_size)
         return self.combine(scores, torch.tensor(list(is_safety), dtype=torch.bool)).tolist()
 
     def score(self, prompts: Sequence[Messages], completions: Sequence[str], is_safety: Sequence[bool],
-              desc: str | None = None) -> list[float]:
-        """The reward of each (prompt, completion), in input order."""
+              desc: str | None = None, shard_size: int | None = None) -> list[float]:
+        """The reward of each (prompt, completion), in input order; ``shard_size`` as
+        :meth:`model_scores`."""
         conversations = [list(p) + [{"role": "assistant", "content": c}]
                          for p, c in zip(prompts, completions, strict=True)]
-        return self.score_conversations(conversations, is_safety, desc)
+        return self.score_conversations(conversations, is_safety, desc, shard_size)
 
     def fit_whitening(self, scores: dict[str, Any], is_safety: Sequence[bool]) -> dict[str, float]:
         """Mean and standard deviation of the unwhitened reward, from raw ``scores``

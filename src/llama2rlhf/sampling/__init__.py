@@ -29,10 +29,16 @@ class Sampler(Protocol):
     """
 
     def sample(self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int,
-               desc: str | None = None) -> list[list[Sample]]:
+               desc: str | None = None, seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` completions per prompt (a message list), in prompt order; temperature 0 is
         greedy (then ``n`` is 1). ``desc`` is a label for progress output (a bar, a log
-        line), such as ``"rejection sampling (K=8, T=0.8)"``."""
+        line), such as ``"rejection sampling (K=8, T=0.8)"``.
+
+        ``seeds``: one seed per prompt. The samples of prompt ``i`` then depend on the
+        prompt, ``seeds[i]`` and the other arguments alone, not on which other prompts share
+        the call: this is what lets several processes sample their own shares and get what
+        one process sampling everything gets. None: draw from torch's generator
+        (:func:`default_seeds`)."""
         ...
 
 
@@ -42,6 +48,50 @@ class KeepsPrefixes(Sampler, Protocol):
 
     def keep_prefixes(self) -> ContextManager[Any]:
         ...
+
+
+def default_seeds(count: int) -> list[int]:
+    """Seeds for a call that got none: from torch's generator, which the pipeline seeds
+    before every stage, so a redone stage draws the same samples."""
+    import torch
+
+    from llama2rlhf.runtime.seeding import item_seeds
+
+    return item_seeds(int(torch.randint(0, 2**62, (1,)).item()), range(count))
+
+
+def takes_seeds(sample: Any) -> bool:
+    """Whether a ``sample`` method has the ``seeds`` parameter (or takes any keyword)."""
+    import inspect
+
+    try:
+        params = inspect.signature(sample).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "seeds" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+class SeedsThroughGenerator:
+    """A sampler whose ``sample`` takes no ``seeds``, behind the full contract: torch's
+    generator is seeded from a call's first seed, so each call is reproducible, though a
+    prompt's samples depend on the others in its call (and so on the number of processes)."""
+
+    def __init__(self, sampler: Any):
+        object.__setattr__(self, "__wrapped__", sampler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__wrapped__, name, value)
+
+    def sample(self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int,
+               desc: str | None = None, seeds: Sequence[int] | None = None) -> list[list[Sample]]:
+        if seeds:
+            import torch
+
+            torch.manual_seed(seeds[0])
+        return self.__wrapped__.sample(prompts, n, temperature, max_new_tokens, desc=desc)
 
 
 def load_policy(model_path: str, cfg: Any, device: Any = None) -> tuple[Any, Any]:
@@ -88,6 +138,8 @@ def load_sampler(cfg: Any, model_path: str) -> Sampler:
     if not isinstance(sampler, Sampler):
         raise plugins.PluginError(
             f"{item.who} returned {describe_value(sampler)}; expected a llama2rlhf.sampling.Sampler, with a "
-            "sample(prompts, n, temperature, max_new_tokens, desc=None) method (see register_samplers)")
+            "sample(prompts, n, temperature, max_new_tokens, desc=None, seeds=None) method (see register_samplers)")
+    if not takes_seeds(sampler.sample):
+        sampler = SeedsThroughGenerator(sampler)
     return item.wrap(sampler, "sample", "keep_prefixes", returns={"sample": SAMPLES})
 

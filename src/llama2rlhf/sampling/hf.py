@@ -15,6 +15,10 @@ continues from that cache on the K-times repeated prompts, so it only runs the l
 prompt token and the new ones. Models the trick does not fit (no ``Cache`` with
 ``batch_repeat_interleave``, sliding-window or non-full attention layers,
 encoder-decoders) and batches with a one-token prompt take the plain path.
+
+Draws from a seed per prompt. At a temperature above 0, every row draws its tokens with its
+own counter-based uniforms (:func:`seeded_sampling`), keyed by its prompt's seed and its
+sample index, so a prompt's samples are the same alone, in any batch, and on any process.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Sequence
 from llama2rlhf import hookimpl
 from llama2rlhf.config import SamplerConfig
 from llama2rlhf.runtime.speedups.kv_cache import cache_kwarg, forward_params, reserved_cache
-from llama2rlhf.sampling import Messages, Sample, load_policy
+from llama2rlhf.sampling import Messages, Sample, default_seeds, load_policy
 
 
 class HFSampler:
@@ -109,7 +113,7 @@ class HFSampler:
 
     def _plain_generate(self, input_ids, attention, n: int, **gen_kwargs):
         # the rows repeated here rather than by num_return_sequences, which greedy decoding
-        # refuses and inverse_cdf_sampling's draws go through
+        # refuses and seeded_sampling's draws go through
         return self.model.generate(input_ids=input_ids.repeat_interleave(n, dim=0),
                                    attention_mask=attention.repeat_interleave(n, dim=0),
                                    **self._new_cache(gen_kwargs.get("max_new_tokens")), **gen_kwargs)
@@ -222,7 +226,8 @@ class HFSampler:
         return out, width
 
     def sample(
-        self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int, desc: str | None = None
+        self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int, desc: str | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Sample]]:
         import torch
         from tqdm.auto import tqdm
@@ -231,6 +236,10 @@ class HFSampler:
             raise ValueError(f"n must be >= 1, got {n}")
         if temperature == 0 and n > 1:
             raise ValueError("greedy decoding (temperature 0) gives n identical samples; use n=1")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if temperature > 0 and seeds is None:
+            seeds = default_seeds(len(prompts))
         ids = self.encode(prompts)
         results: list[list[Sample] | None] = [None] * len(ids)
         tok = self.tokenizer
@@ -247,13 +256,10 @@ class HFSampler:
                     eos_token_id=eos,
                     use_cache=True,
                 )
-                if temperature > 0 and self.device.type == "cpu":
-                    gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
-                                      logits_processor=[inverse_cdf_sampling(float(temperature))])
-                elif temperature > 0:
-                    gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
-                else:
-                    gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                if temperature > 0:
+                    keys = row_keys([seeds[i] for i in batch], n)
+                    gen_kwargs["logits_processor"] = [seeded_sampling(float(temperature), keys, self.device)]
                 with torch.inference_mode():
                     if self._store is not None and self.cache_kwarg() and min(len(ids[i]) for i in batch) > 1:
                         out, width = self._generate_from_store([ids[i] for i in batch], n, **gen_kwargs)
@@ -283,28 +289,67 @@ class HFSampler:
         return results  # type: ignore[return-value]
 
 
-def inverse_cdf_sampling(temperature: float):
-    """A logits processor that draws the next token itself and leaves greedy decoding to take it.
+def row_keys(seeds: Sequence[int], n: int) -> list[int]:
+    """The key of each generated row, ``n`` rows per prompt as ``generate`` lays them out
+    (row ``i * n + j`` is sample ``j`` of prompt ``i``): a 64-bit hash of the prompt's seed
+    and the sample's index."""
+    from llama2rlhf.runtime.seeding import item_seeds
 
-    On the CPU, ``generate``'s ``torch.multinomial`` draws one exponential variate per
-    vocabulary entry and row (the exponential-race method): with K=8 samples of hundreds of
-    prompts that is about a quarter of rejection sampling's time (paper 3.2.3) for a small
-    model. Inverse-CDF sampling draws one uniform per row from the same distribution,
-    softmax(logits / temperature), and marks the drawn token as the only finite logit, so
-    ``do_sample=False`` picks it. The global torch generator is used, so seeding works as
-    with ``do_sample=True`` (the draws themselves differ).
+    return [key for seed in seeds for key in item_seeds(seed, range(n))]
+
+
+_MASK = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def _mix32(x):
+    """A 32-bit integer hash (two multiply-xorshift rounds) on an int64 tensor of 32-bit
+    values; every product stays below 2**59, so nothing overflows."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK
+    return (x >> 16) ^ x
+
+
+def uniforms(keys, step: int):
+    """One number in (0, 1) per row for decoding step ``step``, a hash of the row's key and
+    the step (a counter-based generator): the same on any device, in any batch."""
+    import torch
+
+    lo, hi = keys & _MASK, (keys >> 32) & _MASK
+    h = _mix32(lo ^ _mix32(hi ^ _mix32(torch.full_like(keys, (step * _GOLDEN + 1) & _MASK))))
+    return (h.double() + 0.5) / 2.0**32
+
+
+def seeded_sampling(temperature: float, keys: Sequence[int], device: Any = None):
+    """A logits processor that draws each row's next token from softmax(logits /
+    temperature) itself, by inverse-CDF sampling with the row's own uniform
+    (:func:`uniforms`), and marks it as the only finite logit, so greedy decoding takes it.
+
+    A row's draws depend on its key and the decoding step alone, so a prompt's samples do
+    not depend on the batch it is in, on padding, or on the process that samples it
+    (``llama2rlhf.runtime.distributed.shard``). One uniform per row and step also replaces
+    ``torch.multinomial``'s one exponential per vocabulary entry, which on a CPU takes a
+    large share of the sampling time of a small model.
     """
     import torch
     from transformers import LogitsProcessor
 
-    class InverseCDFSampling(LogitsProcessor):
+    row_keys_t = torch.tensor(list(keys), dtype=torch.long, device=device)
+
+    class SeededSampling(LogitsProcessor):
+        def __init__(self):
+            self.step = 0
+
         def __call__(self, input_ids, scores):
-            cdf = torch.softmax(scores.float() / temperature, dim=-1).cumsum_(-1)
-            u = torch.rand((scores.shape[0], 1), device=scores.device) * cdf[:, -1:]
+            if scores.shape[0] != row_keys_t.shape[0]:
+                raise RuntimeError(f"{scores.shape[0]} rows to sample for {row_keys_t.shape[0]} keys")
+            cdf = torch.softmax(scores.double() / temperature, dim=-1).cumsum_(-1)
+            u = uniforms(row_keys_t.to(scores.device), self.step).unsqueeze(-1) * cdf[:, -1:]
+            self.step += 1
             drawn = torch.searchsorted(cdf, u).clamp_(max=scores.shape[-1] - 1)
             return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
 
-    return InverseCDFSampling()
+    return SeededSampling()
 
 
 @dataclass
