@@ -85,7 +85,7 @@ class LowTokenReward:
     def combine(self, scores, is_safety, whiten=True):
         return scores["helpfulness"]
 
-    def score(self, prompts, completions, is_safety, desc=None):
+    def score(self, prompts, completions, is_safety, desc=None, shard_size=None):
         ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
         return [float(sum(t < self.half for t in x)) for x in ids]
 
