@@ -42,6 +42,41 @@ def test_the_factory_loads_the_saved_policy_with_the_node_options(tokenizer, tin
     assert sampler_texts(got) == sampler_texts(HFSampler(tiny_llama.eval(), tokenizer, show_progress=False))
 
 
+def test_a_policy_saved_in_this_process_is_sampled_from_memory(tokenizer, peaked_llama, tmp_path):
+    """What a stage saved with ``hand_over`` reaches the next sampler of its folder without a
+    read: the same object, drawing the same samples as a copy loaded from the folder."""
+    from omegaconf import OmegaConf
+
+    from llama2rlhf.config import Config
+    from llama2rlhf.recipe.training_args import build_args
+    from llama2rlhf.runtime.models import hand_off
+    from llama2rlhf.sampling import load_sampler
+    from llama2rlhf.sampling.hf import HFSamplerConfig
+
+    folder = tmp_path / "policy"
+    peaked_llama.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"device": "cpu", "model": {"dtype": "float32"}})
+    cfg.sampler = OmegaConf.structured(HFSamplerConfig(dialogue_cache_mb=0))
+    hand_off(folder, peaked_llama)
+    from_memory = load_sampler(cfg, str(folder))
+    assert from_memory.model is peaked_llama
+    from_disk = load_sampler(cfg, str(folder))  # taken once: the next load reads the folder
+    assert from_disk.model is not peaked_llama
+    for s in (from_memory, from_disk):
+        s.show_progress = False
+    seeds = list(range(5, 5 + len(PROMPTS)))
+    sampled = from_memory.sample(PROMPTS, 3, 1.0, 8, seeds=seeds)
+    assert sampled == from_disk.sample(PROMPTS, 3, 1.0, 8, seeds=seeds)
+    assert len({s.text for ss in sampled for s in ss}) > len(PROMPTS)  # not one reply repeated
+    # a trainer's start drops what is kept
+    hand_off(folder, peaked_llama)
+    from trl import SFTConfig
+
+    build_args(SFTConfig, cfg.sft, cfg, tmp_path / "out", stage="sft", seed=0, max_length=None)
+    assert load_sampler(cfg, str(folder)).model is not peaked_llama
+
+
 def sampler_texts(s) -> list[str]:
     return [x.text for ss in s.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=6) for x in ss]
 

@@ -193,11 +193,15 @@ def register_stages(register: Register) -> None:
 
     Under ``accelerate launch`` every process calls the stage with the same ``ctx``: train
     with a transformers or TRL trainer on all of them (save with
-    ``llama2rlhf.runtime.models.save_trained_model``), and put sampling, scoring and file writes in
-    ``llama2rlhf.runtime.distributed.main_process_only(fn, ...)``, which runs ``fn`` on the main
-    process and returns its result on every process. Afterwards every process takes the
-    main process's metrics, ``ctx.state`` and ``ctx.summary``. The built-in stages call
-    samplers, selectors, augmenters and annotators on the main process only.
+    ``llama2rlhf.runtime.models.save_trained_model``); share sampling and scoring out with
+    ``llama2rlhf.runtime.distributed.shard(fn, items, ctx.cfg.shard_size)`` (every process
+    calls it with the same items and gets every result; pass the sampler one seed per
+    prompt, from ``llama2rlhf.runtime.seeding.item_seeds(ctx.seed(...), ids)``); and put
+    what must happen once (labelling, file writes) in
+    ``llama2rlhf.runtime.distributed.main_process_only(fn, ...)``, which runs ``fn`` on the
+    main process and returns its result on every process. Afterwards every process takes
+    the main process's metrics, ``ctx.state`` and ``ctx.summary``. The built-in stages
+    sample and score on every process, and select, annotate and write on the main one.
     """
 
 

@@ -278,10 +278,11 @@ def _online_rl_stage(kind: str):
         distributed.wait_for_everyone()  # before any process asks whether it exists
         holder: dict[str, Any] = {}
 
-        def save_policy(target: Path) -> None:
+        def save_policy(target: Path, hand_over: bool = False) -> None:
             # swapped in whole (save_trained_model): a kill mid-save keeps the last good checkpoint;
             # LoRA: merged weights are saved, training goes on with the adapter
-            save_trained_model(holder["trainer"], target, lambda: load_causal_lm(start, cfg), keep_training=True)
+            save_trained_model(holder["trainer"], target, lambda: load_causal_lm(start, cfg), keep_training=True,
+                               hand_over=hand_over)
 
         def save_good(step: int) -> None:
             save_policy(good_dir)
@@ -291,7 +292,7 @@ def _online_rl_stage(kind: str):
         stopped = None
         try:
             trainer.train()
-            save_policy(out_dir / "model")
+            save_policy(out_dir / "model", hand_over=True)  # the evaluation below samples it from memory
             policy_path = str(out_dir / "model")
         except GuardTripped as trip:
             kept = str(good_dir) if good_dir.exists() else start

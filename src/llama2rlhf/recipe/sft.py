@@ -131,8 +131,9 @@ def train_sft(cfg: Any, stage_cfg: Any, init_path: str, tokenizer_path: str, row
         trainer.train_dataset = drop_longer_than(trainer.train_dataset, stage_cfg.max_length)
     result = trainer.train()
     model_dir = out_dir / "model"
-    # LoRA adapters are merged so every later stage loads a plain checkpoint
-    save_trained_model(trainer, model_dir, lambda: load_causal_lm(init_path, cfg))
+    # LoRA adapters are merged so every later stage loads a plain checkpoint; the next
+    # sampler of this policy takes it from memory
+    save_trained_model(trainer, model_dir, lambda: load_causal_lm(init_path, cfg), hand_over=True)
     return {"train_loss": result.training_loss, "train_steps": result.global_step, "n_examples": len(dataset),
             "num_processes": trainer.accelerator.num_processes, "model_path": str(model_dir)}
 

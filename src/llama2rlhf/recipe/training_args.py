@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from llama2rlhf import plugins
 from llama2rlhf.runtime.distributed import uses_cpu
-from llama2rlhf.runtime.models import use_bf16
+from llama2rlhf.runtime.models import forget_handoff, use_bf16
 
 # TrainConfig fields that are ours, not TrainingArguments fields
 _OURS = {"bf16", "extra_args", "max_length", "eval_batch_size", "init_from", "assistant_only_loss",
@@ -60,6 +60,7 @@ def build_args(config_cls, stage_cfg: Any, cfg: Any, output_dir: Path, exclude: 
     """``config_cls(**fields)``: TrainConfig fields but ``exclude``, then ``extra_args``, then
     ``overrides``; ``stage`` names the stage that trains, for the logger plugins; ``seed``
     (the stage's, ``RunContext.seed``) seeds the trainer and orders its data."""
+    forget_handoff()  # a policy kept in memory for sampling gives way to training
     fields = OmegaConf.to_container(stage_cfg, resolve=True) if not isinstance(stage_cfg, dict) else dict(stage_cfg)
     extra = fields.pop("extra_args", {}) or {}
     kwargs = {k: v for k, v in fields.items() if k not in _OURS and k not in exclude}

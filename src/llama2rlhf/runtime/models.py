@@ -165,7 +165,30 @@ def load_reward_model(path: str, cfg: Any, tokenizer=None):
     return model
 
 
-def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], keep_training: bool = False) -> None:
+# The policy a stage saved last in this process, still in memory, by the folder it was
+# saved to: the next sampler of that folder takes it from here (load_policy) instead of
+# reading back what was just written. A trainer's start drops it (forget_handoff), so it
+# never holds memory that training needs.
+_handoff: dict[str, Any] = {}
+
+
+def hand_off(out_dir: Path, model: Any) -> None:
+    """Keep ``model``, just saved whole in ``out_dir``, for the next :func:`take_handoff`."""
+    _handoff.clear()
+    _handoff[str(Path(out_dir).resolve())] = model
+
+
+def take_handoff(path: str) -> Any:
+    """The model saved in ``path`` by this process, if still in memory (once), else None."""
+    return _handoff.pop(str(Path(path).resolve()), None)
+
+
+def forget_handoff() -> None:
+    _handoff.clear()
+
+
+def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], keep_training: bool = False,
+                       hand_over: bool = False) -> None:
     """Save what ``trainer`` trained, with its tokenizer, as a plain checkpoint in ``out_dir``
     that later stages load with ``from_pretrained``; LoRA adapters are merged in.
 
@@ -179,6 +202,10 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
     in one process the adapter is merged in memory (into a copy when ``keep_training``); over
     several processes, where it may be sharded, its saved weights are merged on the main
     process into ``load_base()``, the model training started from.
+   
+    ``hand_over``: the saved model stays in memory for the next sampler of ``out_dir`` in
+    this process (:func:`take_handoff`), where this process holds it whole (not FSDP or
+    ZeRO-3 sharded) and, with LoRA, merged in memory.
     """
     from llama2rlhf.runtime import distributed
 
@@ -186,12 +213,15 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
     staging = Path(distributed.main_process_only(staging_folder, out_dir))
     with _saveable(trainer):
         model = getattr(trainer.model, "policy", trainer.model)  # TRL's PPO trains policy and value together
+        whole = None
         if not hasattr(model, "merge_and_unload"):
             trainer.save_model(str(staging))
+            whole = model
         elif not distributed.is_distributed():
             import copy
 
-            (copy.deepcopy(model) if keep_training else model).merge_and_unload().save_pretrained(staging)
+            whole = (copy.deepcopy(model) if keep_training else model).merge_and_unload()
+            whole.save_pretrained(staging)
             trainer.processing_class.save_pretrained(staging)
         else:
             adapter = out_dir.with_name(out_dir.name + "-adapter")
@@ -201,6 +231,17 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
             distributed.main_process_only(replace_folder, adapter_dir, adapter)  # kept beside the merged model
     distributed.wait_for_everyone()  # every process is done saving
     distributed.main_process_only(replace_folder, staging, out_dir)  # the others wait: they load it next
+    if hand_over and whole is not None and not _sharded(trainer):
+        hand_off(out_dir, whole)
+
+
+def _sharded(trainer) -> bool:
+    """Whether the trainer's model is split over the processes (FSDP, DeepSpeed ZeRO-3)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and is_deepspeed_zero3_enabled())
 
 
 def _merge_adapter(load_base: Callable[[], Any], adapter_dir: Path, out_dir: Path, tokenizer) -> None:

@@ -97,13 +97,20 @@ class SeedsThroughGenerator:
 def load_policy(model_path: str, cfg: Any, device: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a saved policy for an HF-based sampler: the causal LM loaded as
     the run loads models (``model.dtype``, ``model.trust_remote_code``), on ``device`` (by
-    default the run's: ``device``, or the accelerator of this process)."""
+    default the run's: ``device``, or the accelerator of this process). A policy this process
+    has just trained and saved there comes from memory, not from the folder
+    (``llama2rlhf.runtime.models.take_handoff``): the same weights, without reading them back."""
     from llama2rlhf.runtime.distributed import device_for
-    from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer
+    from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, take_handoff, torch_dtype
 
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    model = load_causal_lm(model_path, cfg).to(device or device_for(cfg))
-    return model, tokenizer
+    model = take_handoff(model_path)
+    if model is None:
+        model = load_causal_lm(model_path, cfg)
+    else:
+        dtype = torch_dtype(cfg.model.dtype)
+        model = model.to(dtype=dtype) if dtype is not None and dtype != "auto" else model
+    return model.to(device or device_for(cfg)).eval(), tokenizer
 
 
 def _samples_problem(result: Any, prompts: Sequence[Messages], n: int, *args: Any, **kwargs: Any) -> str | None:
