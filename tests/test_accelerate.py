@@ -218,6 +218,67 @@ def test_main_process_only_runs_once_and_raises_everywhere(tmp_path):
     assert proc.returncode != 0  # the launcher reports the processes' exit status 3 as a failure
 
 
+SHARD_SCRIPT = """
+import sys
+from types import SimpleNamespace
+from llama2rlhf.runtime import distributed
+
+distributed.setup(SimpleNamespace(device="cpu", distributed_timeout_s=120))
+rank = distributed.process_index()
+ran = []
+
+def square(chunk):
+    ran.append(list(chunk))
+    return [x * x for x in chunk]
+
+out = distributed.shard(square, range(10), 3)
+print(f"rank {rank}: {out} ran {ran}", flush=True)
+# inside main_process_only the main process runs every chunk alone
+alone = distributed.main_process_only(lambda: distributed.shard(lambda c: [rank] * len(c), range(5), 2))
+print(f"rank {rank}: alone {alone}", flush=True)
+
+def fails_on_seven(chunk):
+    if 7 in chunk:
+        raise ValueError(f"seven in {chunk}")
+    return chunk
+
+try:
+    distributed.shard(fails_on_seven, range(10), 3)
+except ValueError as exc:
+    print(f"rank {rank}: raised {exc}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_shard_shares_the_chunks_out_and_gathers_them_in_order(tmp_path):
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+    proc = launch(tmp_path, str(script), timeout=120)
+    squares = [x * x for x in range(10)]
+    # chunks of 3 whatever the processes: the first two on process 0, the last two on process 1
+    assert f"rank 0: {squares} ran [[0, 1, 2], [3, 4, 5]]" in proc.stdout, proc.stderr[-3000:]
+    assert f"rank 1: {squares} ran [[6, 7, 8], [9]]" in proc.stdout
+    assert "rank 0: alone [0, 0, 0, 0, 0]" in proc.stdout and "rank 1: alone [0, 0, 0, 0, 0]" in proc.stdout
+    # the chunk that failed on process 1 stops both, with its error
+    assert "rank 0: raised seven in [6, 7, 8]" in proc.stdout and "rank 1: raised seven in [6, 7, 8]" in proc.stdout
+    assert proc.returncode != 0
+
+
+def test_shard_in_one_process_runs_every_chunk_in_order():
+    calls = []
+
+    def double(chunk):
+        calls.append(chunk)
+        return [2 * x for x in chunk]
+
+    assert distributed.shard(double, range(7), 3) == [0, 2, 4, 6, 8, 10, 12]
+    assert calls == [[0, 1, 2], [3, 4, 5], [6]]
+    with pytest.raises(RuntimeError, match="returned 1 results for 3 items"):
+        distributed.shard(lambda chunk: chunk[:1], range(3), 3)
+    with pytest.raises(ValueError, match="shard_size must be >= 1"):
+        distributed.shard(double, range(3), 0)
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("accelerate")
