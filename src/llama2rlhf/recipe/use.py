@@ -376,8 +376,13 @@ def chat_command(argv: list[str]) -> int:
     sampler = load_sampler(run.cfg, str(policy.folder))
     _quiet_loading(sampler)
     interactive = sys.stdin.isatty()
-    print(f"llama2rlhf chat: {policy.label} of {run.dir}\nreplies: {decoding.describe()}; scored by {describe_reward(reward)}"
-          f"\n{CHAT_HELP}", file=sys.stderr)
+    if interactive:
+        try:
+            import readline  # noqa: F401  (input() then edits lines and keeps their history)
+        except ImportError:
+            pass
+    print(f"llama2rlhf chat: {policy.label} of {run.dir}\nreplies: {decoding.describe()}; scored by "
+          f"{describe_reward(reward)}\n{CHAT_HELP}", file=sys.stderr)
     session = ChatSession(sampler, reward, decoding, args.system)
     if args.system:
         print(f"system: {args.system}", file=sys.stderr)
