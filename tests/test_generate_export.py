@@ -55,7 +55,7 @@ def test_generate_writes_one_row_per_prompt(cli, tiny_run, tmp_path):
     out = tmp_path / "replies.jsonl"
     result = cli("generate", str(tiny_run), "--prompts", str(prompts), "--out", str(out), "--system", "Answer briefly.")
     assert result.code == 0, result.err
-    assert f"4 replies from sft (the newest policy) (greedy, up to 12 new tokens) in {out}" in result.out
+    assert f"4 replies in {out} from sft (the newest policy); greedy, up to 12 new tokens" in result.out
     rows = read_rows(out)
     assert [r["id"] for r in rows] == ["a", "b", "c", "d"]
     system = {"role": "system", "content": "Answer briefly."}

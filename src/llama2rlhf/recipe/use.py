@@ -493,7 +493,7 @@ def generate_command(argv: list[str]) -> int:
     from llama2rlhf.data.jsonl import write_jsonl
 
     count = write_jsonl(args.out, out)
-    print(f"{count} replies from {policy.label} ({decoding.describe()}) in {args.out}")
+    print(f"{count} replies in {args.out} from {policy.label}; {decoding.describe()}")
     return 0
 
 
