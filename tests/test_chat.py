@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, assert_bad
-
 from llama2rlhf.recipe import use
 from llama2rlhf.sampling import Sample
 
@@ -326,7 +325,7 @@ def test_chat_in_a_terminal_keeps_the_system_prompt_and_ends_on_ctrl_d(tiny_run,
         term.read_until(lambda t: term.prompts() >= 1)
         for turn, line in enumerate(["Name the capital of Kovia.", "Uppercase the word 'lamp'."], start=2):
             term.type(line.encode() + b"\n")
-            term.read_until(lambda t: term.prompts() >= turn)
+            term.read_until(lambda t, turn=turn: term.prompts() >= turn)
         term.type(b"\x04")  # Ctrl-D on an empty line: end of input
         assert term.proc.wait(timeout=60) == 0, term.text
         term.read_until(lambda t: True)

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, assert_bad, snapshot
-from test_chat import ScriptedReward, ScriptedSampler, fake_run
-
 from llama2rlhf.recipe import use
+from test_chat import ScriptedReward, ScriptedSampler, fake_run
 
 CLI = str(Path(sys.executable).with_name("llama2rlhf"))
 

@@ -275,7 +275,7 @@ class Decoding:
         return f"{how}, up to {self.max_new_tokens} new tokens"
 
 
-def _decoding(run: Run, args: argparse.Namespace, reward: Any) -> Decoding:
+def _decoding(run: Run, args: argparse.Namespace) -> Decoding:
     """The decoding settings from the options, checked: greedy by default, sampled at the
     temperature the run's rejection sampling picked (else 1.0) with ``--best-of``."""
     if args.best_of < 1:
@@ -290,12 +290,18 @@ def _decoding(run: Run, args: argparse.Namespace, reward: Any) -> Decoding:
     if args.best_of > 1 and temperature == 0:
         raise InputError(f"--best-of {args.best_of} with --temperature 0: greedy decoding draws the same reply "
                          "every time; give a temperature above 0")
-    if args.best_of > 1 and reward is None:
-        raise InputError(f"--best-of {args.best_of}: the run {run.dir} has no reward model yet to choose the best "
-                         f"with ({STATE_FILE} names no {artifacts.REWARD!r} artifact)")
     max_new_tokens = args.max_new_tokens or int(run.cfg.eval.max_new_tokens)
     seed = int(run.cfg.seed) if args.seed is None else args.seed
     return Decoding(args.best_of, float(temperature), max_new_tokens, seed)
+
+
+def _load_reward_for(run: Run, decoding: Decoding) -> Any:
+    """The run's reward (:func:`load_reward`); ``--best-of`` without one is bad input."""
+    reward = load_reward(run)
+    if decoding.best_of > 1 and reward is None:
+        raise InputError(f"--best-of {decoding.best_of}: the run {run.dir} has no reward model yet to choose the "
+                         f"best with ({STATE_FILE} names no {artifacts.REWARD!r} artifact)")
+    return reward
 
 
 def _with_system(prompt: Messages, system: str | None) -> Messages:
@@ -370,9 +376,9 @@ def chat_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     run = Run.open(args.run_dir)
     policy = run.model(args.model)
+    decoding = _decoding(run, args)
     _quiet_loading(None)
-    reward = load_reward(run)
-    decoding = _decoding(run, args, reward)
+    reward = _load_reward_for(run, decoding)
     sampler = load_sampler(run.cfg, str(policy.folder))
     _quiet_loading(sampler)
     interactive = sys.stdin.isatty()
@@ -472,9 +478,9 @@ def generate_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     run = Run.open(args.run_dir)
     policy = run.model(args.model)
+    decoding = _decoding(run, args)
     rows = read_prompts(args.prompts)
-    reward = load_reward(run)
-    decoding = _decoding(run, args, reward)
+    reward = _load_reward_for(run, decoding)
     sampler = load_sampler(run.cfg, str(policy.folder))
     from llama2rlhf.reward.combined import is_safety_prompt
 
