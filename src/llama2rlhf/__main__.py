@@ -3,7 +3,8 @@
 ``llama2rlhf [overrides...]`` runs the pipeline (Hydra composes ``conf/`` shipped inside
 the package, so it works from any directory). ``llama2rlhf plugins`` lists the installed
 plugins and what each registers; ``llama2rlhf accelerate-config NAME`` prints the path of
-a shipped accelerate config, for ``accelerate launch --config_file``. torch and trl are
+a shipped accelerate config, for ``accelerate launch --config_file``; ``llama2rlhf chat``,
+``generate`` and ``export`` use a run's models (``recipe/use.py``). torch and trl are
 imported only once a stage runs. A run ends by writing ``report.md``;
 ``llama2rlhf-report RUN_DIR`` (``evaluation/report.py``) rebuilds it.
 """
@@ -159,6 +160,10 @@ def main() -> None:
         sys.exit(_plugins_command(argv[1:]))
     if argv[:1] == ["accelerate-config"]:
         sys.exit(_accelerate_config_command(argv[1:]))
+    if argv[:1] in (["chat"], ["generate"], ["export"]):
+        from llama2rlhf.recipe import use
+
+        sys.exit(use.main(argv[0], argv[1:]))
     picked = [a for a in argv if a.lstrip("+~").startswith("accelerate=")]
     if picked:
         # Hydra lists conf/accelerate as a config group, but its files configure the launcher

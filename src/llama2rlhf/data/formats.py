@@ -639,14 +639,24 @@ def load_prompts(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport
     Each line is ``{"prompt": ...}``: a plain string, which becomes
     ``[{"role": "user", "content": ...}]``, or a message list ending with a user
     message. Any other fields are kept as metadata columns (null where a row lacks
-    them) and must hold the same JSON type on every row. Anthropic hh-rlhf rows (no
-    ``prompt``, ``chosen`` a raw transcript) and ShareGPT rows give the conversation
-    before its last reply (a ShareGPT conversation that ends with a human turn, all of it).
+    them) and must hold the same JSON type on every row. Conversational language modeling
+    rows (``{"messages": [...]}``, the SFT format, metadata kept likewise), Anthropic hh-rlhf
+    rows (no ``prompt``, ``chosen`` a raw transcript) and ShareGPT rows give the conversation
+    before its last reply (one that ends with a user turn, all of it).
     """
     metadata_types: dict[str, tuple[int, str]] = {}
 
     def read(row: _Row) -> dict[str, Any]:
         if "prompt" not in row.data:
+            if "messages" in row.data:
+                messages = row.messages("messages", row.data["messages"])
+                row.role_order(("messages", messages))
+                if messages[-1]["role"] == "assistant":
+                    messages = messages[:-1]
+                if messages[-1]["role"] != "user":
+                    raise row.error(f"messages[{len(messages) - 1}].role", "the conversation needs a user message to "
+                                                                         "reply to")
+                return {"prompt": messages, **metadata(row, "messages")}
             if _is_hh(row):
                 return {"prompt": _hh_transcript(row, "chosen", prompt_only=True)}
             if "conversations" in row.data:
@@ -658,9 +668,14 @@ def load_prompts(path: PathLike, *, on_bad_row: str = "skip", report: LoadReport
         conversational, value = row.text_or_messages("prompt", prompt, last_role="user")
         if conversational:
             row.role_order(("prompt", value))
-        values: dict[str, Any] = {"prompt": value if conversational else [{"role": "user", "content": value}]}
+        return {"prompt": value if conversational else [{"role": "user", "content": value}],
+                **metadata(row, "prompt")}
+
+    def metadata(row: _Row, taken: str) -> dict[str, Any]:
+        """The row's fields other than ``taken``, each of one JSON type on every row."""
+        values = {}
         for key, extra in row.data.items():
-            if key == "prompt":
+            if key == taken:
                 continue
             kind = _json_type(extra)
             if kind != "null":
