@@ -121,8 +121,9 @@ def plot_win_rates(path: Path, baseline: str,
         line, = ax.plot(xs, ys, linestyle=":", linewidth=1, marker=JUDGE_MARKERS[j % len(JUDGE_MARKERS)],
                         markersize=8, label=judge)
         for i, (label, x, y) in enumerate(placed):
-            # above and below in turn: successive rounds often land close together
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -13), fontsize=8,
+            # above and below in turn, as successive rounds often land close together; above near the bottom
+            below = i % 2 == 1 and y > 8
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -13 if below else 6), fontsize=8,
                         color=line.get_color())
     ax.set_xlim(-3, 103)
     ax.set_ylim(-3, 103)
