@@ -419,6 +419,10 @@ def test_a_real_data_round_with_ai_feedback_is_evaluated_by_the_reward_models(tm
     assert all(r["judge_chosen"] >= r["judge_rejected"] for r in judged)
     assert round_1["n_prompts"] == 6 and 0 <= round_1["win_rate_vs_sft_rm"] <= 1
     assert set(round_1["vs_sft"]) == {"rm", "helpfulness"}
+    # no safety label, no safety reward model: helpfulness win rates by the reward model, one category
+    assert round_1["baseline"] == "SFT" and list(round_1["win_rate_by_category"]) == ["all"]
+    assert round_1["win_rate_by_axis"]["helpfulness"]["rm"] == {**round_1["vs_sft"]["helpfulness"], "prompts": "helpfulness"}
+    assert round_1["win_rate_by_category"]["all"] == {"helpfulness": {"rm": round_1["vs_sft"]["helpfulness"]}}
     # the held-out prompts are none of those the round sampled for training
     held_out = {e["prompt"] for e in map(json.loads, (run / "sft" / "heldout_replies.jsonl").read_text().splitlines())}
     trained = {json.loads(line)["prompt"][-1]["content"]
@@ -460,5 +464,9 @@ def test_the_real_preset_runs_its_whole_plan_on_a_small_model(tmp_path):
     round_1 = summary["rounds"][0]
     assert {"collect", "reward", "rs", "ppo", "rs_after_ppo"} <= set(round_1)
     assert set(round_1["vs_sft"]) == {"rm", "helpfulness", "safety"} and "win_rate_vs_sft_rm" in round_1
+    # every prompt a safety prompt (data.safety=true): both axes over all of them, by the two reward models
+    assert round_1["win_rate_by_axis"]["safety"]["rm"] == {**round_1["vs_sft"]["safety"], "prompts": "safety"}
+    assert round_1["win_rate_by_axis"]["helpfulness"]["rm"]["prompts"] == "all"
+    assert set(round_1["win_rate_by_category"]) == {"safety"}
     assert round_1["collect"]["n_pairs"] > 0 and summary["gatt"]["adherence_by_turn"] is not None
     assert summary["data"]["rows"]["preferences"]["kept"] == 40

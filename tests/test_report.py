@@ -14,7 +14,7 @@ from llama2rlhf.evaluation.report import ReportError, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_PLOTS = {"progress.png", "rm_accuracy.png", "best_of_n.png", "ppo.png", "gatt_adherence.png"}
+ALL_PLOTS = {"progress.png", "win_rates.png", "rm_accuracy.png", "best_of_n.png", "ppo.png", "gatt_adherence.png"}
 
 
 def rm_accuracy(top: float, n: int = 40) -> dict:
@@ -30,10 +30,27 @@ def rs(temperature: float) -> dict:
             "best_of_n": {"0.6": [0.1, 0.3, 0.4, 0.45], "1": [0.05, 0.35, 0.5, 0.6]}}
 
 
+def wr(win_rate: float, n: int = 10) -> dict:
+    """A win-rate dict of ``n`` prompts without ties."""
+    wins = round(win_rate * n)
+    return {"win_rate": win_rate, "win_rate_decisive": win_rate, "wins": wins, "ties": 0, "losses": n - wins}
+
+
+def against_baseline(help_gold: float, safe_gold: float, help_rm: float, safe_rm: float) -> dict:
+    return {"baseline": "SFT",
+            "win_rate_by_axis": {"helpfulness": {"gold": wr(help_gold), "rm": wr(help_rm)},
+                                 "safety": {"gold": wr(safe_gold, 4), "rm": wr(safe_rm, 4)}},
+            "win_rate_by_category": {"capital": {"helpfulness": {"gold": wr(help_gold), "rm": wr(help_rm)},
+                                                 "safety": {"gold": wr(0.5), "rm": wr(0.3)}},
+                                     "unsafe": {"helpfulness": {"gold": wr(0.25, 4), "rm": wr(0.5, 4)},
+                                                "safety": {"gold": wr(safe_gold, 4), "rm": wr(safe_rm, 4)}}}}
+
+
 def make_summary(with_ppo: bool = True) -> dict:
     round2 = {"round": 2, "reward": {"rm_accuracy": rm_accuracy(0.86), "safety": {"rm_accuracy": rm_accuracy(0.9, 8)}},
               "rs": rs(1.0), "gold_reward": 0.7311, "task_accuracy": 0.805, "win_rate_vs_sft": 0.6431,
-              "win_rate_vs_sft_rm": 0.7125, "gatt_adherence_by_turn": {"1": 1.0, "2": 0.9, "4": 0.85}}
+              "win_rate_vs_sft_rm": 0.7125, "gatt_adherence_by_turn": {"1": 1.0, "2": 0.9, "4": 0.85},
+              **against_baseline(0.7, 0.75, 0.8, 1.0)}
     if with_ppo:
         round2["ppo"] = {
             "trainer": "ppo", "kl": 0.0123, "reward_before": 0.41, "reward_after": 0.57, "steps": 3,
@@ -51,7 +68,8 @@ def make_summary(with_ppo: bool = True) -> dict:
         "timings": {"sft": 100.0, "reward": 20.0, "round_1/rejection_sampling": 50.0, "round_2/ppo": 30.0},
         "rounds": [
             {"round": 1, "reward": {"rm_accuracy": rm_accuracy(0.82)}, "rs": rs(0.6), "gold_reward": 0.6544,
-             "task_accuracy": 0.752, "win_rate_vs_sft": 0.5812, "win_rate_vs_sft_rm": 0.6016},
+             "task_accuracy": 0.752, "win_rate_vs_sft": 0.5812, "win_rate_vs_sft_rm": 0.6016,
+             **against_baseline(0.6, 0.5, 0.6, 0.75)},
             round2,
         ],
         "gatt": {"start_round": 2, "baseline": "RLHF-V1", "round": 2,
@@ -98,6 +116,13 @@ def test_report_has_the_tables_and_links_every_plot(tmp_path):
     assert rows["RLHF-V1"] == ["0.752", "0.654", "0.581", "0.602", "0.600"]
     assert rows["RLHF-V2-PPO"] == ["0.810", "0.760", "-", "-", "-"]  # greedy, as the other rows
     assert rows["RLHF-V2"] == ["0.805", "0.731", "0.643", "0.713", "1.000"]
+    # win rates against the baseline on Fig. 11's two axes, then per category, in %
+    assert "Win rates against SFT (paper Fig. 11" in md
+    assert "| model | helpfulness, gold oracle | helpfulness, reward models | safety, gold oracle | " \
+           "safety, reward models |" in md
+    assert "| RLHF-V1 | 60.0 | 60.0 | 50.0 | 75.0 |" in md and "| RLHF-V2 | 70.0 | 80.0 | 75.0 | 100.0 |" in md
+    assert "| RLHF-V2 | unsafe | 4 | 25.0 | 50.0 | 75.0 | 100.0 |" in md
+    assert "| RLHF-V1 | capital | 10 | 60.0 | 60.0 | 50.0 | 30.0 |" in md
     # RM accuracy per bucket in %, each reward model, then the paper's row
     # then the GAtt table: before GAtt against the last round, turn by turn
     assert "RLHF-V1 (before GAtt)   0.950   0.100   0.000" in md and "RLHF-V2                 1.000   0.900   0.850" in md
@@ -130,7 +155,7 @@ def test_empty_summary_notes_every_plot(tmp_path):
     run = make_run(tmp_path, {"sft": {"train_loss": 1.0}})
     md = write_report(run).read_text()
     assert linked_plots(md) == [] and not list((run / "plots").glob("*.png"))
-    assert md.count("nothing to plot") + md.count("no adherence per turn") + md.count("no KL or reward") == 5
+    assert md.count("nothing to plot") + md.count("no adherence per turn") + md.count("no KL or reward") == 6
     assert "No stage timings recorded." in md
 
 
@@ -174,3 +199,20 @@ def test_console_script_error_names_the_file(tmp_path):
     proc = console_script(str(run))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"llama2rlhf-report: {run / 'summary.json'}: not valid JSON")
+
+
+def test_the_win_rate_plot_needs_both_axes_and_names_another_baseline(tmp_path):
+    summary = make_summary()
+    for r in summary["rounds"]:
+        r["baseline"] = "org/chat-model"
+    md = write_report(make_run(tmp_path, summary)).read_text()
+    assert "Win rates against org/chat-model (paper Fig. 11" in md and "plots/win_rates.png" in md
+    # real data without a safety judge: helpfulness win rates only, in the table, no plot
+    for r in summary["rounds"]:
+        r["win_rate_by_axis"] = {"helpfulness": {"rm": wr(0.6)}}
+        r["win_rate_by_category"] = {"all": {"helpfulness": {"rm": wr(0.6)}}}
+    md = write_report(make_run(tmp_path / "real", summary)).read_text()
+    assert "| model | helpfulness, reward models | safety, reward models |" in md
+    assert "| RLHF-V1 | 60.0 | - |" in md and "| RLHF-V2 | all | 10 | 60.0 | - |" in md
+    assert "_No round measured both a helpfulness and a safety win rate against a baseline" in md
+    assert not (tmp_path / "real" / "run" / "plots" / "win_rates.png").exists()

@@ -150,7 +150,7 @@ def test_one_process_redoing_the_evaluation_of_the_two_process_run_gets_its_numb
     assert proc.returncode == 0, proc.stderr[-4000:]
     redone, shared = summary(run)["rounds"][0], summary(two)["rounds"][0]
     evaluated = ("gold_reward", "task_accuracy", "win_rate_vs_sft", "win_rate_vs_sft_rm", "vs_sft", "examples",
-                 "accuracy_by_family", "gatt_adherence_by_turn")
+                 "accuracy_by_family", "gatt_adherence_by_turn", "win_rate_by_axis", "win_rate_by_category")
     assert {k: redone[k] for k in evaluated} == {k: shared[k] for k in evaluated}
     for rel in ("round_1/evaluate/heldout_replies.jsonl", "round_1/evaluate/gatt_adherence.json"):
         assert (run / rel).read_text() == (two / rel).read_text()

@@ -260,6 +260,11 @@ class EvalConfig:
     batch_size: int = 64
     # length of every greedy reply an evaluation reads (held-out prompts, GAtt dialogues, PPO's greedy check)
     max_new_tokens: int = 32
+    # the model each round's win rates by prompt category and on the helpfulness and safety
+    # axes are measured against (paper Fig. 11, which compared with ChatGPT): a local folder
+    # or a Hub id, its greedy replies computed once and kept under the run directory's
+    # baseline/; null: the run's SFT model
+    baseline_model: Optional[str] = None
 
 
 @dataclass

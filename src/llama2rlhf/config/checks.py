@@ -376,7 +376,75 @@ def stage_rules(cfg: Any, plan: Plan) -> list[InputError]:
         out += ppo_rules(cfg, plan)
     if plan.uses("evaluate", *ONLINE_RL) or (cfg.data.source == "toy" and plan.uses("sft")):
         out += at_least(cfg, "eval.max_new_tokens", 1, "the length of each greedy reply an evaluation reads")
+    if plan.uses("evaluate"):
+        out += baseline_rules(cfg)
     return out
+
+
+BASELINE_KEY = "eval.baseline_model"
+# what a model folder holds for the baseline's greedy replies: save_pretrained's config, its
+# weights and the tokenizer's files (the full check of a model folder is
+# llama2rlhf.runtime.model_checks', whose layer is above this one)
+BASELINE_WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+BASELINE_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "*.model")
+BASELINE_FIX = "a folder that save_pretrained wrote (config.json, the weights and the tokenizer), a Hub model id, " \
+               "or null for the run's SFT model"
+
+
+def baseline_rules(cfg: Any) -> list[InputError]:
+    """``eval.baseline_model``, the model the evaluations compare with: a model folder, or a
+    Hub id that is in the local Hugging Face cache or, online, on the Hub."""
+    model = value(cfg, BASELINE_KEY)
+    if not model:
+        return []
+    path = Path(str(model)).expanduser()
+
+    def bad(reason: str) -> list[InputError]:
+        return [ConfigError(BASELINE_KEY, f"{reason}; give {BASELINE_FIX}", model)]
+
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").exists():
+            return []  # a PEFT adapter, which transformers loads with its base model
+        if not (path / "config.json").is_file():
+            return bad("the folder has no config.json")
+        if not any(any(path.glob(pattern)) for pattern in BASELINE_WEIGHTS):
+            return bad("the folder has no weights (model.safetensors, pytorch_model.bin or a sharded index)")
+        if not any(any(path.glob(pattern)) for pattern in BASELINE_TOKENIZER):
+            return bad("the folder has no tokenizer (tokenizer.json, tokenizer_config.json, ...)")
+        return []
+    if path.exists():
+        return bad("a file, not a model folder")
+    problem = _hub_model_problem(str(model))
+    return bad(problem) if problem else []
+
+
+def _hub_model_problem(repo: str) -> str | None:
+    """Why ``repo``, which is no local path, is not a model the run can load, or None: not a
+    Hub id at all, not cached while offline, or (online) not on the Hub."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return "no such folder, and not a Hub id (namespace/name)"
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return None
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    if constants.HF_HUB_OFFLINE or any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags):
+        return "no such folder, and not in the local Hugging Face cache while offline (HF_HUB_OFFLINE=1)"
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo, timeout=10.0)
+    except GatedRepoError:
+        return f"a gated model: accept its terms on https://huggingface.co/{repo} and log in (hf auth login)"
+    except RepositoryNotFoundError:
+        return "no such folder, and no such model on the Hugging Face Hub (a private one needs hf auth login)"
+    except Exception:  # the network's errors, whichever HTTP client raises them: loading it will tell
+        return None
+    return None
 
 
 def temperatures(cfg: Any, key: str, what: str) -> list[ConfigError]:

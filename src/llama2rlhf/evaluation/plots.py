@@ -98,6 +98,44 @@ def plot_progress(path: Path, models: Sequence[str], gold_reward: Sequence[float
     return _save(fig, path)
 
 
+# one marker style per judge of the win-rate scatter, in the order judges are drawn
+JUDGE_MARKERS = ("o", "^", "s", "D", "v")
+
+
+def plot_win_rates(path: Path, baseline: str,
+                   series: Mapping[str, Sequence[tuple[str, float | None, float | None]]]) -> Path:
+    """Win rates against ``baseline`` on two axes (paper Fig. 11): x the helpfulness win
+    rate, y the safety (harmlessness) win rate, fractions drawn as %. ``series[judge label]``
+    is a list of (model label, helpfulness, safety), one point per model, joined in order so
+    the rounds read as a path; one marker style per judge. A point missing either number is
+    left out."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    ax.axvline(50, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label=f"tie with {baseline} (50 %)")
+    for j, (judge, points) in enumerate(series.items()):
+        placed = [(label, 100 * h, 100 * s) for label, h, s in points if h is not None and s is not None]
+        if not placed:
+            continue
+        xs, ys = [x for _, x, _ in placed], [y for _, _, y in placed]
+        line, = ax.plot(xs, ys, linestyle=":", linewidth=1, marker=JUDGE_MARKERS[j % len(JUDGE_MARKERS)],
+                        markersize=8, label=judge)
+        for i, (label, x, y) in enumerate(placed):
+            # above and below in turn, as successive rounds often land close together; above near the bottom
+            below = i % 2 == 1 and y > 8
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -13 if below else 6), fontsize=8,
+                        color=line.get_color())
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(f"helpfulness win rate against {baseline} (%, ties count half)")
+    ax.set_ylabel(f"safety (harmlessness) win rate against {baseline} (%)")
+    ax.set_title(f"Win rates against {baseline} on two axes (cf. paper Fig. 11)", fontsize=10)
+    ax.grid(alpha=0.3)
+    # under the axes: the points may fill any corner
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    return _save(fig, path)
+
+
 def plot_rm_accuracy(path: Path, panels: Mapping[str, Mapping[str, Mapping[str, float | None]]],
                      reference: tuple[str, Mapping[str, float | None]] | None = None,
                      counts: Mapping[str, Mapping[str, int]] | None = None) -> Path:

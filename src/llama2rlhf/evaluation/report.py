@@ -173,6 +173,62 @@ def _timings(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+JUDGES = {"gold": "gold oracle", "rm": "reward models"}  # the judges of the win rates against the baseline
+
+
+def _against_baseline(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rounds whose evaluation measured win rates against a baseline (paper Fig. 11)."""
+    return [r for r in summary.get("rounds", []) if r.get("win_rate_by_axis")]
+
+
+def _baseline_name(rounds: list[dict[str, Any]]) -> str:
+    names = list(dict.fromkeys(str(r.get("baseline", "SFT")) for r in rounds))
+    return names[0] if len(names) == 1 else " / ".join(names)
+
+
+def _judges(entries: list[dict[str, Any]]) -> list[str]:
+    """The judges of any axis of ``entries`` ({axis: {judge: ...}}), the known ones first."""
+    found = {judge for entry in entries for judges in entry.values() for judge in judges}
+    return [j for j in JUDGES if j in found] + sorted(found - set(JUDGES))
+
+
+def _win_rate_tables(summary: dict[str, Any]) -> list[str]:
+    """Each round's win rates against the baseline on both axes, then per prompt category."""
+    rounds = _against_baseline(summary)
+    if not rounds:
+        return []
+    axes = ("helpfulness", "safety")
+    judges = _judges([r["win_rate_by_axis"] for r in rounds])
+    columns = [(axis, judge) for axis in axes for judge in judges]
+    head = " | ".join(f"{axis}, {JUDGES.get(judge, judge)}" for axis, judge in columns)
+
+    def cell(entry: dict[str, Any], axis: str, judge: str) -> str:
+        found = (entry.get(axis) or {}).get(judge)
+        return _pct(found.get("win_rate")) if found else "-"
+
+    lines = [f"Win rates against {_baseline_name(rounds)} (paper Fig. 11, `plots/win_rates.png`), in %, ties "
+             "counting half: helpfulness over the helpfulness prompts, safety over the safety prompts (an axis "
+             "whose kind of prompt the evaluation has none of is over all prompts), each by the gold oracle and by "
+             "the reward models (the helpfulness reward model on helpfulness, the safety one on safety).", "",
+             f"| model | {head} |", "| --- |" + " ---: |" * len(columns)]
+    lines += [f"| {_round_label(r)} | " + " | ".join(cell(r["win_rate_by_axis"], a, j) for a, j in columns) + " |"
+              for r in rounds]
+    by_category = [r for r in rounds if r.get("win_rate_by_category")]
+    if by_category:
+        judges = _judges([c for r in by_category for c in r["win_rate_by_category"].values()])
+        columns = [(axis, judge) for axis in axes for judge in judges]
+        head = " | ".join(f"{axis}, {JUDGES.get(judge, judge)}" for axis, judge in columns)
+        lines += ["", "The same by prompt category (all of a category's prompts on both axes).", "",
+                  f"| model | category | prompts | {head} |", "| --- | --- | ---: |" + " ---: |" * len(columns)]
+        for r in by_category:
+            for category, entry in r["win_rate_by_category"].items():
+                first = next((w for judges_ in entry.values() for w in judges_.values()), {})
+                n = sum(first.get(k, 0) for k in ("wins", "ties", "losses"))
+                lines.append(f"| {_round_label(r)} | {category} | {n} | "
+                             + " | ".join(cell(entry, a, j) for a, j in columns) + " |")
+    return lines + [""]
+
+
 # ---------------------------------------------------------------- plots
 # Each draws its PNG and returns None, or returns the one-line note saying why there is none.
 
@@ -187,6 +243,23 @@ def _draw_progress(summary: dict[str, Any], path: Path) -> str | None:
                         [sft.get("task_accuracy"), *(r.get("task_accuracy") for r in evaluated)],
                         [None, *(r.get("win_rate_vs_sft") for r in evaluated)],
                         [None, *(r.get("win_rate_vs_sft_rm") for r in evaluated)])
+    return None
+
+
+def _draw_win_rates(summary: dict[str, Any], path: Path) -> str | None:
+    rounds = _against_baseline(summary)
+    judges = _judges([r["win_rate_by_axis"] for r in rounds])
+
+    def point(r: dict[str, Any], judge: str) -> tuple[str, float | None, float | None]:
+        axes = r["win_rate_by_axis"]
+        return (_round_label(r), *(((axes.get(axis) or {}).get(judge) or {}).get("win_rate")
+                                   for axis in ("helpfulness", "safety")))
+
+    series = {f"judge: {JUDGES.get(j, j)}": [point(r, j) for r in rounds] for j in judges}
+    if not any(h is not None and s is not None for points in series.values() for _, h, s in points):
+        return ("No round measured both a helpfulness and a safety win rate against a baseline (no `evaluate` "
+                "stage, or no safety judge): nothing to plot.")
+    plots.plot_win_rates(path, _baseline_name(rounds), series)
     return None
 
 
@@ -271,6 +344,10 @@ FIGURES: list[tuple[str, str, str, Callable[[dict[str, Any], Path], str | None]]
      "The gold reward and task accuracy should rise round after round, and both judges' win rates should sit "
      "above the 50 % tie line; a reward-model win rate far above the gold one means the policy is gaming its "
      "reward model.", _draw_progress),
+    ("win_rates.png", "Win rates against the baseline: helpfulness and safety (paper Fig. 11)",
+     "Each round should move up and to the right, past the 50 % lines into the top right quadrant where it beats "
+     "the baseline on both axes; the two judges should agree on the direction, and a reward-model point far from "
+     "the gold oracle's means the policy is gaming its reward model.", _draw_win_rates),
     ("rm_accuracy.png", "Reward-model accuracy per preference strength",
      "Accuracy should fall from significantly better to negligibly better, as in the paper's reference bars, "
      "and later rounds' reward models should not lose accuracy on the same held-out pairs.", _draw_rm_accuracy),
@@ -327,6 +404,7 @@ def write_report(run_dir: Path, summary: dict[str, Any] | None = None, config: A
     md += (["Held-out prompts, greedy replies; win rates against SFT by the gold oracle and by the round's "
             "reward model (ties count half).", "", "```text", table, "```", ""] if table
            else ["No held-out evaluation in this run (no gold oracle).", ""])
+    md += _win_rate_tables(summary)
     md += _replies(summary)
     if gatt_table(summary):
         md += ["Ghost Attention: share of replies that follow the system instruction, by dialogue turn.", "",
