@@ -295,7 +295,7 @@ def test_a_prompts_samples_depend_on_its_seed_alone(tokenizer, tiny_llama):
     seeds = [11, 12, 13, 14]
     together = sampler.sample(PROMPTS[:4], 3, 1.0, 10, seeds=seeds)
     # alone, in another order, in smaller batches: the same samples for the same seed
-    alone = [sampler.sample([p], 3, 1.0, 10, seeds=[s])[0] for p, s in zip(PROMPTS[:4], seeds)]
+    alone = [sampler.sample([p], 3, 1.0, 10, seeds=[s])[0] for p, s in zip(PROMPTS[:4], seeds, strict=True)]
     assert together == alone
     reordered = sampler.sample(PROMPTS[:4][::-1], 3, 1.0, 10, seeds=seeds[::-1])
     assert reordered[::-1] == together

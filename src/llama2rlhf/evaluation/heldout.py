@@ -16,9 +16,8 @@ def heldout_replies(ctx, model_path: str, cache: Path | None = None, prompts: li
     them. Called by every process, which share the prompts out; the main process writes."""
     from llama2rlhf.data.jsonl import read_jsonl, write_jsonl
     from llama2rlhf.evaluation.policy import greedy_replies
-    from llama2rlhf.sampling import load_sampler
-
     from llama2rlhf.runtime import distributed
+    from llama2rlhf.sampling import load_sampler
 
     if cache is not None and distributed.from_main(cache.exists()):
         return distributed.main_process_only(lambda: [row["reply"] for _, row in read_jsonl(cache)])

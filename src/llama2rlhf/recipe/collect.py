@@ -38,7 +38,7 @@ def _sample_pairs(ctx, prompts, temperatures) -> list[PairToLabel]:
                                seeds=[row[1 + j] for row in chunk]) for j, t in enumerate(temperatures))
         return [(x[0].text, y[0].text) for x, y in zip(a, b, strict=True)]
 
-    texts = distributed.shard(replies, list(zip(prompts, *seeds)), cfg.shard_size)
+    texts = distributed.shard(replies, list(zip(prompts, *seeds, strict=True)), cfg.shard_size)
     # identical responses tell an annotator nothing (chat templates strip the white space around them)
     return [PairToLabel(f"r{k}-{i}", p.messages, x, y, p.meta)
             for i, (p, (x, y)) in enumerate(zip(prompts, texts, strict=True)) if x.strip() != y.strip()]

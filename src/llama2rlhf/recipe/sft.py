@@ -19,7 +19,7 @@ from llama2rlhf.data.errors import ConfigError
 from llama2rlhf.data.formats import LoadReport, limited
 from llama2rlhf.data.inputs import load_input
 from llama2rlhf.recipe.training_args import build_args, trainer_callbacks
-from llama2rlhf.runtime import artifacts, distributed
+from llama2rlhf.runtime import artifacts
 from llama2rlhf.runtime.models import load_causal_lm, load_tokenizer, peft_config, save_trained_model
 
 log = logging.getLogger(__name__)

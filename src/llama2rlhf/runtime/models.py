@@ -202,7 +202,7 @@ def save_trained_model(trainer, out_dir: Path, load_base: Callable[[], Any], kee
     in one process the adapter is merged in memory (into a copy when ``keep_training``); over
     several processes, where it may be sharded, its saved weights are merged on the main
     process into ``load_base()``, the model training started from.
-   
+
     ``hand_over``: the saved model stays in memory for the next sampler of ``out_dir`` in
     this process (:func:`take_handoff`), where this process holds it whole (not FSDP or
     ZeRO-3 sharded) and, with LoRA, merged in memory.
