@@ -489,6 +489,8 @@ def test_the_core_hands_the_factory_the_policy_folder_and_the_node_options(vllm_
     assert sampler.options == vs.VLLMSamplerConfig(enforce_eager=True, dtype="float16")
     sampler.show_progress = False
     sampler.sample(PROMPTS[:1], 1, 0.0, 3)
+    sampler.sample(PROMPTS[:2], 2, 1.0, 3, seeds=[9, 4])  # the per-prompt seeds pass the wrapper
+    assert [kw["seed"] for _, kw in fake_llm.made[0].requests[1:]] == [vs.spread(9), vs.spread(4)]
     kwargs = fake_llm.made[0].kwargs
     assert (kwargs["model"], kwargs["trust_remote_code"], kwargs["enforce_eager"], kwargs["dtype"]) == (
         str(tmp_path / "sft" / "model"), True, True, "float16")
