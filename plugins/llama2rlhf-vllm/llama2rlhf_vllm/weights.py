@@ -8,8 +8,9 @@ the mapping, to its ``reload_weights``. That is vLLM 0.32's own in-place reload:
 model's ``load_weights`` (checkpoint names, q/k/v and gate/up stacked, the shard of
 each tensor-parallel rank taken) followed by the processing its kernels need. Tensors
 sent through ``collective_rpc`` itself do not arrive as tensors when the engine runs in
-its own process, and serialising the weights would cost more than the engine start the
-push is there to avoid.
+its own process, and serialised weights would be copied through every process on the
+way (this one, the engine core, each worker); the shared file is written once and mapped
+by every worker.
 
 This module is imported by vLLM's worker processes: it needs only torch.
 """
@@ -35,10 +36,10 @@ def shared_memory_dir() -> str:
 def distinct(named: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The tensors once each: tied weights (an LM head that is the embedding) under their
     first name, which is the one models with tied weights load."""
-    seen: set[tuple[int, tuple[int, ...]]] = set()
+    seen: set[tuple[str, int, tuple[int, ...]]] = set()
     out = []
     for name, tensor in named:
-        key = (tensor.data_ptr(), tuple(tensor.shape))
+        key = (str(tensor.device), tensor.data_ptr(), tuple(tensor.shape))
         if tensor.numel() and key in seen:
             continue
         seen.add(key)
