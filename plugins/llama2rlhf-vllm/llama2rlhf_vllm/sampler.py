@@ -270,6 +270,19 @@ class VLLMSampler:
         return parallel.engine_environment(parallel.local_process(), self.engine_kwargs["tensor_parallel_size"],
                                            os.environ, gpus, cpus, memory, kv_cache_set=kv_set)
 
+    def start_kwargs(self) -> dict[str, Any]:
+        """``engine_kwargs`` with what the machine needs: on the CPU, whole prefills.
+
+        vLLM 0.32 splits a long step's prompts (chunked prefill) and, for a seeded request
+        whose prefill was split, winds its generator back with an operation only CUDA
+        generators have: the CPU engine fails. Unsplit prefills also keep a prompt's draws
+        the same whatever else the step holds. ``sampler.engine_args`` may say otherwise.
+        """
+        kwargs = dict(self.engine_kwargs)
+        if parallel.this_machine()[0] == 0:
+            kwargs.setdefault("enable_chunked_prefill", False)
+        return kwargs
+
     def llm(self) -> Any:
         """The engine, started on first use (after closing any other sampler's)."""
         if self._engine is not None and self._engine.llm is not None:
@@ -289,7 +302,7 @@ class VLLMSampler:
         log.info("starting a vLLM engine for %s%s", self.engine_kwargs["model"],
                  "".join(f" {k}={v}" for k, v in sorted(env.items())))
         with parallel.environment(env):
-            engine = Engine(llm_class(**self.engine_kwargs), owns_process_group=not had_group)
+            engine = Engine(llm_class(**self.start_kwargs()), owns_process_group=not had_group)
         self._engine = Engine.current = engine
         weakref.finalize(self, engine.close)  # the stages drop their sampler before training
         return engine.llm

@@ -106,6 +106,20 @@ def test_a_prompts_samples_depend_only_on_its_seed(vllm_sampler):
     assert [s.text for s in other[0]] != [s.text for s in alone[0]]
 
 
+def test_a_call_larger_than_an_engine_step_keeps_each_prompts_samples(vllm_sampler):
+    """More prompt tokens than one step of the engine takes: the prompts are prefilled over
+    several steps (on the CPU whole, never split, which vLLM 0.32 cannot do with seeds
+    there), and a prompt's samples are still those it gets alone."""
+    prompts = [[{"role": "user", "content": f"Tell me one fact about the number {i}."}] for i in range(24)]
+    seeds = list(range(1000, 1024))
+    step = vllm_sampler.llm().llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    k = 8
+    assert k * sum(len(x) for x in vllm_sampler.tokenizer.apply_chat_template(
+        prompts, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) > step
+    many = vllm_sampler.sample(prompts, k, 1.0, 3, seeds=seeds)
+    assert vllm_sampler.sample(prompts[17:18], k, 1.0, 3, seeds=seeds[17:18])[0] == many[17]
+
+
 def test_without_seeds_torchs_generator_fixes_the_samples(vllm_sampler):
     torch.manual_seed(0)
     first = vllm_sampler.sample(PROMPTS, 2, 1.0, 16)

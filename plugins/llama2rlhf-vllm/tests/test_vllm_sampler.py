@@ -390,6 +390,15 @@ def test_each_process_starts_its_engine_on_its_own_cores(fake_llm, toy_tokenizer
     assert dict(os.environ) == before
 
 
+def test_a_cpu_engine_prefills_whole_prompts(fake_llm, toy_tokenizer, monkeypatch):
+    """vLLM 0.32's CPU engine fails on a seeded request whose prefill it split."""
+    make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
+    make(toy_tokenizer, engine_args={"enable_chunked_prefill": True}).sample(PROMPTS, 1, 0.0, 4)
+    monkeypatch.setattr(vp, "this_machine", lambda: (1, [0, 1], 16 * vp.GiB))
+    make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
+    assert [llm.kwargs.get("enable_chunked_prefill") for llm in fake_llm.made] == [False, True, None]
+
+
 def test_a_kv_cache_sized_in_the_engine_args_is_left_to_them(fake_llm, toy_tokenizer):
     make(toy_tokenizer, engine_args={"kv_cache_memory_bytes": 2**29}).sample(PROMPTS, 1, 0.0, 4)
     make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
