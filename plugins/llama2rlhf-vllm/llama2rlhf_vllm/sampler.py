@@ -11,16 +11,22 @@ How it maps onto vLLM:
 
 * prompts are rendered with the run's tokenizer and its chat template (Llama 2's when
   the tokenizer has none, as the core does) and handed to vLLM as token ids, so vLLM sees
-  exactly the tokens the ``hf`` sampler would;
+  exactly the tokens the ``hf`` sampler would, and the samples' tokens are decoded by the
+  run's tokenizer too; the folder's generation defaults are not read: the request says
+  everything;
 * one request per prompt, ``SamplingParams(n=K, temperature=T, max_tokens=...,
   seed=..., stop_token_ids=[eos])``: vLLM shares the prompt's prefill among its K samples;
-  the per-request seeds come from torch's generator, which the pipeline seeds before every
-  stage, so a redone stage draws the same samples;
+  the request's seed comes from the prompt's own seed when the caller gives one
+  (``seeds``), else from torch's generator (:func:`request_seeds`);
 * the factory gets the policy's folder (a new checkpoint every round) and loads only its
   tokenizer; the engine loads the weights from the folder, lazily at the first
-  ``sample``; at most one engine holds GPU memory at a time, and it is shut down (its
+  ``sample``; at most one engine is up at a time in a process, and it is shut down (its
   memory given back for training) when the sampler is closed or garbage-collected, which
-  the stages do before they train.
+  the stages do before they train;
+* under ``accelerate launch`` each process starts its own engine on its own GPUs or CPU
+  cores (:mod:`llama2rlhf_vllm.parallel`);
+* :meth:`VLLMSampler.update_from` puts a trained model's weights into the running engine
+  without a checkpoint or an engine start (:mod:`llama2rlhf_vllm.weights`).
 
 ``import vllm`` happens only when a sampler is made, so the plugin imports anywhere.
 """
@@ -29,15 +35,26 @@ from __future__ import annotations
 
 import gc
 import logging
+import operator
+import os
 import weakref
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from llama2rlhf.config import SamplerConfig
 from llama2rlhf.sampling import Messages, Sample
 
+from . import parallel, weights
+
 NAME = "vllm"
-INSTALL_HINT = "pip install 'llama2rlhf-vllm[vllm]'"
+INSTALL_HINT = "make vllm (vLLM's CPU build in .venv-vllm), or pip install 'llama2rlhf-vllm[vllm]' on a CUDA machine"
+# engine arguments the sampler sets itself, and the option that sets them where there is one
+OWN_ARGS = {"model": "the policy path", "dtype": "sampler.dtype",
+            "gpu_memory_utilization": "sampler.gpu_memory_utilization",
+            "tensor_parallel_size": "sampler.tensor_parallel_size", "enforce_eager": "sampler.enforce_eager",
+            "max_model_len": "sampler.max_model_len", "trust_remote_code": "model.trust_remote_code",
+            "generation_config": None, "worker_extension_cls": None}
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +67,8 @@ class VLLMSamplerConfig(SamplerConfig):
     # bfloat16, float32
     dtype: str = "auto"
     # share of each GPU's memory vLLM may take for weights and KV cache. Below vLLM's
-    # default of 0.9 because the reward models that score the samples share the GPU
+    # default of 0.9 because the reward models that score the samples share the GPU. On the
+    # CPU the KV cache is sized by VLLM_CPU_KVCACHE_SPACE instead (llama2rlhf_vllm.parallel)
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
     # the longest prompt + completion in tokens; None: the model's own limit
@@ -66,8 +84,8 @@ def vllm_classes() -> tuple[Any, Any]:
     try:
         from vllm import LLM, SamplingParams
     except ImportError as exc:
-        raise ImportError(f"sampler=vllm needs vLLM, which is not importable here ({exc}); install it on a "
-                          f"machine with a CUDA GPU: {INSTALL_HINT}") from exc
+        raise ImportError(f"sampler=vllm needs vLLM, which is not importable here ({exc}); install it: "
+                          f"{INSTALL_HINT}") from exc
     return LLM, SamplingParams
 
 
@@ -84,14 +102,19 @@ def engine_kwargs(model_path: str, options: Any, trust_remote_code: bool = False
         "tensor_parallel_size": int(options.tensor_parallel_size),
         "enforce_eager": bool(options.enforce_eager),
         "trust_remote_code": bool(trust_remote_code),
+        # the request's parameters only, as the hf sampler: no sampling defaults or extra
+        # stop tokens from the folder's generation_config.json
+        "generation_config": "vllm",
+        "worker_extension_cls": weights.EXTENSION,  # update_from's receiving end
     }
     if options.max_model_len is not None:
         kwargs["max_model_len"] = int(options.max_model_len)
     extra = dict(options.engine_args or {})
-    clash = sorted(set(extra) & (set(kwargs) | {"max_model_len"}))
+    clash = sorted(set(extra) & set(OWN_ARGS))
     if clash:
-        raise ValueError(f"sampler.engine_args sets {', '.join(clash)}, which the sampler sets itself: use "
-                         f"{', '.join('sampler.' + k for k in clash if k != 'model') or 'the policy path'} instead")
+        ways = [OWN_ARGS[k] for k in clash if OWN_ARGS[k]]
+        raise ValueError(f"sampler.engine_args sets {', '.join(clash)}, which the sampler sets itself"
+                         + (f": use {', '.join(ways)} instead" if ways else ""))
     return {**kwargs, **extra}
 
 
@@ -146,22 +169,47 @@ def to_samples(outputs: Sequence[Any], prompt_ids: Sequence[list[int]], n: int, 
     return results
 
 
-def request_seeds(count: int) -> list[int]:
-    """One seed per request, from torch's global generator: the stage's seed fixes them, as
-    it fixes the ``hf`` sampler's draws, and every call gets new ones."""
-    import torch
+def spread(seed: int) -> int:
+    """A prompt's seed as its request's seed: SplitMix64's mix of it, within [0, 2**62).
 
-    base = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return [(base + i) % (2**31 - 1) for i in range(count)]
+    vLLM seeds the ``n`` samples of a request with ``seed``, ``seed + 1``, ...,
+    ``seed + n - 1`` (``vllm.v1.engine.parallel_sampling``): requests whose seeds are
+    close (prompts seeded 7 and 8) would share streams, sample 1 of one drawing the noise
+    of sample 0 of the other. Mixed, nearby seeds land far apart.
+    """
+    z = (int(seed) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 2
+
+
+def request_seeds(count: int, seeds: Optional[Sequence[int]] = None) -> list[int]:
+    """One seed per request: from the prompt's own seed (``seeds[i]``), so that a prompt's
+    samples do not depend on the other prompts of the call; without ``seeds``, from torch's
+    global generator, which the stage seeds, so a redone stage draws the same samples and
+    every call new ones."""
+    if seeds is None:
+        import torch
+
+        seeds = torch.randint(0, 2**62, (count,)).tolist()
+    elif len(seeds) != count:
+        raise ValueError(f"seeds must hold one seed per prompt: got {len(seeds)} for {count} prompts")
+    out = []
+    for i, s in enumerate(seeds):
+        try:
+            out.append(spread(operator.index(s)))
+        except TypeError:
+            raise ValueError(f"seeds[{i}] must be an int, got {s!r}") from None
+    return out
 
 
 def release(llm: Any, destroy_process_group: bool) -> None:
     """Shut a ``vllm.LLM`` down and give its GPU memory back.
 
     vLLM's engine core runs in its own process by default (V1): shutting it down frees its
-    memory. An in-process engine (older vLLM, or ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) also
-    leaves vLLM's model-parallel groups behind, which the next engine would find; and the
-    torch process group vLLM created, unless one (accelerate's) was there before it.
+    memory. An in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) also leaves vLLM's
+    model-parallel groups behind, which the next engine would find; and the torch process
+    group it created, unless one (accelerate's) was there before it.
     """
     engine = getattr(llm, "llm_engine", None)
     shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
@@ -169,13 +217,14 @@ def release(llm: Any, destroy_process_group: bool) -> None:
         shutdown()
     del engine, shutdown, llm
     try:
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        from vllm.distributed import parallel_state
     except ImportError:
         pass
     else:
-        destroy_model_parallel()
-        if destroy_process_group:
-            destroy_distributed_environment()
+        in_process = getattr(parallel_state, "_WORLD", None) is not None  # an engine in this process made groups
+        parallel_state.destroy_model_parallel()
+        if destroy_process_group and in_process:
+            parallel_state.destroy_distributed_environment()
     gc.collect()
     import torch
 
@@ -213,6 +262,27 @@ class VLLMSampler:
         self.show_progress = True
         self._engine: Optional[Engine] = None
 
+    def engine_environment(self) -> dict[str, str]:
+        """The environment variables this process's engine starts with
+        (:func:`llama2rlhf_vllm.parallel.engine_environment`)."""
+        gpus, cpus, memory = parallel.this_machine()
+        kv_set = "kv_cache_memory_bytes" in self.engine_kwargs
+        return parallel.engine_environment(parallel.local_process(), self.engine_kwargs["tensor_parallel_size"],
+                                           os.environ, gpus, cpus, memory, kv_cache_set=kv_set)
+
+    def start_kwargs(self) -> dict[str, Any]:
+        """``engine_kwargs`` with what the machine needs: on the CPU, whole prefills.
+
+        vLLM 0.32 splits a long step's prompts (chunked prefill) and, for a seeded request
+        whose prefill was split, winds its generator back with an operation only CUDA
+        generators have: the CPU engine fails. Unsplit prefills also keep a prompt's draws
+        the same whatever else the step holds. ``sampler.engine_args`` may say otherwise.
+        """
+        kwargs = dict(self.engine_kwargs)
+        if parallel.this_machine()[0] == 0:
+            kwargs.setdefault("enable_chunked_prefill", False)
+        return kwargs
+
     def llm(self) -> Any:
         """The engine, started on first use (after closing any other sampler's)."""
         if self._engine is not None and self._engine.llm is not None:
@@ -228,8 +298,11 @@ class VLLMSampler:
             torch.cuda.empty_cache()
         llm_class = self.llm_class or vllm_classes()[0]
         had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
-        log.info("starting a vLLM engine for %s", self.engine_kwargs["model"])
-        engine = Engine(llm_class(**self.engine_kwargs), owns_process_group=not had_group)
+        env = self.engine_environment()
+        log.info("starting a vLLM engine for %s%s", self.engine_kwargs["model"],
+                 "".join(f" {k}={v}" for k, v in sorted(env.items())))
+        with parallel.environment(env):
+            engine = Engine(llm_class(**self.start_kwargs()), owns_process_group=not had_group)
         self._engine = Engine.current = engine
         weakref.finalize(self, engine.close)  # the stages drop their sampler before training
         return engine.llm
@@ -245,23 +318,69 @@ class VLLMSampler:
         self.close()
 
     def sample(self, prompts: Sequence[Messages], n: int, temperature: float, max_new_tokens: int,
-               desc: Optional[str] = None) -> list[list[Sample]]:
+               desc: Optional[str] = None, seeds: Optional[Sequence[int]] = None) -> list[list[Sample]]:
         """The sampler contract (:class:`llama2rlhf.sampling.Sampler`); ``desc`` labels the
-        log line (the progress bar is vLLM's own)."""
+        log line (the progress bar is vLLM's own).
+
+        ``seeds``: one int per prompt; prompt ``i``'s samples then depend only on the prompt,
+        ``seeds[i]``, ``n``, ``temperature``, ``max_new_tokens`` and the weights, not on the
+        other prompts of the call (processes sampling their own shares draw what one
+        process sampling all would). Without it the seeds come from torch's generator.
+        """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if temperature == 0 and n > 1:
             raise ValueError("greedy decoding (temperature 0) gives n identical samples; use n=1")
+        request_seed = request_seeds(len(prompts), seeds)
         if not prompts:
             return []
         ids = encode(self.tokenizer, prompts)
         sampling_params = self.sampling_params_class or vllm_classes()[1]
         eos = self.tokenizer.eos_token_id
+        # detokenize=False: the run's tokenizer decodes the samples (to_sample)
         params = [sampling_params(n=n, temperature=float(temperature), max_tokens=int(max_new_tokens), seed=seed,
-                                  stop_token_ids=[eos]) for seed in request_seeds(len(ids))]
+                                  stop_token_ids=[eos], detokenize=False) for seed in request_seed]
         log.info("%s: %d prompts x %d samples on vLLM", desc or "sampling", len(ids), n)
         outputs = self.llm().generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=self.show_progress)
         return to_samples(outputs, ids, n, eos, self.tokenizer)
+
+    def load_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                     folder: Optional[str] = None) -> int:
+        """Put new weights into the engine, in place, without a checkpoint or a new engine;
+        returns how many tensors went in.
+
+        ``named_tensors``: ``(name, tensor)`` pairs or a mapping, under the checkpoint's
+        names (a transformers model's ``state_dict()``), on any device and in any dtype
+        (converted to the engine's). The engine is started from the sampler's folder first
+        if it is not up. The tensors travel through one file in shared memory, ``folder``
+        (``/dev/shm`` by default), removed afterwards (:mod:`llama2rlhf_vllm.weights`); the
+        engine's prefix cache, keys and values of the old weights, is emptied.
+        """
+        items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
+        if not items:
+            raise ValueError("load_weights got no tensors")
+        llm = self.llm()
+        path, layout = weights.pack(items, folder)
+        try:
+            loaded = llm.collective_rpc(weights.METHOD, args=(str(path), layout))
+        finally:
+            Path(path).unlink(missing_ok=True)
+        if not llm.reset_prefix_cache():
+            raise RuntimeError("vLLM did not empty its prefix cache after the new weights: its keys and values "
+                               "are of the old ones")
+        log.info("loaded %d tensors into the vLLM engine of %s", len(layout), self.engine_kwargs["model"])
+        return int(loaded[0]) if loaded else len(layout)
+
+    def update_from(self, model: Any) -> int:
+        """:meth:`load_weights` with a transformers model's weights (its ``state_dict``):
+        the trained policy of the next round, sampled without saving it first. A model
+        wrapped for data parallel (``.module``) is unwrapped; LoRA adapters must be merged
+        first (``merge_and_unload()``), as a saved policy is."""
+        model = getattr(model, "module", model)
+        if hasattr(model, "peft_config"):
+            raise ValueError("update_from got a PEFT model: merge its adapters first (model.merge_and_unload()), "
+                             "the engine holds full weights")
+        return self.load_weights(model.state_dict())
 
 
 def make_vllm_sampler(model_path: str, cfg: Any, **options: Any) -> VLLMSampler:

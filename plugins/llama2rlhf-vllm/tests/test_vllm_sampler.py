@@ -1,5 +1,6 @@
-"""``sampler=vllm`` without vLLM: config, prompt rendering, output alignment and the engine's
-lifecycle, with a fake ``vllm.LLM`` handed in where the real one would be."""
+"""``sampler=vllm`` without vLLM: config, prompt rendering, output alignment, seeds, the
+engine's lifecycle and environment, and the weight push's two ends, with a fake
+``vllm.LLM`` handed in where the real one would be. ``test_vllm_engine.py`` runs the real one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from llama2rlhf.sampling import Sample
+from llama2rlhf_vllm import parallel as vp
 from llama2rlhf_vllm import sampler as vs
+from llama2rlhf_vllm import weights as vw
 
 PROMPTS = [
     [{"role": "user", "content": "What is 3 + 4?"}],
@@ -44,13 +47,29 @@ class FakeLLM:
     """
 
     made: list["FakeLLM"] = []
+    reloads: list[dict] = []
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
+        self.environ = dict(os.environ)  # what the engine's processes would start with
         self.requests: list[tuple[list[int], dict]] = []
         self.shutdowns = 0
+        self.rpcs: list[tuple[str, tuple]] = []
+        self.prefix_cache_resets = 0
         self.llm_engine = SimpleNamespace(shutdown=self._shutdown)
         FakeLLM.made.append(self)
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        """vLLM's worker, with the plugin's extension mixed in: reload_weights records."""
+        self.rpcs.append((method, args))
+        worker = type("Worker", (vw.WeightReceiver,), {})()
+        worker.reload_weights = lambda weights_iterator: self.reloads.append(
+            {name: t.clone() for name, t in weights_iterator})
+        return [getattr(worker, method)(*args, **(kwargs or {}))]
+
+    def reset_prefix_cache(self):
+        self.prefix_cache_resets += 1
+        return True
 
     def _shutdown(self):
         self.shutdowns += 1
@@ -76,9 +95,15 @@ class FakeLLM:
 
 
 @pytest.fixture
-def fake_llm(toy_tokenizer):
+def fake_llm(toy_tokenizer, monkeypatch):
     FakeLLM.made = []
+    FakeLLM.reloads = []
     FakeLLM.tokenizer = toy_tokenizer
+    # one process on a 4-core machine with 16 GiB, unless a test says otherwise
+    monkeypatch.setattr(vp, "this_machine", lambda: (0, [0, 1, 2, 3], 16 * vp.GiB))
+    for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
+                 "VLLM_PORT", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD"):
+        monkeypatch.delenv(name, raising=False)
     return FakeLLM
 
 
@@ -116,7 +141,10 @@ def test_engine_kwargs_from_the_config():
                                    enforce_eager=True, engine_args={"swap_space": 0})
     assert vs.engine_kwargs("/p", options, trust_remote_code=True) == {
         "model": "/p", "dtype": "float16", "gpu_memory_utilization": 0.3, "tensor_parallel_size": 2,
-        "enforce_eager": True, "trust_remote_code": True, "swap_space": 0}
+        "enforce_eager": True, "trust_remote_code": True, "swap_space": 0,
+        # no sampling defaults from the folder; the push's receiving end
+        "generation_config": "vllm",
+        "worker_extension_cls": "llama2rlhf_vllm.weights.WeightReceiver"}
     assert vs.engine_kwargs("/p", vs.VLLMSamplerConfig(max_model_len=512))["max_model_len"] == 512
     assert "max_model_len" not in vs.engine_kwargs("/p", vs.VLLMSamplerConfig())
 
@@ -128,6 +156,8 @@ def test_engine_kwargs_from_the_config():
     ({"engine_args": {"dtype": "half", "seed": 3}}, "sampler.engine_args sets dtype, which the sampler sets itself: "
                                                     "use sampler.dtype instead"),
     ({"engine_args": {"model": "/elsewhere"}}, "sets model, which the sampler sets itself: use the policy path"),
+    ({"engine_args": {"generation_config": "auto"}}, "sets generation_config, which the sampler sets itself$"),
+    ({"engine_args": {"worker_extension_cls": "x.Y"}}, "sets worker_extension_cls, which the sampler sets itself$"),
 ])
 def test_bad_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -172,8 +202,8 @@ def test_k_samples_per_prompt_in_prompt_order_with_hf_token_counts(fake_llm, toy
     assert [r[0] for r in llm.requests] == ids
     eos = toy_tokenizer.eos_token_id
     for _, kw in llm.requests:
-        assert {k: kw[k] for k in ("n", "temperature", "max_tokens", "stop_token_ids")} == {
-            "n": 4, "temperature": 1.2, "max_tokens": 6, "stop_token_ids": [eos]}
+        assert {k: kw[k] for k in ("n", "temperature", "max_tokens", "stop_token_ids", "detokenize")} == {
+            "n": 4, "temperature": 1.2, "max_tokens": 6, "stop_token_ids": [eos], "detokenize": False}
     assert [len(s) for s in got] == [4, 4, 4]
     for prompt_ids, samples in zip(ids, got, strict=True):
         for j, s in enumerate(samples):  # back in index order
@@ -198,6 +228,47 @@ def test_seeds_differ_per_request_and_follow_torchs_generator(fake_llm, toy_toke
     assert len(set(seeds[:3])) == 3  # one per prompt
     assert seeds[:3] == seeds[3:6]  # the stage's torch.manual_seed fixes them
     assert seeds[6:] != seeds[:3]  # the next call draws new ones
+
+
+def test_a_prompts_request_seed_is_its_own_seeds_whatever_the_other_prompts(fake_llm, toy_tokenizer):
+    import torch
+
+    sampler = make(toy_tokenizer)
+    torch.manual_seed(0)
+    sampler.sample(PROMPTS, 3, 1.0, 4, seeds=[70, 71, 72])
+    torch.manual_seed(1)  # torch's generator plays no part
+    sampler.sample(PROMPTS[1:2], 3, 1.0, 4, seeds=[71])
+    sampler.sample(PROMPTS[::-1], 3, 1.0, 4, seeds=[72, 71, 70])
+    requests = fake_llm.made[0].requests
+    by_prompt = {}
+    for ids, kw in requests:
+        by_prompt.setdefault(tuple(ids), set()).add(kw["seed"])
+    assert all(len(seeds) == 1 for seeds in by_prompt.values())  # the same seed in all three calls
+    assert [kw["seed"] for _, kw in requests[:3]] == [vs.spread(70), vs.spread(71), vs.spread(72)]
+
+
+@pytest.mark.parametrize(("seeds", "message"), [
+    ([1, 2], "seeds must hold one seed per prompt: got 2 for 3 prompts"),
+    ([1, "2", 3], r"seeds\[1\] must be an int, got '2'"),
+    ([1, 2.5, 3], r"seeds\[1\] must be an int, got 2.5"),
+])
+def test_bad_seeds_are_named(fake_llm, toy_tokenizer, seeds, message):
+    with pytest.raises(ValueError, match=message):
+        make(toy_tokenizer).sample(PROMPTS, 2, 1.0, 4, seeds=seeds)
+    assert fake_llm.made == []
+
+
+def test_spread_seeds_give_the_samples_of_nearby_seeds_streams_of_their_own():
+    """vLLM seeds sample j of a request with its seed + j: the seeds of prompts seeded
+    0, 1, 2... must not fall within K of each other."""
+    import numpy as np
+
+    k = 64
+    starts = np.array(sorted(vs.spread(s) for s in range(20000)), dtype=np.uint64)
+    assert int(starts[0]) >= 0 and int(starts[-1]) + k < 2**62
+    assert int(np.diff(starts).min()) > k  # windows [seed, seed + K) apart
+    assert vs.spread(5) == vs.spread(5) and vs.spread(-5) != vs.spread(5)
+    assert vs.request_seeds(2, [2**70, -3]) == [vs.spread(2**70), vs.spread(-3)]  # any int
 
 
 @pytest.mark.parametrize(("completion", "expected"), [
@@ -281,10 +352,12 @@ def test_dropping_or_closing_the_sampler_frees_the_engine(fake_llm, toy_tokenize
 
 def test_release_destroys_only_the_process_group_vllm_made(monkeypatch):
     """In-process engines leave vLLM's parallel groups behind; torch's process group goes
-    too unless it was there before the engine (accelerate's)."""
+    too unless it was there before the engine (accelerate's), or vLLM made none here (its
+    engine ran in processes of its own)."""
     calls = []
     parallel_state = SimpleNamespace(destroy_model_parallel=lambda: calls.append("model_parallel"),
-                                     destroy_distributed_environment=lambda: calls.append("process_group"))
+                                     destroy_distributed_environment=lambda: calls.append("process_group"),
+                                     _WORLD=object())
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace())
     monkeypatch.setitem(sys.modules, "vllm.distributed", SimpleNamespace(parallel_state=parallel_state))
     monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel_state)
@@ -295,6 +368,112 @@ def test_release_destroys_only_the_process_group_vllm_made(monkeypatch):
     vs.release(SimpleNamespace(llm_engine=SimpleNamespace(shutdown=lambda: calls.append("engine"))),
                destroy_process_group=True)
     assert calls == ["engine", "model_parallel", "process_group"]
+    calls.clear()
+    parallel_state._WORLD = None  # the engine's groups were in its own processes
+    vs.release(SimpleNamespace(llm_engine=SimpleNamespace(shutdown=lambda: calls.append("engine"))),
+               destroy_process_group=True)
+    assert calls == ["engine", "model_parallel"]
+
+
+def test_each_process_starts_its_engine_on_its_own_cores(fake_llm, toy_tokenizer, monkeypatch):
+    """Process 1 of 2 under accelerate launch on a 4-core machine: its engine's processes
+    start bound to cores 2-3 with half of the KV cache an engine alone would get; this
+    process's own environment is as it was."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    before = dict(os.environ)
+    make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
+    [llm] = fake_llm.made
+    assert {k: llm.environ.get(k) for k in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
+                                            "VLLM_WORKER_MULTIPROC_METHOD")} == {
+        "VLLM_CPU_OMP_THREADS_BIND": "2-3", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    assert dict(os.environ) == before
+
+
+def test_a_cpu_engine_prefills_whole_prompts(fake_llm, toy_tokenizer, monkeypatch):
+    """vLLM 0.32's CPU engine fails on a seeded request whose prefill it split."""
+    make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
+    make(toy_tokenizer, engine_args={"enable_chunked_prefill": True}).sample(PROMPTS, 1, 0.0, 4)
+    monkeypatch.setattr(vp, "this_machine", lambda: (1, [0, 1], 16 * vp.GiB))
+    make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
+    assert [llm.kwargs.get("enable_chunked_prefill") for llm in fake_llm.made] == [False, True, None]
+
+
+def test_a_kv_cache_sized_in_the_engine_args_is_left_to_them(fake_llm, toy_tokenizer):
+    make(toy_tokenizer, engine_args={"kv_cache_memory_bytes": 2**29}).sample(PROMPTS, 1, 0.0, 4)
+    make(toy_tokenizer).sample(PROMPTS, 1, 0.0, 4)
+    first, second = fake_llm.made
+    assert "VLLM_CPU_KVCACHE_SPACE" not in first.environ and first.kwargs["kv_cache_memory_bytes"] == 2**29
+    assert second.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"  # an eighth of the 16 GiB
+
+
+# --- the weight push ----------------------------------------------------------------------
+
+
+def test_packed_weights_come_back_as_they_went_in(tmp_path):
+    import torch
+
+    embed = torch.randn(7, 3)
+    named = [("model.embed_tokens.weight", embed), ("model.norm.weight", torch.randn(3, dtype=torch.bfloat16)),
+             ("lm_head.weight", embed),  # tied: the same tensor, sent once under its first name
+             ("model.layers.0.mlp.up_proj.weight", torch.randn(5, 3).t()),  # not contiguous
+             ("steps", torch.tensor([3, 4], dtype=torch.int64)), ("empty", torch.zeros(0))]
+    path, layout = vw.pack(named, str(tmp_path))
+    assert path.parent == tmp_path and path.name.startswith("llama2rlhf-vllm-weights-")
+    assert [n for n, *_ in layout] == ["model.embed_tokens.weight", "model.norm.weight",
+                                       "model.layers.0.mlp.up_proj.weight", "steps", "empty"]
+    assert all(offset % vw.ALIGN == 0 for *_, offset in layout)
+    back = dict(vw.unpack(str(path), layout))
+    expected = dict(named)
+    for name, t in back.items():
+        assert t.dtype == expected[name].dtype and torch.equal(t, expected[name]), name
+
+
+def test_the_worker_extension_reloads_from_the_packed_file(tmp_path):
+    import torch
+
+    got = []
+
+    class Worker(vw.WeightReceiver):
+        def reload_weights(self, weights_iterator=None):  # vLLM's Worker.reload_weights
+            got.extend((n, t.clone()) for n, t in weights_iterator)
+
+    w = torch.randn(4, 2)
+    path, layout = vw.pack([("a.weight", w), ("b.bias", torch.ones(2))], str(tmp_path))
+    assert getattr(Worker(), vw.METHOD)(str(path), layout) == 2
+    assert [n for n, _ in got] == ["a.weight", "b.bias"] and torch.equal(got[0][1], w)
+
+
+def test_update_from_pushes_the_models_weights_into_the_running_engine(fake_llm, toy_tokenizer, monkeypatch,
+                                                                       tmp_path):
+    import torch
+
+    from llama2rlhf.toyworld.model import build_tiny_llama
+
+    monkeypatch.setattr(vw, "shared_memory_dir", lambda: str(tmp_path))
+    model = build_tiny_llama(toy_tokenizer, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2)
+    sampler = make(toy_tokenizer)
+    assert sampler.update_from(model) == len(vw.distinct(model.state_dict().items()))
+    [llm] = fake_llm.made  # the engine started from the sampler's folder, then took the weights
+    assert llm.kwargs["model"] == "/runs/r/round_1/policy" and llm.rpcs[0][0] == vw.METHOD
+    [pushed] = fake_llm.reloads
+    for name, t in model.state_dict().items():
+        if name != "lm_head.weight":  # tied to the embedding, which carries it
+            assert torch.equal(pushed[name], t), name
+    assert llm.prefix_cache_resets == 1  # no keys and values of the old weights are reused
+    assert list(tmp_path.iterdir()) == []  # the shared-memory file is gone
+    # a wrapped model (DDP's .module) is unwrapped; the same engine takes the next push
+    sampler.update_from(SimpleNamespace(module=model))
+    assert len(fake_llm.made) == 1 and len(fake_llm.reloads) == 2
+
+
+def test_update_from_refuses_unmerged_adapters_and_nothing(fake_llm, toy_tokenizer):
+    sampler = make(toy_tokenizer)
+    with pytest.raises(ValueError, match=r"update_from got a PEFT model: merge its adapters first"):
+        sampler.update_from(SimpleNamespace(peft_config={}, state_dict=dict))
+    with pytest.raises(ValueError, match="load_weights got no tensors"):
+        sampler.load_weights({})
+    assert fake_llm.made == []
 
 
 # --- the factory --------------------------------------------------------------------------
@@ -319,6 +498,8 @@ def test_the_core_hands_the_factory_the_policy_folder_and_the_node_options(vllm_
     assert sampler.options == vs.VLLMSamplerConfig(enforce_eager=True, dtype="float16")
     sampler.show_progress = False
     sampler.sample(PROMPTS[:1], 1, 0.0, 3)
+    sampler.sample(PROMPTS[:2], 2, 1.0, 3, seeds=[9, 4])  # the per-prompt seeds pass the wrapper
+    assert [kw["seed"] for _, kw in fake_llm.made[0].requests[1:]] == [vs.spread(9), vs.spread(4)]
     kwargs = fake_llm.made[0].kwargs
     assert (kwargs["model"], kwargs["trust_remote_code"], kwargs["enforce_eager"], kwargs["dtype"]) == (
         str(tmp_path / "sft" / "model"), True, True, "float16")
@@ -349,7 +530,7 @@ def test_without_vllm_the_error_says_how_to_install_it(monkeypatch):
     from omegaconf import OmegaConf
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
-    with pytest.raises(ImportError, match=r"sampler=vllm needs vLLM.*pip install 'llama2rlhf-vllm\[vllm\]'"):
+    with pytest.raises(ImportError, match=r"sampler=vllm needs vLLM.*make vllm.*pip install 'llama2rlhf-vllm\[vllm\]'"):
         vs.make_vllm_sampler("/p", OmegaConf.create({"model": {"trust_remote_code": False}}))
 
 
