@@ -8,8 +8,10 @@ per prompt, their reward-model scores, the selection; no fine-tuning) runs on th
 models in one process and under ``accelerate launch`` with two CPU processes
 (``conf/accelerate/cpu_2proc.yaml``), alternately, ``--repeats`` times each. Each side is
 timed inside its processes, from the stage's start to its end, so both leave out Python's
-start-up and the launcher's; the one process gets every core for its threads (torch's
-default), each of the two processes one.
+start-up and the launcher's. Each of the two processes has one thread; the one process
+has torch's default (every core), or ``--one-process-threads N``. On a machine shared with
+other work, a process whose threads wait on each other at every small operation can slow
+down many times over: ``--one-process-threads 1`` times the sharing alone.
 
 Prints the median seconds of each side, and whether the two wrote the same candidates
 (prompt, text and score of every sample) and kept the same ones; the last line reads
@@ -75,7 +77,7 @@ def prepare(workdir: Path, prompts: int, k: int) -> Path:
     return run
 
 
-def once(run: Path, processes: int, workdir: Path) -> dict:
+def once(run: Path, processes: int, workdir: Path, threads: int | None = None) -> dict:
     out = workdir / f"result_{processes}.json"
     out.unlink(missing_ok=True)
     shutil.rmtree(run / "round_1", ignore_errors=True)
@@ -83,6 +85,8 @@ def once(run: Path, processes: int, workdir: Path) -> dict:
     env = dict(os.environ)
     if processes == 1:
         command = [sys.executable, str(HERE), "--worker", str(run), str(out)]
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
     else:
         import llama2rlhf
 
@@ -103,6 +107,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--one-process-threads", type=int, help="torch threads of the one process (default: torch's)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -115,7 +120,7 @@ def main() -> None:
         results: dict[int, list[dict]] = {1: [], 2: []}
         for r in range(args.repeats):
             for processes in ((1, 2) if r % 2 == 0 else (2, 1)):  # drift in load falls on both sides
-                results[processes].append(once(run, processes, workdir))
+                results[processes].append(once(run, processes, workdir, args.one_process_threads))
                 print(f"repeat {r + 1}: {processes} process(es) {results[processes][-1]['seconds']:.1f} s", flush=True)
         keys = ("candidates.jsonl", "kept.jsonl", "temperature", "n_kept")
         outputs = {json.dumps({k: res[k] for k in keys}) for side in results.values() for res in side}
@@ -126,7 +131,7 @@ def main() -> None:
         print(f"{1:<10} {one:>9.1f}")
         print(f"{2:<10} {two:>9.1f}")
         print(f"prompts={args.prompts} k={args.k} temperature={results[1][0]['temperature']:g} "
-              f"kept={results[1][0]['n_kept']}")
+              f"kept={results[1][0]['n_kept']} one-process threads={args.one_process_threads or 'default'}")
         print(f"rs_speedup_2proc={one / two:.2f} identical={str(identical).lower()}")
     finally:
         if not args.keep and args.workdir is None:
