@@ -160,3 +160,18 @@ def cli(monkeypatch, capsys, tmp_path):
         return CliResult(code, captured.err, captured.out)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny run (SFT, comparisons and the reward models, ``pipeline.rounds=0``),
+    made once per session, for the commands that read a run directory (chat, generate,
+    export); they only read it."""
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    cli = str(Path(sys.executable).with_name("llama2rlhf"))
+    proc = subprocess.run([cli, f"hydra.run.dir={tmp / 'run'}", *TINY, "pipeline.rounds=0"], cwd=tmp,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_bad
+from conftest import assert_bad
 from llama2rlhf.recipe import use
 from llama2rlhf.sampling import Sample
 
@@ -246,16 +246,6 @@ def test_a_folder_that_is_no_run_fails_in_one_line(cli, monkeypatch, tmp_path):
 
 
 # --- a real terminal and a real run ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """SFT, comparisons and the reward models at tiny size: a policy and the run's reward."""
-    tmp = tmp_path_factory.mktemp("chat_run")
-    proc = subprocess.run([CLI, f"hydra.run.dir={tmp / 'run'}", *TINY, "pipeline.rounds=0"], cwd=tmp,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
 
 
 # the CLI with the hf sampler's calls recorded: what the model was given, and what it replied

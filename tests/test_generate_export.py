@@ -4,27 +4,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_bad, snapshot
+from conftest import assert_bad, snapshot
 from llama2rlhf.recipe import use
 from test_chat import ScriptedReward, ScriptedSampler, fake_run
 
 CLI = str(Path(sys.executable).with_name("llama2rlhf"))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """SFT, comparisons and the reward models at tiny size: a policy and the run's reward."""
-    tmp = tmp_path_factory.mktemp("use_run")
-    proc = subprocess.run([CLI, f"hydra.run.dir={tmp / 'run'}", *TINY, "pipeline.rounds=0"], cwd=tmp,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
 
 
 def write_rows(path: Path, rows: list) -> Path:
